@@ -1,0 +1,38 @@
+# The two commands of the README, and the checks behind them.
+# Both create (once) and reuse .venv with the packages pinned in requirements.txt.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# torch goes in first, at the pin of requirements.txt: installed later as a
+# dependency of scvi-tools, pip would pick a multi-GB CUDA build.
+TORCH_PIN := $(shell grep -E '^torch==' requirements.txt)
+
+.PHONY: demo test lint format clean
+
+demo: $(STAMP)
+	$(BIN)/snakemake --cores all
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/snakemake --lint
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+	$(BIN)/snakefmt Snakefile workflow/rules
+
+$(STAMP): requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH_PIN)"
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+clean:
+	rm -rf results resources logs .snakemake report.html

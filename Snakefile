@@ -1,0 +1,18 @@
+# atlasmap: map single-cell RNA-seq queries onto a reference atlas with scANVI.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/demo.smk"
+include: "workflow/rules/query.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_outputs,

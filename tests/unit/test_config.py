@@ -1,0 +1,102 @@
+"""The config schema: defaults filled, typos and wrong types refused."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+SCHEMA = str(REPO / "workflow" / "schemas" / "config.schema.yaml")
+
+
+@pytest.fixture
+def demo_config():
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+def check(config):
+    config = copy.deepcopy(config)
+    validate(config, SCHEMA, set_default=False)
+    validate(config, SCHEMA)
+    return config
+
+
+def test_demo_config_is_valid_and_gets_the_schema_defaults(demo_config):
+    del demo_config["reference"]
+    config = check(demo_config)
+    assert config["queries"]["demo"]["metadata"] == {
+        "barcode_column": None,
+        "max_unmatched_fraction": 0.0,
+    }
+    assert config["reference"]["labels_key"] == "Level_4"
+    assert config["reference"]["batch_key"] == "Sample_ID"
+
+
+def test_every_key_of_the_schema_has_a_description_and_objects_refuse_unknown_keys():
+    schema = yaml.safe_load(Path(SCHEMA).read_text())
+
+    def walk(node, path):
+        if isinstance(node, dict) and "properties" in node:
+            assert node.get("additionalProperties") is False, f"{path} accepts unknown keys"
+            for key, sub in node["properties"].items():
+                assert "description" in sub or "$ref" in sub, f"{path}.{key} has no description"
+                walk(sub, f"{path}.{key}")
+        if isinstance(node, dict):
+            for key in ("oneOf", "anyOf"):
+                for i, sub in enumerate(node.get(key, [])):
+                    walk(sub, f"{path}.{key}[{i}]")
+            if isinstance(node.get("additionalProperties"), dict):
+                walk(node["additionalProperties"], f"{path}.*")
+
+    walk(schema, "config")
+    for name, definition in schema["$defs"].items():
+        walk(definition, f"$defs.{name}")
+
+
+def test_every_top_level_key_is_documented_in_config_readme():
+    schema = yaml.safe_load(Path(SCHEMA).read_text())
+    readme = (REPO / "config" / "README.md").read_text()
+    keys = list(schema["properties"])
+    keys += [f"{k}.{s}" for k, v in schema["properties"].items() for s in v.get("properties", {})]
+    keys += [f"queries.<name>.{k}" for k in schema["$defs"]["query"]["properties"]]
+    missing = [k for k in keys if f"`{k}`" not in readme]
+    assert not missing, f"config/README.md does not document {missing}"
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda c: c.update(sed=1), "'sed' was unexpected"),
+        (lambda c: c["queries"]["demo"].update(subsett={}), "'subsett' was unexpected"),
+        (lambda c: c["reference"].update(lables_key="x"), "'lables_key' was unexpected"),
+        (lambda c: c.update(seed="zero"), "'zero' is not of type 'integer'"),
+        (lambda c: c["queries"]["demo"]["metadata"].update(max_unmatched_fraction=2), "2"),
+        (lambda c: c["queries"].update({"../x": c["queries"]["demo"]}), "'../x' does not match"),
+        (
+            lambda c: c["queries"].update({"my query": c["queries"]["demo"]}),
+            "'my query' does not match",
+        ),
+        (lambda c: c["queries"]["demo"]["source"].update(urls={}), "source"),
+        (lambda c: c.update(reference="atlas.h5ad"), "'atlas.h5ad' is not of type 'object'"),
+    ],
+    ids=[
+        "top-typo",
+        "query-typo",
+        "reference-typo",
+        "wrong-type",
+        "out-of-range",
+        "escaping-name",
+        "name-with-space",
+        "two-sources",
+        "string-for-mapping",
+    ],
+)
+def test_bad_configs_are_refused_with_the_key_at_fault(demo_config, edit, expected):
+    demo_config["queries"]["demo"]["metadata"] = {}
+    edit(demo_config)
+    with pytest.raises(WorkflowError) as err:
+        check(demo_config)
+    assert expected in str(err.value)

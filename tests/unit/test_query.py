@@ -1,0 +1,218 @@
+"""load_query and subset_query: the happy path and every bad input the issue lists.
+
+Each bad input asserts the message names what is at fault, that no output was
+left behind and that the user's files were not touched.
+"""
+
+import gzip
+import logging
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from atlasmap.errors import AtlasmapInputError
+from atlasmap.query import DEPOSIT_FILES, load_query_h5ad, subset_query_h5ad
+from conftest import tree_digest, write_deposit
+
+RENAME = {"patients": "Sample_ID"}
+
+
+def load(deposit, out, **options):
+    options.setdefault("rename", RENAME)
+    return load_query_h5ad(deposit, deposit / DEPOSIT_FILES["metadata"], out, **options)
+
+
+def assert_fails_cleanly(call, deposit, out, *patterns):
+    before = tree_digest(deposit)
+    with pytest.raises(AtlasmapInputError) as err:
+        call()
+    for pattern in patterns:
+        assert pattern in str(err.value), f"{pattern!r} not in: {err.value}"
+    assert not out.exists()
+    assert [p.name for p in out.parent.iterdir()] == [] if out.parent.exists() else True
+    assert tree_digest(deposit) == before
+    return str(err.value)
+
+
+def test_load_keeps_counts_metadata_and_both_gene_names(deposit, tmp_path, small_study):
+    out = tmp_path / "out" / "loaded.h5ad"
+    load(deposit, out)
+    adata = ad.read_h5ad(out)
+    query = small_study.query
+    assert adata.n_obs == query.n_obs and adata.n_vars == query.n_vars
+    assert list(adata.obs_names) == list(query.obs_names)
+    # Raw counts, sparse, in X and in layers["counts"], equal to what was written.
+    assert sp.issparse(adata.layers["counts"])
+    assert (adata.layers["counts"] != query.X).nnz == 0
+    assert (adata.X != query.X).nnz == 0
+    # patients renamed to Sample_ID; other columns, the query-only one included, kept.
+    assert "patients" not in adata.obs
+    assert list(adata.obs["Sample_ID"]) == list(query.obs["patients"])
+    assert list(adata.obs["tissue"]) == list(query.obs["tissue"])
+    assert np.allclose(adata.obs["percent.mt"], query.obs["percent.mt"])
+    assert list(adata.var["gene_ids"]) == list(query.var["gene_ids"])
+    assert list(adata.var["gene_symbols"]) == list(query.var["gene_symbols"])
+    assert list(adata.var_names) == list(query.var["gene_symbols"])
+
+
+def test_metadata_barcode_column_can_be_named(tmp_path, small_study):
+    query = small_study.query.copy()
+    deposit = write_deposit(query, tmp_path / "deposit")
+    meta = query.obs.copy()
+    meta.insert(2, "cell_barcode", meta.index)
+    meta.to_csv(deposit / DEPOSIT_FILES["metadata"], index=False)
+    adata = load(deposit, tmp_path / "out.h5ad", barcode_column="cell_barcode")
+    assert list(adata.obs["Sample_ID"]) == list(query.obs["patients"])
+
+
+def test_missing_rename_column_is_an_error(deposit, tmp_path):
+    out = tmp_path / "out" / "loaded.h5ad"
+    msg = assert_fails_cleanly(
+        lambda: load(deposit, out, rename={"patient": "Sample_ID"}),
+        deposit,
+        out,
+        "metadata.csv.gz",
+        "'patient'",
+        "rename",
+    )
+    assert "patients" in msg  # lists what is there
+
+
+def test_rename_onto_an_existing_column_is_an_error(deposit, tmp_path):
+    out = tmp_path / "out" / "loaded.h5ad"
+    assert_fails_cleanly(
+        lambda: load(deposit, out, rename={"patients": "tissue"}), deposit, out, "'tissue'"
+    )
+
+
+def drop_metadata_rows(deposit, n):
+    path = deposit / DEPOSIT_FILES["metadata"]
+    meta = pd.read_csv(path, index_col=0)
+    meta.iloc[n:].to_csv(path)
+
+
+def test_metadata_not_matching_barcodes_is_an_error(deposit, tmp_path):
+    drop_metadata_rows(deposit, 10)
+    out = tmp_path / "out" / "loaded.h5ad"
+    assert_fails_cleanly(
+        lambda: load(deposit, out),
+        deposit,
+        out,
+        "10 of 400 barcodes have no metadata row",
+        "max_unmatched_fraction",
+    )
+
+
+def test_unmatched_barcodes_within_tolerance_are_kept_and_logged(deposit, tmp_path, caplog):
+    drop_metadata_rows(deposit, 10)
+    with caplog.at_level(logging.WARNING):
+        adata = load(deposit, tmp_path / "out.h5ad", max_unmatched_fraction=0.05)
+    assert adata.n_obs == 400
+    assert adata.obs["Sample_ID"].isna().sum() == 10
+    assert "10 of 400 barcodes have no metadata row" in caplog.text
+
+
+def test_duplicate_barcodes_are_an_error(tmp_path, small_study):
+    query = small_study.query.copy()
+    names = query.obs_names.to_numpy().copy()
+    names[5] = names[4]
+    query.obs_names = names
+    deposit = write_deposit(query, tmp_path / "deposit")
+    out = tmp_path / "out" / "loaded.h5ad"
+    assert_fails_cleanly(
+        lambda: load(deposit, out), deposit, out, "barcodes.tsv.gz", names[4], "more than once"
+    )
+
+
+@pytest.mark.parametrize(
+    ("transform", "expected"),
+    [
+        (lambda x: np.log1p(x), "non-integer"),
+        (lambda x: x - 3, "negative"),
+    ],
+    ids=["log-normalised", "negative"],
+)
+def test_counts_that_are_not_raw_are_an_error(tmp_path, small_study, transform, expected):
+    query = small_study.query.copy()
+    x = query.X.tocsr(copy=True)
+    x.data = transform(x.data)
+    query.X = x
+    deposit = tmp_path / "deposit"
+    deposit.mkdir()
+    # write_10x_deposit writes integers; write this matrix as it is, real-valued.
+    import scipy.io
+
+    with gzip.open(deposit / DEPOSIT_FILES["matrix"], "wb") as fh:
+        scipy.io.mmwrite(fh, sp.csc_matrix(query.X).T)
+    written = write_deposit(query, tmp_path / "scratch")
+    for role in ("features", "barcodes", "metadata"):
+        (deposit / DEPOSIT_FILES[role]).write_bytes((written / DEPOSIT_FILES[role]).read_bytes())
+    out = tmp_path / "out" / "loaded.h5ad"
+    assert_fails_cleanly(lambda: load(deposit, out), deposit, out, "matrix.mtx.gz", expected)
+
+
+def test_subset_keeps_exactly_the_selected_cells(deposit, tmp_path, small_study):
+    loaded = tmp_path / "loaded.h5ad"
+    load(deposit, loaded)
+    out = tmp_path / "subset.h5ad"
+    subset_query_h5ad(loaded, out, {"Sample_ID": ["PA01", "PA02"]})
+    adata = ad.read_h5ad(out)
+    meta = small_study.query.obs
+    expected = meta.index[meta["patients"].isin(["PA01", "PA02"])]
+    assert list(adata.obs_names) == list(expected)
+    assert set(adata.obs["Sample_ID"].cat.categories) == {"PA01", "PA02"}
+    assert "tissue" in adata.obs and "counts" in adata.layers
+
+
+def test_subset_on_two_columns_is_their_intersection(deposit, tmp_path):
+    loaded = tmp_path / "loaded.h5ad"
+    full = load(deposit, loaded)
+    adata = subset_query_h5ad(
+        loaded, tmp_path / "s.h5ad", {"Sample_ID": ["PA01", "PA04"], "tissue": ["tumour"]}
+    )
+    expected = (full.obs["Sample_ID"] == "PA01").sum()
+    assert adata.n_obs == expected > 0
+
+
+def loaded_h5ad(deposit, tmp_path):
+    src = tmp_path / "in" / "loaded.h5ad"
+    load(deposit, src)
+    return src
+
+
+def test_unknown_subset_value_lists_the_available_ones(deposit, tmp_path):
+    src = loaded_h5ad(deposit, tmp_path)
+    out = tmp_path / "out" / "subset.h5ad"
+    assert_fails_cleanly(
+        lambda: subset_query_h5ad(src, out, {"Sample_ID": ["PA01", "PA99"]}),
+        src.parent,
+        out,
+        "['PA99'] not found",
+        "PA01, PA02, PA03, PA04",
+        "loaded.h5ad",
+    )
+
+
+def test_unknown_subset_column_is_an_error(deposit, tmp_path):
+    src = loaded_h5ad(deposit, tmp_path)
+    out = tmp_path / "out" / "subset.h5ad"
+    assert_fails_cleanly(
+        lambda: subset_query_h5ad(src, out, {"patients": ["PA01"]}),
+        src.parent,
+        out,
+        "'patients' not in the query metadata",
+        "Sample_ID",
+    )
+
+
+def test_subset_leaving_no_cells_is_an_error(deposit, tmp_path):
+    src = loaded_h5ad(deposit, tmp_path)
+    out = tmp_path / "out" / "subset.h5ad"
+    assert_fails_cleanly(
+        lambda: subset_query_h5ad(src, out, {"Sample_ID": ["PA04"], "tissue": ["tumour"]}),
+        src.parent,
+        out,
+        "leaves no cells",
+    )

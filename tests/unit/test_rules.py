@@ -1,0 +1,91 @@
+"""Every rule logs, runs a script in a pinned conda env, and the env pins agree with pip's."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+
+# conda-forge names of packages whose pip name differs.
+CONDA_TO_PIP = {"pytorch": "torch", "python-annoy": "annoy"}
+
+
+@pytest.fixture(scope="module")
+def rules():
+    out = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "rules_info.py")],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return [r for r in json.loads(out) if r["outputs"]]  # "all" only gathers targets
+
+
+def pip_pins():
+    pins = {}
+    for line in (REPO / "requirements.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            pins[name.lower()] = version or None
+    return pins
+
+
+def test_the_workflow_has_the_query_chain(rules):
+    names = {r["name"] for r in rules}
+    assert {"generate_demo", "download_query", "load_query", "subset_query"} <= names
+
+
+def test_every_rule_has_log_conda_and_an_existing_script(rules):
+    for rule in rules:
+        assert rule["log"], f"rule {rule['name']} has no log"
+        assert rule["conda"], f"rule {rule['name']} has no conda env"
+        assert rule["script"], f"rule {rule['name']} runs no script"
+        base = Path(rule["basedir"])
+        assert (base / rule["conda"]).is_file(), f"{rule['name']}: {rule['conda']} missing"
+        assert (base / rule["script"]).is_file(), f"{rule['name']}: {rule['script']} missing"
+        for log in rule["log"]:
+            assert log.startswith(f"logs/{rule['name']}/"), f"{rule['name']} logs to {log}"
+
+
+def env_pins(path: Path):
+    env = yaml.safe_load(path.read_text())
+    pins = {}
+    for dep in env["dependencies"]:
+        specs = dep["pip"] if isinstance(dep, dict) else [dep]
+        for spec in specs:
+            match = re.fullmatch(r"([A-Za-z0-9_.-]+)\s*==?\s*([^\s=]+)", spec)
+            assert match, f"{path.name}: {spec!r} is not pinned to one version"
+            pins[CONDA_TO_PIP.get(match[1].lower(), match[1].lower())] = match[2]
+    return env, pins
+
+
+@pytest.mark.parametrize(
+    "env_file", sorted((REPO / "workflow" / "envs").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_env_pins_agree_with_requirements(env_file):
+    env, pins = env_pins(env_file)
+    assert "conda-forge" in env["channels"]
+    assert pins.pop("python") == "3.11"
+    requirements = pip_pins()
+    for name, version in pins.items():
+        assert name in requirements, f"{env_file.name}: {name} is not pinned in requirements.txt"
+        assert requirements[name] == version, (
+            f"{env_file.name}: {name}={version} but requirements.txt has {requirements[name]}"
+        )
+
+
+def test_every_env_file_is_used(rules):
+    used = {Path(r["basedir"], r["conda"]).resolve() for r in rules}
+    for env_file in (REPO / "workflow" / "envs").glob("*.yaml"):
+        assert env_file.resolve() in used, f"{env_file.name} is used by no rule"
+
+
+def test_every_requirement_is_pinned():
+    unpinned = [name for name, version in pip_pins().items() if not version]
+    assert not unpinned, f"requirements.txt leaves {unpinned} unpinned"

@@ -1,0 +1,23 @@
+# The embedded demo: a synthetic reference atlas and a GEO-shaped query deposit.
+
+
+rule generate_demo:
+    output:
+        atlas="resources/synthetic/atlas.h5ad",
+        matrix="resources/synthetic/deposit/DEMO_sc_matrix.mtx.gz",
+        features="resources/synthetic/deposit/DEMO_sc_features.tsv.gz",
+        barcodes="resources/synthetic/deposit/DEMO_sc_barcodes.tsv.gz",
+        metadata="resources/synthetic/deposit/DEMO_sc_metadata.csv.gz",
+    log:
+        "logs/generate_demo/generate_demo.log",
+    conda:
+        "../envs/scanpy.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=15,
+    params:
+        seed=lookup(dpath="seed", within=config),
+        demo=lookup(dpath="demo", within=config),
+    script:
+        "../scripts/generate_demo.py"

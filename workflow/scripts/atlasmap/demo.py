@@ -1,0 +1,365 @@
+"""The embedded demo: a small synthetic PDAC-like study, made offline from a seed.
+
+It mimics the shape of the real study (Chen et al. 2025, GSE278688, mapped onto
+a PDAC atlas with labels Level_1 … Level_4) so that every stage of the workflow
+meets the same kinds of data it meets in production:
+
+* a reference atlas of raw negative-binomial counts from several donors, each
+  with its own batch effect, labelled at four levels where each level refines
+  the one above;
+* a query written as a GEO 10x deposit (``<prefix>_matrix.mtx.gz``,
+  ``_features.tsv.gz``, ``_barcodes.tsv.gz``, ``_metadata.csv.gz``) with a
+  ``patients`` column, a query-only ``tissue`` column and a ground-truth label
+  column; the query carries a batch effect of its own, misses some reference
+  genes and measures some genes the reference does not.
+
+Cell types share expression programmes along the hierarchy, so sister types
+(CD4+ vs CD8+ T cells, myCAF vs iCAF, classical vs basal-like PDAC) differ by
+only a few genes: the mapping problem is not trivial.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.io
+import scipy.sparse as sp
+
+from .io import atomic_path, gzip_open_write
+
+LEVELS = ("Level_1", "Level_2", "Level_3", "Level_4")
+
+# (Level_1, Level_2, Level_3, Level_4): each level refines the one above.
+CELL_TYPES: tuple[tuple[str, str, str, str], ...] = (
+    ("Epithelial", "Ductal", "Ductal", "Ductal cell"),
+    ("Epithelial", "Ductal", "Malignant", "Classical PDAC"),
+    ("Epithelial", "Ductal", "Malignant", "Basal-like PDAC"),
+    ("Epithelial", "Acinar", "Acinar", "Acinar cell"),
+    ("Epithelial", "Endocrine", "Endocrine", "Beta cell"),
+    ("Immune", "Lymphoid", "T cell", "CD4+ T cell"),
+    ("Immune", "Lymphoid", "T cell", "CD8+ T cell"),
+    ("Immune", "Lymphoid", "B cell", "B cell"),
+    ("Immune", "Lymphoid", "NK cell", "NK cell"),
+    ("Immune", "Myeloid", "Macrophage", "Macrophage"),
+    ("Immune", "Myeloid", "Dendritic cell", "cDC2"),
+    ("Stromal", "Fibroblast", "CAF", "myCAF"),
+    ("Stromal", "Fibroblast", "CAF", "iCAF"),
+    ("Stromal", "Endothelial", "Endothelial", "Endothelial cell"),
+)
+
+# Typical abundance in a PDAC tumour (relative; normalised below).
+_BASE_ABUNDANCE = np.array([6, 10, 5, 3, 1, 9, 8, 4, 3, 9, 2, 7, 5, 4], dtype=float)
+
+# Known markers, attached to the node of the hierarchy they mark.
+_MARKERS: dict[str, tuple[str, ...]] = {
+    "Epithelial": ("EPCAM", "KRT8", "KRT18", "KRT19", "CLDN4"),
+    "Ductal": ("KRT7", "SOX9", "ANXA4"),
+    "Ductal cell": ("CFTR", "SPP1", "MMP7"),
+    "Malignant": ("CEACAM5", "S100P", "MUC1", "TSPAN8"),
+    "Classical PDAC": ("GATA6", "TFF1", "LGALS4", "CEACAM6"),
+    "Basal-like PDAC": ("KRT5", "KRT6A", "S100A2", "KRT17"),
+    "Acinar": ("PRSS1", "CPA1", "CELA3A", "CTRB2"),
+    "Endocrine": ("CHGA", "SCG5"),
+    "Beta cell": ("INS", "IAPP"),
+    "Immune": ("PTPRC", "CORO1A", "LAPTM5"),
+    "Lymphoid": ("CD52", "RAC2"),
+    "T cell": ("CD3E", "CD3D", "CD2"),
+    "CD4+ T cell": ("CD4", "IL7R"),
+    "CD8+ T cell": ("CD8A", "CD8B", "GZMK"),
+    "B cell": ("MS4A1", "CD79A", "CD19"),
+    "NK cell": ("NKG7", "GNLY", "KLRD1"),
+    "Myeloid": ("LYZ", "TYROBP", "FCER1G"),
+    "Macrophage": ("CD68", "C1QA", "C1QB", "APOE"),
+    "Dendritic cell": ("CD1C", "FCER1A", "CLEC10A"),
+    "Stromal": ("VIM", "SPARC"),
+    "Fibroblast": ("COL1A1", "COL1A2", "DCN", "LUM"),
+    "CAF": ("FAP", "PDPN"),
+    "myCAF": ("ACTA2", "TAGLN", "MYL9"),
+    "iCAF": ("IL6", "CXCL12", "PDGFRA"),
+    "Endothelial": ("PECAM1", "VWF", "CDH5", "PLVAP"),
+}
+_MITO = tuple(
+    f"MT-{g}"
+    for g in (
+        [
+            "ND1",
+            "ND2",
+            "CO1",
+            "CO2",
+            "ATP8",
+            "ATP6",
+            "CO3",
+            "ND3",
+            "ND4L",
+            "ND4",
+            "ND5",
+            "ND6",
+            "CYB",
+        ]
+    )
+)
+_FAMILIES = [
+    "ZNF",
+    "SLC",
+    "TMEM",
+    "CCDC",
+    "FAM",
+    "ANKRD",
+    "LRRC",
+    "KLHL",
+    "RNF",
+    "WDR",
+    "TRIM",
+    "PPP1R",
+    "ABCA",
+    "ADAM",
+    "ARHGEF",
+    "DNAJC",
+    "GPR",
+    "KCNJ",
+    "MAP3K",
+    "NUDT",
+    "PCDH",
+    "RAB",
+    "SEC",
+    "SNX",
+    "TBC1D",
+    "USP",
+    "ZBTB",
+]
+
+
+@dataclass(frozen=True)
+class DemoStudy:
+    """A synthetic reference atlas and query (query metadata in ``query.obs``)."""
+
+    reference: ad.AnnData
+    query: ad.AnnData
+
+
+def _gene_table(rng: np.random.Generator, n_genes: int) -> pd.DataFrame:
+    """Unique symbols (known markers first) with unique Ensembl-style ids."""
+    symbols: list[str] = list(dict.fromkeys(g for gs in _MARKERS.values() for g in gs))
+    symbols += list(_MITO)
+    seen = set(symbols)
+    while len(symbols) < n_genes:
+        name = f"{rng.choice(_FAMILIES)}{rng.integers(1, 400)}"
+        if name not in seen:
+            seen.add(name)
+            symbols.append(name)
+    symbols = symbols[:n_genes]
+    ids = rng.choice(np.arange(100_000, 300_000), size=len(symbols), replace=False)
+    return pd.DataFrame({"gene_symbols": symbols, "gene_ids": [f"ENSG00000{i:06d}" for i in ids]})
+
+
+def _type_programmes(rng: np.random.Generator, genes: pd.DataFrame) -> np.ndarray:
+    """Log-fold changes per Level_4 type: the sum of its nodes' programmes."""
+    n_genes = len(genes)
+    position = {g: i for i, g in enumerate(genes["gene_symbols"])}
+    n_known = sum(len(v) for v in _MARKERS.values()) + len(_MITO)
+    background = np.arange(n_known, n_genes)
+    node_effect: dict[tuple[str, ...], np.ndarray] = {}
+    # Coarse levels shift many genes strongly; fine levels few genes, weakly.
+    strength = {1: (1.5, 3.0, 40), 2: (1.2, 2.5, 25), 3: (0.6, 1.4, 10), 4: (0.4, 1.0, 6)}
+    for path in CELL_TYPES:
+        for depth in range(1, 5):
+            node = path[:depth]
+            if node in node_effect:
+                continue
+            low, high, n_extra = strength[depth]
+            effect = np.zeros(n_genes)
+            markers = [position[g] for g in _MARKERS.get(node[-1], ()) if g in position]
+            if node[-1] in _MARKERS and depth > 1 and node[-1] == node[-2]:
+                markers = []  # a level that repeats its parent's name adds nothing
+            effect[markers] = rng.uniform(low + 0.5, high + 0.5, len(markers))
+            extra = rng.choice(background, size=n_extra, replace=False)
+            effect[extra] += rng.uniform(low, high, n_extra) * rng.choice([-0.5, 1.0], n_extra)
+            node_effect[node] = effect
+    return np.stack([sum(node_effect[path[:d]] for d in range(1, 5)) for path in CELL_TYPES])
+
+
+def _sample_counts(
+    rng: np.random.Generator,
+    log_mean: np.ndarray,
+    library_size: np.ndarray,
+    dispersion: float,
+) -> sp.csr_matrix:
+    """Negative-binomial counts (gamma-Poisson) with the given per-cell depth."""
+    logits = log_mean - log_mean.max(axis=1, keepdims=True)
+    proportions = np.exp(logits)
+    proportions /= proportions.sum(axis=1, keepdims=True)
+    mean = proportions * library_size[:, None]
+    rate = rng.gamma(shape=dispersion, scale=mean / dispersion)
+    return sp.csr_matrix(rng.poisson(rate).astype(np.float32))
+
+
+def _barcodes(rng: np.random.Generator, n: int, suffix: int) -> list[str]:
+    alphabet = np.array(list("ACGT"))
+    codes: set[str] = set()
+    while len(codes) < n:
+        for row in rng.integers(0, 4, size=(n - len(codes), 16)):
+            codes.add("".join(alphabet[row]))
+    return [f"{c}-{suffix}" for c in sorted(codes)]
+
+
+def make_demo_study(
+    seed: int = 0,
+    n_reference_cells: int = 12_000,
+    n_query_cells: int = 5_000,
+    n_genes: int = 2_000,
+    n_donors: int = 6,
+    n_patients: int = 4,
+    query_missing_gene_fraction: float = 0.08,
+    query_only_genes: int = 120,
+) -> DemoStudy:
+    """Make the demo reference atlas and query, deterministically from ``seed``."""
+    if n_genes < 300:
+        raise ValueError(f"demo.genes must be at least 300 (got {n_genes})")
+    rng = np.random.default_rng(seed)
+    n_types = len(CELL_TYPES)
+    genes = _gene_table(rng, n_genes + query_only_genes)
+    ref_genes = genes.iloc[:n_genes].reset_index(drop=True)
+
+    baseline = rng.normal(0.0, 1.2, len(genes))
+    baseline[genes["gene_symbols"].str.startswith("MT-").to_numpy()] += 3.0
+    programmes = _type_programmes(rng, genes)
+    base_share = _BASE_ABUNDANCE / _BASE_ABUNDANCE.sum()
+
+    def draw_cells(n_cells, groups, batch_sd, shared_shift, depth, abundance_alpha):
+        per_group = np.full(len(groups), n_cells // len(groups))
+        per_group[: n_cells % len(groups)] += 1
+        obs_parts, x_parts = [], []
+        for group, n in zip(groups, per_group, strict=True):
+            share = rng.dirichlet(base_share * abundance_alpha)
+            types = rng.choice(n_types, size=n, p=share)
+            batch = shared_shift + rng.normal(0.0, batch_sd, len(genes))
+            # A continuous within-type state (e.g. stress, cycling) on a gene set.
+            state_genes = rng.choice(len(genes), 30, replace=False)
+            state = np.outer(rng.beta(1, 4, n), np.isin(np.arange(len(genes)), state_genes))
+            log_mean = baseline + programmes[types] + batch + 1.5 * state
+            library = rng.lognormal(np.log(depth), 0.45, n)
+            x_parts.append(_sample_counts(rng, log_mean, library, dispersion=4.0))
+            obs_parts.append(pd.DataFrame({"group": group, "type": types}))
+        return pd.concat(obs_parts, ignore_index=True), sp.vstack(x_parts).tocsr()
+
+    # Reference atlas: donors with moderate batch effects.
+    donors = [f"ATLAS_D{i + 1:02d}" for i in range(n_donors)]
+    ref_obs, ref_x = draw_cells(
+        n_reference_cells, donors, 0.25, np.zeros(len(genes)), 1.25 * n_genes, 40.0
+    )
+    ref_x = ref_x[:, :n_genes]
+    ref_obs = _label(ref_obs).rename(columns={"group": "Sample_ID"})
+    ref_obs.index = [f"atlas_{i:06d}" for i in range(len(ref_obs))]
+    ref_var = ref_genes.set_index("gene_symbols", drop=False)
+    ref_var.index.name = None
+    reference = ad.AnnData(X=ref_x, obs=ref_obs, var=ref_var)
+    reference.layers["counts"] = reference.X.copy()
+
+    # Query: its own technology shift, patient effects, different composition.
+    patients = [f"PA{i + 1:02d}" for i in range(n_patients)]
+    tech_shift = rng.normal(0.0, 0.5, len(genes))
+    q_obs, q_x = draw_cells(n_query_cells, patients, 0.25, tech_shift, 1.5 * n_genes, 8.0)
+    q_obs = _label(q_obs)
+    measured = _query_gene_columns(rng, n_genes, len(genes), query_missing_gene_fraction)
+    q_x = q_x[:, measured]
+    q_genes = genes.iloc[measured].reset_index(drop=True)
+    barcodes: list[str] = []
+    for i, patient in enumerate(patients):
+        n = int((q_obs["group"] == patient).sum())
+        barcodes += _barcodes(rng, n, suffix=i + 1)
+    tissue = {
+        p: ("adjacent normal" if i == n_patients - 1 else "tumour") for i, p in enumerate(patients)
+    }
+    counts_per_cell = np.asarray(q_x.sum(axis=1)).ravel()
+    mito = q_genes["gene_symbols"].str.startswith("MT-").to_numpy()
+    q_meta = pd.DataFrame(
+        {
+            "orig.ident": q_obs["group"].to_numpy(),
+            "nCount_RNA": counts_per_cell.astype(int),
+            "nFeature_RNA": np.diff(q_x.indptr),
+            "percent.mt": np.round(
+                100 * np.asarray(q_x[:, mito].sum(axis=1)).ravel() / np.maximum(counts_per_cell, 1),
+                3,
+            ),
+            "patients": q_obs["group"].to_numpy(),
+            "tissue": q_obs["group"].map(tissue).to_numpy(),
+            "author_cell_type": q_obs["Level_4"].to_numpy(),
+        },
+        index=pd.Index(barcodes, name=None),
+    )
+    q_var = q_genes.set_index("gene_ids", drop=False)
+    q_var.index.name = None
+    q_var["feature_types"] = "Gene Expression"
+    query = ad.AnnData(X=q_x, obs=q_meta, var=q_var)
+    return DemoStudy(reference=reference, query=query)
+
+
+def _label(obs: pd.DataFrame) -> pd.DataFrame:
+    labels = np.array(CELL_TYPES, dtype=object)[obs.pop("type").to_numpy()]
+    for j, level in enumerate(LEVELS):
+        obs[level] = pd.Categorical(labels[:, j])
+    obs["group"] = pd.Categorical(obs["group"])
+    return obs
+
+
+def _query_gene_columns(
+    rng: np.random.Generator, n_ref: int, n_all: int, missing_fraction: float
+) -> np.ndarray:
+    """Query genes: most reference genes (some missing) plus query-only ones, reordered."""
+    n_missing = int(round(missing_fraction * n_ref))
+    missing = rng.choice(n_ref, size=n_missing, replace=False)
+    kept = np.setdiff1d(np.arange(n_ref), missing)
+    columns = np.concatenate([kept, np.arange(n_ref, n_all)])
+    return rng.permutation(columns)
+
+
+def write_reference(reference: ad.AnnData, path: str | os.PathLike) -> None:
+    from .io import write_h5ad
+
+    write_h5ad(reference, path)
+
+
+def write_10x_deposit(query: ad.AnnData, paths: dict[str, str | os.PathLike]) -> None:
+    """Write ``query`` as a GEO 10x deposit: matrix, features, barcodes, metadata.
+
+    ``paths`` maps ``matrix``, ``features``, ``barcodes`` and ``metadata`` to
+    file names (gzip-compressed). Each file appears whole or not at all.
+    """
+    missing = {"matrix", "features", "barcodes", "metadata"} - set(paths)
+    if missing:
+        raise ValueError(f"write_10x_deposit: no path for {sorted(missing)}")
+    with atomic_path(paths["matrix"]) as tmp, gzip_open_write(tmp) as fh:
+        # 10x stores genes x cells, integer counts.
+        scipy.io.mmwrite(fh, sp.csc_matrix(query.X).T.astype(np.int64), field="integer")
+    features = query.var[["gene_ids", "gene_symbols", "feature_types"]]
+    _write_table(features, paths["features"], sep="\t", header=False, index=False)
+    _write_table(pd.Series(query.obs_names), paths["barcodes"], sep="\t", header=False, index=False)
+    _write_table(query.obs, paths["metadata"], sep=",", header=True, index=True)
+
+
+def _write_table(table, path, **kwargs) -> None:
+    with atomic_path(path) as tmp, gzip_open_write(tmp) as fh:
+        fh.write(table.to_csv(**kwargs).encode())
+
+
+def deposit_names(prefix: str) -> dict[str, str]:
+    """File names of a GEO 10x deposit with the given prefix (as in GSE278688)."""
+    return {
+        "matrix": f"{prefix}_matrix.mtx.gz",
+        "features": f"{prefix}_features.tsv.gz",
+        "barcodes": f"{prefix}_barcodes.tsv.gz",
+        "metadata": f"{prefix}_metadata.csv.gz",
+    }
+
+
+def write_demo_study(
+    study: DemoStudy, atlas_path: str | os.PathLike, deposit_paths: dict[str, str | os.PathLike]
+) -> None:
+    """Write the atlas h5ad and the query deposit files."""
+    write_reference(study.reference, atlas_path)
+    write_10x_deposit(study.query, {k: Path(v) for k, v in deposit_paths.items()})

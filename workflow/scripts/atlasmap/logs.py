@@ -1,0 +1,23 @@
+"""Sending a rule's stderr and logging to its Snakemake log file."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+
+def log_to(path: str | os.PathLike) -> None:
+    """Redirect stderr (line-buffered) and the ``logging`` root logger to ``path``.
+
+    Python warnings, tracebacks and library progress bars then land in the
+    rule's log, where a user looks when a job fails.
+    """
+    sys.stderr = open(path, "w", buffering=1)  # noqa: SIM115 - lives as long as the job
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+    logging.captureWarnings(True)

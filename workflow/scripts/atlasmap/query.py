@@ -1,0 +1,286 @@
+"""Reading a 10x query deposit, checking it, renaming metadata, subsetting cells."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scanpy as sc
+import scipy.sparse as sp
+
+from .errors import AtlasmapInputError
+from .io import write_h5ad
+
+log = logging.getLogger(__name__)
+
+# File names that download_query gives the deposit files (scanpy's 10x v3 names).
+DEPOSIT_FILES = {
+    "matrix": "matrix.mtx.gz",
+    "features": "features.tsv.gz",
+    "barcodes": "barcodes.tsv.gz",
+    "metadata": "metadata.csv.gz",
+}
+
+
+def _examples(values, n: int = 5) -> str:
+    values = list(values)
+    shown = ", ".join(map(str, values[:n]))
+    return shown + (f", … ({len(values)} in all)" if len(values) > n else "")
+
+
+def read_10x_deposit(directory: str | os.PathLike) -> ad.AnnData:
+    """Read a 10x v3 matrix (``matrix.mtx.gz``, ``features.tsv.gz``, ``barcodes.tsv.gz``).
+
+    Genes are indexed by symbol (made unique, as scanpy does); ``var`` keeps
+    ``gene_ids``, the original ``gene_symbols`` and ``feature_types``, so that
+    later steps can match a model on either.
+    """
+    directory = Path(directory)
+    features_path = directory / DEPOSIT_FILES["features"]
+    features = pd.read_csv(features_path, sep="\t", header=None, nrows=1)
+    if features.shape[1] < 2:
+        raise AtlasmapInputError(
+            f"{features_path}: expected a 10x features file with columns gene id, "
+            f"gene symbol[, feature type]; found {features.shape[1]} column(s)"
+        )
+    try:
+        adata = sc.read_10x_mtx(
+            directory, var_names="gene_symbols", make_unique=True, gex_only=False
+        )
+    except KeyError:
+        # Two-column (id, symbol) features: scanpy wants a third, feature type.
+        adata = _read_two_column_features(directory)
+    symbols = pd.read_csv(features_path, sep="\t", header=None, usecols=[1])[1].astype(str)
+    adata.var["gene_symbols"] = symbols.to_numpy()
+    if "feature_types" in adata.var:
+        gex = (adata.var["feature_types"] == "Gene Expression").to_numpy()
+        if not gex.all():
+            log.info("keeping %d Gene Expression features of %d", gex.sum(), adata.n_vars)
+            adata = adata[:, gex].copy()
+    return adata
+
+
+def _read_two_column_features(directory: Path) -> ad.AnnData:
+    matrix = ad.io.read_mtx(directory / DEPOSIT_FILES["matrix"]).T
+    genes = pd.read_csv(directory / DEPOSIT_FILES["features"], sep="\t", header=None)
+    matrix.var_names = ad.utils.make_index_unique(pd.Index(genes[1].astype(str)))
+    matrix.var["gene_ids"] = genes[0].to_numpy()
+    matrix.obs_names = pd.read_csv(directory / DEPOSIT_FILES["barcodes"], header=None)[0].to_numpy()
+    return matrix
+
+
+def check_unique_barcodes(barcodes: pd.Index, where: str) -> None:
+    if not barcodes.is_unique:
+        dup = barcodes[barcodes.duplicated()].unique()
+        raise AtlasmapInputError(
+            f"{where}: {len(dup)} barcode(s) occur more than once "
+            f"({_examples(dup)}); barcodes must be unique"
+        )
+
+
+def check_counts(matrix: sp.spmatrix | np.ndarray, where: str) -> None:
+    """Fail unless every entry is a non-negative integer (raw UMI counts)."""
+    data = matrix.data if sp.issparse(matrix) else np.asarray(matrix).ravel()
+    negative = int(np.count_nonzero(data < 0))
+    fractional = int(np.count_nonzero(data != np.round(data)))
+    if negative or fractional:
+        what = []
+        if negative:
+            what.append(f"{negative} negative value(s) (min {data.min():g})")
+        if fractional:
+            bad = data[data != np.round(data)][0]
+            what.append(f"{fractional} non-integer value(s) (e.g. {bad:g})")
+        raise AtlasmapInputError(
+            f"{where}: counts must be raw non-negative integers, found "
+            + " and ".join(what)
+            + "; was a normalised or log-transformed matrix given as counts?"
+        )
+
+
+def read_metadata(path: str | os.PathLike, barcode_column: str | None = None) -> pd.DataFrame:
+    """Read a metadata table (csv/tsv, optionally gzipped) indexed by barcode.
+
+    ``barcode_column`` names the column that holds the barcodes; ``None``
+    takes the first column (Seurat's ``write.csv`` leaves it unnamed).
+    """
+    path = Path(path)
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    opener = gzip.open if head == b"\x1f\x8b" else open
+    with opener(path, "rt") as fh:
+        first_line = fh.readline()
+    sep = "\t" if first_line.count("\t") > first_line.count(",") else ","
+    table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+    if table.shape[1] < 2:
+        raise AtlasmapInputError(f"{path}: metadata needs a barcode column and at least one more")
+    column = table.columns[0] if barcode_column is None else barcode_column
+    if column not in table.columns:
+        raise AtlasmapInputError(
+            f"{path}: barcode column {column!r} not found; columns are {_examples(table.columns, 20)}"
+        )
+    table = table.set_index(column)
+    table.index.name = None
+    check_unique_barcodes(table.index, f"{path}")
+    return _infer_types(table)
+
+
+def _infer_types(table: pd.DataFrame) -> pd.DataFrame:
+    """Numbers as numbers, text as categories; empty cells are missing."""
+    table = table.replace("", np.nan)
+    for column in table.columns:
+        numeric = pd.to_numeric(table[column], errors="coerce")
+        if numeric.notna().sum() == table[column].notna().sum():
+            table[column] = numeric
+        else:
+            table[column] = table[column].astype("category")
+    return table
+
+
+def join_metadata(
+    adata: ad.AnnData,
+    metadata: pd.DataFrame,
+    max_unmatched_fraction: float = 0.0,
+    where: str = "metadata",
+) -> ad.AnnData:
+    """Attach ``metadata`` rows to cells by barcode.
+
+    Cells without a metadata row and metadata rows without a cell are counted;
+    past ``max_unmatched_fraction`` of the cells (either way) it is an error.
+    Within tolerance, cells without metadata are kept, with missing values,
+    and the numbers go to the log.
+    """
+    cells = adata.obs_names
+    missing = cells.difference(metadata.index, sort=False)
+    extra = metadata.index.difference(cells, sort=False)
+    n = max(adata.n_obs, 1)
+    message = (
+        f"{where}: {len(missing)} of {adata.n_obs} barcodes have no metadata row"
+        + (f" ({_examples(missing)})" if len(missing) else "")
+        + f"; {len(extra)} metadata row(s) match no barcode"
+        + (f" ({_examples(extra)})" if len(extra) else "")
+    )
+    if len(missing) / n > max_unmatched_fraction or len(extra) / n > max_unmatched_fraction:
+        raise AtlasmapInputError(
+            message + f"; more than the tolerated fraction {max_unmatched_fraction:g} "
+            "(config key metadata.max_unmatched_fraction). Are the barcodes from the same deposit?"
+        )
+    if len(missing) or len(extra):
+        log.warning(message)
+    clashes = adata.obs.columns.intersection(metadata.columns)
+    obs = adata.obs.drop(columns=clashes).join(metadata, how="left")
+    adata.obs = obs
+    return adata
+
+
+def rename_columns(obs: pd.DataFrame, rename: Mapping[str, str], where: str) -> pd.DataFrame:
+    """Rename metadata columns; a missing source or a clash with a target is an error."""
+    absent = [old for old in rename if old not in obs.columns]
+    if absent:
+        raise AtlasmapInputError(
+            f"{where}: cannot rename column(s) {absent}: not in the metadata; "
+            f"columns are {_examples(obs.columns, 30)} (config key rename)"
+        )
+    clash = [new for old, new in rename.items() if new in obs.columns and new != old]
+    if clash:
+        raise AtlasmapInputError(
+            f"{where}: cannot rename to {clash}: the metadata already has such a column (config key rename)"
+        )
+    return obs.rename(columns=dict(rename))
+
+
+def load_query(
+    deposit_dir: str | os.PathLike,
+    metadata_path: str | os.PathLike,
+    rename: Mapping[str, str] | None = None,
+    barcode_column: str | None = None,
+    max_unmatched_fraction: float = 0.0,
+) -> ad.AnnData:
+    """Read a 10x deposit and its metadata into one AnnData with raw counts.
+
+    ``X`` and ``layers["counts"]`` hold the raw counts (sparse), ``obs`` the
+    metadata with columns renamed as asked, ``var`` gene symbols and ids.
+    """
+    deposit_dir = Path(deposit_dir)
+    matrix_path = deposit_dir / DEPOSIT_FILES["matrix"]
+    adata = read_10x_deposit(deposit_dir)
+    check_unique_barcodes(adata.obs_names, str(deposit_dir / DEPOSIT_FILES["barcodes"]))
+    adata.X = sp.csr_matrix(adata.X)
+    check_counts(adata.X, str(matrix_path))
+    log.info("read %d cells x %d genes from %s", adata.n_obs, adata.n_vars, deposit_dir)
+
+    metadata = read_metadata(metadata_path, barcode_column)
+    log.info("read metadata for %d barcodes, columns %s", len(metadata), list(metadata.columns))
+    adata = join_metadata(adata, metadata, max_unmatched_fraction, where=str(metadata_path))
+    if rename:
+        adata.obs = rename_columns(adata.obs, rename, where=str(metadata_path))
+        log.info("renamed metadata columns %s", dict(rename))
+    adata.X = adata.X.astype(np.float32)
+    adata.layers["counts"] = adata.X.copy()
+    return adata
+
+
+def subset_cells(
+    adata: ad.AnnData, selection: Mapping[str, Sequence] | None, where: str = "query"
+) -> ad.AnnData:
+    """Keep the cells whose ``obs[column]`` is in the listed values, for every column.
+
+    An unknown column or value is an error listing what exists; so is a
+    selection that leaves no cells.
+    """
+    if not selection:
+        return adata
+    keep = np.ones(adata.n_obs, dtype=bool)
+    for column, values in selection.items():
+        if column not in adata.obs.columns:
+            raise AtlasmapInputError(
+                f"{where}: subset column {column!r} not in the query metadata; "
+                f"columns are {_examples(adata.obs.columns, 30)} (config key subset)"
+            )
+        present = adata.obs[column].astype(str)
+        available = sorted(present.dropna().unique())
+        wanted = [str(v) for v in values]
+        unknown = [v for v in wanted if v not in set(available)]
+        if unknown:
+            raise AtlasmapInputError(
+                f"{where}: subset {column} = {unknown} not found; available values are "
+                f"{_examples(available, 50)} (config key subset)"
+            )
+        keep &= present.isin(wanted).to_numpy()
+        log.info("subset %s in %s: %d cells", column, wanted, int(present.isin(wanted).sum()))
+    if not keep.any():
+        raise AtlasmapInputError(
+            f"{where}: the subset {dict(selection)} leaves no cells (config key subset)"
+        )
+    subset = adata[keep].copy()
+    for column in subset.obs.columns:
+        if isinstance(subset.obs[column].dtype, pd.CategoricalDtype):
+            subset.obs[column] = subset.obs[column].cat.remove_unused_categories()
+    log.info("kept %d of %d cells", subset.n_obs, adata.n_obs)
+    return subset
+
+
+def load_query_h5ad(
+    deposit_dir: str | os.PathLike,
+    metadata_path: str | os.PathLike,
+    output: str | os.PathLike,
+    **options,
+) -> ad.AnnData:
+    """:func:`load_query`, written to ``output`` whole or not at all."""
+    adata = load_query(deposit_dir, metadata_path, **options)
+    write_h5ad(adata, output)
+    return adata
+
+
+def subset_query_h5ad(
+    input: str | os.PathLike, output: str | os.PathLike, selection: Mapping[str, Sequence] | None
+) -> ad.AnnData:
+    """:func:`subset_cells` on an h5ad file, written to ``output`` whole or not at all."""
+    subset = subset_cells(ad.read_h5ad(input), selection, where=str(input))
+    write_h5ad(subset, output)
+    return subset

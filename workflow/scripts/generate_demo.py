@@ -1,0 +1,20 @@
+"""Rule generate_demo: write the synthetic reference atlas and query deposit."""
+
+from atlasmap.logs import log_to
+
+log_to(snakemake.log[0])
+
+from atlasmap.demo import make_demo_study, write_demo_study  # noqa: E402
+
+demo = snakemake.params.demo
+study = make_demo_study(
+    seed=snakemake.params.seed,
+    n_reference_cells=demo["reference_cells"],
+    n_query_cells=demo["query_cells"],
+    n_genes=demo["genes"],
+    n_donors=demo["donors"],
+    n_patients=demo["patients"],
+    query_missing_gene_fraction=demo["query_missing_gene_fraction"],
+)
+deposit = {role: snakemake.output[role] for role in ("matrix", "features", "barcodes", "metadata")}
+write_demo_study(study, snakemake.output.atlas, deposit)

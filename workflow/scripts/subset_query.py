@@ -1,0 +1,9 @@
+"""Rule subset_query: keep the cells the config selects."""
+
+from atlasmap.logs import log_to
+
+log_to(snakemake.log[0])
+
+from atlasmap.query import subset_query_h5ad  # noqa: E402
+
+subset_query_h5ad(snakemake.input.h5ad, snakemake.output.h5ad, snakemake.params.subset)
