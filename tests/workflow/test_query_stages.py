@@ -116,3 +116,26 @@ def test_a_query_error_fails_the_job_with_the_message_and_no_output(tmp_path):
     )
     # The user's deposit is still there, untouched by the failure.
     assert (workdir / "resources" / "queries" / "demo" / "metadata.csv.gz").exists()
+
+
+def test_a_config_may_hold_several_queries(tmp_path):
+    workdir = copy_workflow(tmp_path)
+
+    def add_query(config):
+        demo = config["queries"]["demo"]
+        files = demo["source"]["files"]
+        config["queries"]["second"] = {
+            "source": {
+                "urls": {
+                    k: f"file://{workdir}/{demo['source']['dir']}/{v}" for k, v in files.items()
+                }
+            },
+            "rename": {"patients": "Sample_ID"},
+            "subset": {"Sample_ID": ["PA03"]},
+        }
+
+    config = write_config(workdir, add_query)
+    out = snakemake(workdir, "-n", "--configfile", str(config)).stdout
+    for query in ("demo", "second"):
+        assert f"results/{query}/query/subset.h5ad" in out
+    assert out.count("rule load_query:") == 2
