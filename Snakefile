@@ -10,6 +10,8 @@ configfile: "config/config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/query.smk"
+include: "workflow/rules/reference.smk"
+include: "workflow/rules/mapping.smk"
 
 
 rule all:

@@ -51,3 +51,11 @@ def copy_workflow(dest: Path) -> Path:
         else:
             shutil.copy2(src, dest / name)
     return dest
+
+
+@pytest.fixture(scope="session")
+def medium_study():
+    """Big enough for a scANVI model to learn the sister types (tens of seconds to train)."""
+    return make_demo_study(
+        seed=11, n_reference_cells=3000, n_query_cells=400, n_genes=600, n_patients=4
+    )

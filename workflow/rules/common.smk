@@ -16,12 +16,13 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 from atlasmap.download import resolve_sources, is_url  # noqa: E402
 
 QUERIES = list(config["queries"])
-DEPOSIT_ROLES = ("matrix", "features", "barcodes", "metadata")
+MODES = config["mapping"]["modes"]
 
 
 wildcard_constraints:
     # Names become folders: no separators, no dots, no spaces.
     query="|".join(QUERIES),
+    mode="surgery|embed",
 
 
 def query_config(wildcards):
@@ -44,5 +45,39 @@ def local_deposit_files(wildcards):
     }
 
 
+def reference_model(wildcards):
+    """The saved model the config names, or the one train_reference makes."""
+    return config["reference"]["model"] or rules.train_reference.output.model
+
+
+def mapping_params(wildcards):
+    """Mapping settings; surgery's own only for surgery, so that editing them
+    reruns the surgery mapping alone."""
+    params = {
+        k: v for k, v in config["mapping"].items() if k not in ("modes", "surgery")
+    }
+    if wildcards.mode == "surgery":
+        params["surgery"] = config["mapping"]["surgery"]
+    return params
+
+
+def query_outputs(query):
+    """Everything the workflow delivers for one query."""
+    outputs = expand(
+        [
+            rules.map_query.output.mapped,
+            rules.map_query.output.predictions,
+            rules.map_query.output.qc,
+        ],
+        query=query,
+        mode=MODES,
+    )
+    if config["queries"][query]["truth"]:
+        outputs += expand(
+            rules.evaluate_mapping.output.metrics, query=query, mode=MODES
+        )
+    return outputs
+
+
 def all_outputs(wildcards):
-    return expand(rules.subset_query.output.h5ad, query=QUERIES)
+    return [path for query in QUERIES for path in query_outputs(query)]

@@ -1,0 +1,252 @@
+"""Real scvi-tools on small data: train, save, load, surgery, embed, and what users rely on.
+
+One reference model is trained once per session on four of the six donors of
+the small demo study; the two held-out donors serve as a query with known
+labels ("Surgery must not hurt").
+"""
+
+import shutil
+
+import anndata as ad
+import numpy as np
+import pytest
+import scvi
+import torch
+from atlasmap.errors import AtlasmapInputError
+from atlasmap.mapping import EMBEDDING_KEY, MappingSettings, map_query, map_query_files
+from atlasmap.reference import (
+    TrainingSettings,
+    read_model_info,
+    save_model,
+    train_reference_model,
+)
+
+HELD_OUT = ["ATLAS_D05", "ATLAS_D06"]
+SETTINGS = MappingSettings(surgery_max_epochs=8, uncertainty_neighbors=15)
+
+
+def split_reference(medium_study):
+    """Training cells; held-out cells of the training donors; the held-out donors."""
+    atlas_all = medium_study.reference
+    donor_out = atlas_all.obs["Sample_ID"].isin(HELD_OUT).to_numpy()
+    cell_out = np.random.default_rng(0).random(atlas_all.n_obs) < 0.2
+    train = atlas_all[~donor_out & ~cell_out].copy()
+    cells = atlas_all[~donor_out & cell_out].copy()
+    donors = atlas_all[donor_out].copy()
+    return train, cells, donors
+
+
+@pytest.fixture(scope="module")
+def reference(medium_study, tmp_path_factory):
+    """(atlas, saved model folder) trained on most cells of the first four donors."""
+    atlas, _, _ = split_reference(medium_study)
+    model = train_reference_model(
+        atlas,
+        "Level_4",
+        "Sample_ID",
+        settings=TrainingSettings(
+            n_top_genes=400, scvi_max_epochs=40, scanvi_max_epochs=20, early_stopping=False
+        ),
+        seed=0,
+    )
+    directory = tmp_path_factory.mktemp("model") / "scanvi"
+    save_model(model, directory)
+    return atlas, directory
+
+
+@pytest.fixture(scope="module")
+def query(medium_study):
+    q = medium_study.query.copy()
+    q.obs = q.obs.rename(columns={"patients": "Sample_ID"})
+    q.layers["counts"] = q.X.copy()
+    return q
+
+
+@pytest.fixture(scope="module")
+def mapped(query, reference):
+    atlas, model_dir = reference
+    return {
+        mode: map_query(query, atlas, model_dir, mode, SETTINGS) for mode in ("embed", "surgery")
+    }
+
+
+def test_trained_model_is_a_surgery_ready_scanvi(reference):
+    atlas, directory = reference
+    assert (directory / "model.pt").is_file()
+    info = read_model_info(directory)
+    assert (info.labels_key, info.batch_key, info.layer) == ("Level_4", "Sample_ID", "counts")
+    assert len(info.genes) == 400 and set(info.genes) <= set(atlas.var_names)
+    assert set(info.batches) == {"ATLAS_D01", "ATLAS_D02", "ATLAS_D03", "ATLAS_D04"}
+    model = scvi.model.SCANVI.load(str(directory), adata=atlas[:, info.genes].copy())
+    module = model.module
+    assert module.encode_covariates
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in module.modules())
+    assert any(isinstance(m, torch.nn.LayerNorm) for m in module.modules())
+
+
+def test_expanded_atlas_keeps_every_cell_and_metadata_column(mapped, query, reference):
+    atlas, _ = reference
+    for result in mapped.values():
+        expanded = result.expanded
+        assert expanded.n_obs == atlas.n_obs + query.n_obs
+        counts = expanded.obs["source"].value_counts()
+        assert (counts["query"], counts["reference"]) == (query.n_obs, atlas.n_obs)
+        for column in [*atlas.obs.columns, *query.obs.columns]:
+            assert column in expanded.obs, column
+        q = expanded[expanded.obs["source"] == "query"]
+        assert list(q.obs["tissue"]) == list(query.obs["tissue"])  # query-only column survives
+        assert expanded.obsm[EMBEDDING_KEY].shape == (expanded.n_obs, 10)
+        assert np.isfinite(expanded.obsm[EMBEDDING_KEY]).all()
+        for column in ("predicted_celltype", "prediction_probability", "prediction_uncertainty"):
+            assert q.obs[column].notna().all(), column
+
+
+def test_predictions_have_confidence_at_every_level(mapped, query):
+    for result in mapped.values():
+        table = result.predictions
+        assert list(table.index) == list(query.obs_names)
+        assert table["prediction_probability"].between(0, 1).all()
+        assert table["prediction_uncertainty"].between(0, 1).all()
+        unknown = table["predicted_celltype"] == "Unknown"
+        assert (table.loc[unknown, "prediction_probability"] < 0.5).all()
+        assert (table.loc[~unknown, "prediction_probability"] >= 0.5).all()
+        for level in ("Level_1", "Level_2", "Level_3"):
+            assert f"predicted_{level}" in table and f"probability_{level}" in table
+        # Coarse calls are at least as confident as fine ones.
+        assert (table["probability_Level_1"] >= table["prediction_probability"] - 1e-6).all()
+        assert {"tissue", "Sample_ID", "author_cell_type"} <= set(table.columns)
+
+
+def test_surgery_moves_query_cells_but_leaves_reference_and_classifier_alone(mapped):
+    embed, surgery = mapped["embed"].expanded, mapped["surgery"].expanded
+    ref = (embed.obs["source"] == "reference").to_numpy()
+    np.testing.assert_allclose(
+        embed.obsm[EMBEDDING_KEY][ref], surgery.obsm[EMBEDDING_KEY][ref], atol=1e-5
+    )
+    assert (embed.obs["predicted_celltype"][ref] == surgery.obs["predicted_celltype"][ref]).all()
+    shift = np.linalg.norm(
+        embed.obsm[EMBEDDING_KEY][~ref] - surgery.obsm[EMBEDDING_KEY][~ref], axis=1
+    )
+    assert shift.mean() > 1e-3
+    assert mapped["surgery"].info["latent_shift_mean"] > 1e-3
+    assert mapped["embed"].info["latent_shift_mean"] == 0.0
+    assert mapped["surgery"].qc["encoder_sees_batch"].all()
+
+
+def test_qc_table_per_sample(mapped, query):
+    qc = mapped["embed"].qc
+    assert list(qc["sample"]) == ["PA01", "PA02", "PA03", "PA04", "all"]
+    assert qc.set_index("sample").loc["all", "cells"] == query.n_obs
+    assert (qc["genes_zero_filled"] == 400 - qc["genes_matched"]).all()
+    assert ((qc["share_unknown"] >= 0) & (qc["share_unknown"] <= 1)).all()
+
+
+def as_query(cells):
+    """Reference cells stripped of their labels, shaped as a loaded query."""
+    truth = cells.obs["Level_4"].astype(str).to_numpy()
+    query = cells.copy()
+    query.obs = query.obs[["Sample_ID"]].copy()
+    return query, truth
+
+
+def test_surgery_must_not_hurt(medium_study, reference):
+    """Held-out donors mapped as a query stay within a few points of the reference
+    model's own accuracy on cells it did not train on, in both modes; surgery
+    does not fall behind the frozen embedding."""
+    atlas, model_dir = reference
+    _, cells, donors = split_reference(medium_study)
+    settings = MappingSettings(
+        surgery_max_epochs=10, unknown_threshold=0.0, uncertainty_neighbors=15
+    )
+
+    def accuracy(adata, mode):
+        query, truth = as_query(adata)
+        result = map_query(query, atlas, model_dir, mode, settings)
+        return np.mean(result.predictions["predicted_celltype"].to_numpy() == truth)
+
+    own = accuracy(cells, "embed")  # known donors: the reference's own weights
+    embed, surgery = accuracy(donors, "embed"), accuracy(donors, "surgery")
+    print(f"own {own:.3f} embed {embed:.3f} surgery {surgery:.3f}")
+    assert own > 0.7  # the model learnt the types (chance is 1/14)
+    assert embed >= own - 0.05, (own, embed)
+    assert surgery >= own - 0.05, (own, surgery)
+    assert surgery >= embed - 0.02, (embed, surgery)
+
+
+def test_ensembl_only_query_against_a_symbol_model_maps(query, reference):
+    atlas, model_dir = reference
+    q = query.copy()
+    q.var_names = q.var["gene_ids"].astype(str).to_numpy()
+    del q.var["gene_symbols"]
+    result = map_query(q, atlas, model_dir, "embed", SETTINGS)
+    assert result.alignment.matched_on.startswith("gene_ids->symbols")
+    assert result.alignment.overlap_fraction > 0.85
+
+
+def test_query_without_the_batch_key_is_an_error(query, reference):
+    atlas, model_dir = reference
+    q = query.copy()
+    q.obs = q.obs.rename(columns={"Sample_ID": "patients"})
+    with pytest.raises(AtlasmapInputError, match=r"no column 'Sample_ID'.*rename"):
+        map_query(q, atlas, model_dir, "embed", SETTINGS)
+
+
+def test_atlas_without_the_labels_key_is_an_error(query, reference):
+    atlas, model_dir = reference
+    a = atlas.copy()
+    del a.obs["Level_4"]
+    with pytest.raises(
+        AtlasmapInputError, match=r"no obs column 'Level_4' \(config key reference.labels_key\)"
+    ):
+        map_query(query, a, model_dir, "embed", SETTINGS)
+
+
+def test_model_folder_without_model_pt_is_an_error(tmp_path, reference):
+    _, model_dir = reference
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "notes.txt").write_text("x")
+    with pytest.raises(
+        AtlasmapInputError, match=r"no model.pt \(the folder holds \['notes.txt'\]\)"
+    ):
+        read_model_info(broken)
+
+
+def test_unreadable_model_names_the_scvi_version(tmp_path):
+    broken = tmp_path / "garbage"
+    broken.mkdir()
+    (broken / "model.pt").write_bytes(b"not a torch file")
+    with pytest.raises(
+        AtlasmapInputError, match=rf"cannot be read by scvi-tools {scvi.__version__}"
+    ):
+        read_model_info(broken)
+
+
+def test_model_with_another_labels_key_is_an_error(query, reference):
+    atlas, model_dir = reference
+    settings = MappingSettings(labels_key="Level_3")
+    with pytest.raises(AtlasmapInputError, match="set reference.labels_key: Level_4"):
+        map_query(query, atlas, model_dir, "embed", settings)
+
+
+def test_files_in_files_out_and_nothing_left_on_error(tmp_path, query, reference):
+    atlas, model_dir = reference
+    atlas_path, query_path = tmp_path / "atlas.h5ad", tmp_path / "query.h5ad"
+    atlas.write_h5ad(atlas_path)
+    query.write_h5ad(query_path)
+    out = tmp_path / "out"
+    paths = {"mapped": out / "mapped.h5ad", "predictions": out / "p.tsv", "qc": out / "qc.tsv"}
+    map_query_files(query_path, atlas_path, model_dir, "embed", SETTINGS, **paths)
+    mapped = ad.read_h5ad(paths["mapped"])
+    assert EMBEDDING_KEY in mapped.obsm and "tissue" in mapped.obs
+    shutil.rmtree(out)
+    with pytest.raises(AtlasmapInputError):
+        map_query_files(
+            query_path,
+            atlas_path,
+            model_dir,
+            "embed",
+            MappingSettings(min_gene_overlap=0.99),
+            **paths,
+        )
+    assert not out.exists() or not any(out.iterdir())

@@ -1,0 +1,80 @@
+"""The demo end to end through mapping, on a small config, with the real Snakemake."""
+
+import json
+
+import anndata as ad
+import pandas as pd
+import pytest
+import yaml
+from conftest import copy_workflow
+from test_query_stages import snakemake
+
+pytestmark = pytest.mark.workflow
+
+SMALL = {
+    "demo": {"reference_cells": 1500, "query_cells": 600, "genes": 400},
+    "training": {"n_top_genes": 300, "scvi_max_epochs": 15, "scanvi_max_epochs": 8},
+    "surgery": {"max_epochs": 4},
+}
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    workdir = copy_workflow(tmp_path_factory.mktemp("mapping"))
+    config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
+    config["demo"].update(SMALL["demo"])
+    config["reference"]["training"].update(SMALL["training"])
+    config["mapping"]["surgery"].update(SMALL["surgery"])
+    (workdir / "config" / "small.yaml").write_text(yaml.safe_dump(config))
+    snakemake(workdir, "--configfile", "config/small.yaml")
+    return workdir
+
+
+@pytest.mark.parametrize("mode", ["surgery", "embed"])
+def test_each_mode_delivers_the_contract(small_run, mode):
+    out = small_run / "results" / "demo" / mode
+    subset = ad.read_h5ad(small_run / "results" / "demo" / "query" / "subset.h5ad")
+    mapped = ad.read_h5ad(out / "mapped.h5ad")
+    assert set(mapped.obs["source"]) == {"reference", "query"}
+    query = mapped[mapped.obs["source"] == "query"]
+    assert sorted(query.obs["barcode"]) == sorted(subset.obs_names)
+    for column in (
+        "tissue",
+        "Sample_ID",
+        "author_cell_type",
+        "Level_1",
+        "predicted_celltype",
+        "prediction_probability",
+        "prediction_uncertainty",
+    ):
+        assert column in mapped.obs, column
+    assert mapped.obsm["X_scANVI_emb"].shape[0] == mapped.n_obs
+
+    predictions = pd.read_csv(out / "predictions.tsv", sep="\t")
+    assert list(predictions.columns[:4]) == [
+        "barcode",
+        "predicted_celltype",
+        "prediction_probability",
+        "prediction_uncertainty",
+    ]
+    assert sorted(predictions["barcode"]) == sorted(subset.obs_names)
+    assert {"tissue", "Sample_ID", "author_cell_type", "predicted_Level_1"} <= set(
+        predictions.columns
+    )
+
+    qc = pd.read_csv(out / "qc.tsv", sep="\t")
+    assert list(qc["sample"]) == ["PA01", "PA02", "all"]
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    for side in ("mapping", "baseline"):
+        assert 0 <= metrics[side]["accuracy"] <= 1
+        assert {"macro_f1", "recall", "share_unknown"} <= set(metrics[side])
+    assert metrics["mapping"]["cells"] == len(predictions)
+
+
+def test_training_progress_is_in_the_log(small_run):
+    log = (small_run / "logs" / "train_reference" / "train_reference.log").read_text()
+    assert "scVI epoch 15/15" in log or "scVI epoch" in log
+    assert "scANVI epoch" in log
+    surgery = (small_run / "logs" / "map_query" / "demo_surgery.log").read_text()
+    assert "surgery epoch 4/4" in surgery

@@ -1,0 +1,73 @@
+# Mapping each query onto the reference, by surgery or frozen embedding, and scoring it.
+
+
+rule map_query:
+    input:
+        query=rules.subset_query.output.h5ad,
+        atlas=lookup(dpath="reference/atlas", within=config),
+        model=reference_model,
+    output:
+        mapped="results/{query}/{mode}/mapped.h5ad",
+        predictions="results/{query}/{mode}/predictions.tsv",
+        qc="results/{query}/{mode}/qc.tsv",
+    log:
+        "logs/map_query/{query}_{mode}.log",
+    conda:
+        "../envs/scvi.yaml"
+    threads: 4
+    resources:
+        mem_mb=lambda wildcards, attempt: 16000 * attempt,
+        runtime=120,
+        gpu=1,
+    params:
+        reference=lookup(dpath="reference", within=config),
+        mapping=mapping_params,
+        seed=lookup(dpath="seed", within=config),
+    script:
+        "../scripts/map_query.py"
+
+
+rule predict_baseline:
+    input:
+        query=rules.subset_query.output.h5ad,
+        atlas=lookup(dpath="reference/atlas", within=config),
+        model=reference_model,
+    output:
+        predictions="results/{query}/baseline/predictions.tsv",
+    log:
+        "logs/predict_baseline/{query}.log",
+    conda:
+        "../envs/scvi.yaml"
+    threads: 2
+    resources:
+        mem_mb=lambda wildcards, attempt: 16000 * attempt,
+        runtime=60,
+    params:
+        reference=lookup(dpath="reference", within=config),
+        baseline=lookup(dpath="baseline", within=config),
+        seed=lookup(dpath="seed", within=config),
+    script:
+        "../scripts/predict_baseline.py"
+
+
+rule evaluate_mapping:
+    input:
+        predictions=rules.map_query.output.predictions,
+        baseline=rules.predict_baseline.output.predictions,
+        atlas=lookup(dpath="reference/atlas", within=config),
+    output:
+        metrics="results/{query}/{mode}/metrics.json",
+    log:
+        "logs/evaluate_mapping/{query}_{mode}.log",
+    conda:
+        "../envs/scvi.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=15,
+    params:
+        truth=lookup(dpath="queries/{query}/truth", within=config),
+        reference=lookup(dpath="reference", within=config),
+        unknown_threshold=lookup(dpath="mapping/unknown_threshold", within=config),
+    script:
+        "../scripts/evaluate_mapping.py"

@@ -1,0 +1,159 @@
+"""Accuracy against known labels, for the mapping and for the baseline alike."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import f1_score, recall_score
+
+UNKNOWN = "Unknown"
+
+
+def classification_metrics(
+    truth: pd.Series,
+    predicted: pd.Series,
+    reference_labels: set[str],
+    probability: pd.Series | None = None,
+    unknown_threshold: float | None = None,
+) -> dict:
+    """Accuracy, macro-F1, per-label recall and share Unknown of ``predicted`` against ``truth``.
+
+    With ``probability`` and ``unknown_threshold``, calls under the threshold
+    become Unknown first. An Unknown call is right only for a cell whose true
+    label the reference does not have; cells without a truth label are left out.
+    """
+    truth = truth.astype("string")
+    predicted = predicted.astype(str).to_numpy().copy()
+    if probability is not None and unknown_threshold is not None:
+        predicted[probability.to_numpy() < unknown_threshold] = UNKNOWN
+    known = truth.notna().to_numpy()
+    y_true = np.where(
+        np.isin(truth.fillna("").to_numpy(), list(reference_labels)),
+        truth.fillna("").to_numpy(),
+        UNKNOWN,
+    )[known]
+    y_pred = predicted[known]
+    labels = sorted(set(y_true))
+    confident = y_pred != UNKNOWN
+    return {
+        "cells": int(known.sum()),
+        "accuracy": round(float(np.mean(y_true == y_pred)), 4),
+        "accuracy_confident": round(float(np.mean(y_true[confident] == y_pred[confident])), 4)
+        if confident.any()
+        else None,
+        "macro_f1": round(
+            float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)), 4
+        ),
+        "share_unknown": round(float(np.mean(y_pred == UNKNOWN)), 4),
+        "recall": {
+            label: round(float(r), 4)
+            for label, r in zip(
+                labels,
+                recall_score(y_true, y_pred, labels=labels, average=None, zero_division=0),
+                strict=True,
+            )
+        },
+    }
+
+
+def level_accuracy(
+    truth: pd.Series, predictions: pd.DataFrame, hierarchy: pd.DataFrame
+) -> dict[str, float]:
+    """Accuracy of ``predicted_<level>`` against the truth mapped up the hierarchy."""
+    out = {}
+    for level in hierarchy.columns:
+        column = f"predicted_{level}"
+        if column not in predictions:
+            continue
+        coarse_truth = truth.astype(str).map(hierarchy[level])
+        known = coarse_truth.notna().to_numpy()
+        out[level] = round(
+            float(
+                np.mean(
+                    coarse_truth.to_numpy()[known]
+                    == predictions[column].astype(str).to_numpy()[known]
+                )
+            ),
+            4,
+        )
+    return out
+
+
+def evaluate(
+    predictions: pd.DataFrame,
+    baseline: pd.DataFrame,
+    truth_column: str,
+    reference_labels: set[str],
+    hierarchy: pd.DataFrame,
+    unknown_threshold: float,
+    where: str = "predictions",
+) -> dict:
+    """Metrics of the mapping and of the baseline on the same cells, side by side."""
+    from .errors import AtlasmapInputError
+
+    if truth_column not in predictions.columns:
+        raise AtlasmapInputError(
+            f"{where}: no column {truth_column!r} (config key queries.<name>.truth); "
+            f"columns are {list(predictions.columns)}"
+        )
+    truth = predictions.set_index("barcode")[truth_column]
+    mapped = predictions.set_index("barcode")
+    base = baseline.set_index("barcode").reindex(mapped.index)
+    result = {
+        "truth_column": truth_column,
+        "unknown_threshold": unknown_threshold,
+        "mapping": classification_metrics(truth, mapped["predicted_celltype"], reference_labels),
+        "baseline": classification_metrics(
+            truth,
+            base["predicted_celltype"],
+            reference_labels,
+            base["prediction_probability"],
+            unknown_threshold,
+        ),
+        "baseline_without_unknown": classification_metrics(
+            truth, base["predicted_celltype"], reference_labels
+        ),
+    }
+    result["mapping"]["accuracy_by_level"] = level_accuracy(truth, mapped, hierarchy)
+    return result
+
+
+def evaluate_files(
+    predictions_path,
+    baseline_path,
+    atlas_path,
+    truth_column: str,
+    reference_config: dict,
+    unknown_threshold: float,
+    output,
+) -> dict:
+    """:func:`evaluate` from the prediction tables and the atlas's labels, to JSON."""
+    import json
+    import logging
+
+    from .io import atomic_path
+    from .reference import label_hierarchy, read_atlas_obs
+
+    obs = read_atlas_obs(atlas_path)
+    labels_key = reference_config["labels_key"]
+    levels = [lv for lv in reference_config["label_levels"] if lv in obs.columns]
+    hierarchy = label_hierarchy(obs, [*levels, labels_key], labels_key)
+    result = evaluate(
+        pd.read_csv(predictions_path, sep="\t", dtype={"barcode": str}),
+        pd.read_csv(baseline_path, sep="\t", dtype={"barcode": str}),
+        truth_column,
+        set(obs[labels_key].astype(str)),
+        hierarchy,
+        unknown_threshold,
+        where=str(predictions_path),
+    )
+    logging.getLogger(__name__).info(
+        "accuracy %.3f (baseline %.3f), macro-F1 %.3f (baseline %.3f)",
+        result["mapping"]["accuracy"],
+        result["baseline"]["accuracy"],
+        result["mapping"]["macro_f1"],
+        result["baseline"]["macro_f1"],
+    )
+    with atomic_path(output) as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+    return result

@@ -1,0 +1,315 @@
+"""The reference: reading the atlas, training a surgery-ready scANVI model, loading one."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from .errors import AtlasmapInputError
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.pt"
+
+
+def read_atlas(path: str | os.PathLike) -> ad.AnnData:
+    """Read a reference atlas from h5ad or zarr."""
+    path = Path(path)
+    if not path.exists():
+        raise AtlasmapInputError(f"{path}: reference atlas not found (config key reference.atlas)")
+    if path.suffix == ".zarr" or path.is_dir():
+        return ad.read_zarr(path)
+    return ad.read_h5ad(path)
+
+
+def check_atlas_columns(atlas: ad.AnnData, where: str, **keys: str | None) -> None:
+    """Fail unless every named obs column (e.g. labels_key, batch_key) exists."""
+    for config_key, column in keys.items():
+        if column is not None and column not in atlas.obs.columns:
+            raise AtlasmapInputError(
+                f"{where}: the atlas has no obs column {column!r} (config key "
+                f"reference.{config_key}); its columns are {list(atlas.obs.columns)}"
+            )
+
+
+def atlas_counts_layer(atlas: ad.AnnData, layer: str | None, where: str) -> str | None:
+    if layer is not None and layer not in atlas.layers:
+        raise AtlasmapInputError(
+            f"{where}: the atlas has no layer {layer!r} (config key reference.counts_layer); "
+            f"its layers are {list(atlas.layers)}; use null for X"
+        )
+    return layer
+
+
+def label_hierarchy(obs: pd.DataFrame, levels: list[str], finest: str) -> pd.DataFrame:
+    """Table finest label -> its label at each coarser level, where each level refines the one above.
+
+    Levels that do not nest (a finest label under two parents) are left out,
+    with a warning, rather than guessed.
+    """
+    rows = obs[[finest, *[lv for lv in levels if lv != finest]]].dropna().astype(str)
+    table = rows.drop_duplicates(subset=[finest]).set_index(finest)
+    for level in list(table.columns):
+        parents = rows.groupby(finest)[level].nunique()
+        if (parents > 1).any():
+            log.warning(
+                "%s labels under several %s labels (%s): no %s prediction",
+                finest,
+                level,
+                list(parents[parents > 1].index[:5]),
+                level,
+            )
+            table = table.drop(columns=level)
+    return table
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    n_top_genes: int | None = 2000
+    n_latent: int = 10
+    n_layers: int = 2
+    n_hidden: int = 128
+    dropout_rate: float = 0.2
+    scvi_max_epochs: int = 50
+    scanvi_max_epochs: int = 20
+    early_stopping: bool = True
+    batch_size: int = 128
+    n_samples_per_label: int | None = None
+
+
+def select_genes(atlas: ad.AnnData, n_top_genes: int | None, batch_key: str, layer: str | None):
+    """Highly variable genes (seurat_v3 on raw counts, batch-aware), or all genes."""
+    import scanpy as sc
+
+    if n_top_genes is None or n_top_genes >= atlas.n_vars:
+        return atlas.var_names
+    hvg = sc.pp.highly_variable_genes(
+        atlas,
+        n_top_genes=n_top_genes,
+        flavor="seurat_v3",
+        layer=layer,
+        batch_key=batch_key,
+        inplace=False,
+    )
+    return atlas.var_names[hvg["highly_variable"].to_numpy()]
+
+
+def train_reference_model(
+    atlas: ad.AnnData,
+    labels_key: str,
+    batch_key: str,
+    unlabeled_category: str = "Unknown",
+    layer: str | None = "counts",
+    settings: TrainingSettings = TrainingSettings(),
+    seed: int = 0,
+    accelerator: str = "auto",
+    where: str = "reference.atlas",
+):
+    """Train scVI, then scANVI, with the architecture scArches surgery needs.
+
+    Layer norm instead of batch norm, covariates fed to the encoder and
+    dropout 0.2 (scArches' recommendation): only then can surgery adapt query
+    batches. Returns the trained SCANVI model (on the selected genes).
+    """
+    import scvi
+
+    from .training import EpochLogger, train_kwargs
+
+    check_atlas_columns(atlas, where, labels_key=labels_key, batch_key=batch_key)
+    atlas_counts_layer(atlas, layer, where)
+    scvi.settings.seed = seed
+    genes = select_genes(atlas, settings.n_top_genes, batch_key, layer)
+    adata = atlas[:, genes].copy()
+    adata.obs = adata.obs[[batch_key, labels_key]].copy()
+    adata.obs[labels_key] = adata.obs[labels_key].astype(str).replace("nan", unlabeled_category)
+    log.info(
+        "training on %d cells x %d genes, %d batches, %d labels",
+        adata.n_obs,
+        adata.n_vars,
+        adata.obs[batch_key].nunique(),
+        adata.obs[labels_key].nunique(),
+    )
+    scvi.model.SCVI.setup_anndata(adata, layer=layer, batch_key=batch_key, labels_key=labels_key)
+    vae = scvi.model.SCVI(
+        adata,
+        n_latent=settings.n_latent,
+        n_layers=settings.n_layers,
+        n_hidden=settings.n_hidden,
+        dropout_rate=settings.dropout_rate,
+        use_layer_norm="both",
+        use_batch_norm="none",
+        encode_covariates=True,
+        deeply_inject_covariates=False,
+    )
+    log.info("scVI: up to %d epochs", settings.scvi_max_epochs)
+    vae.train(
+        max_epochs=settings.scvi_max_epochs,
+        batch_size=settings.batch_size,
+        early_stopping=settings.early_stopping,
+        callbacks=[EpochLogger("scVI")],
+        **train_kwargs(accelerator),
+    )
+    model = scvi.model.SCANVI.from_scvi_model(
+        vae, unlabeled_category=unlabeled_category, labels_key=labels_key
+    )
+    log.info("scANVI: up to %d epochs", settings.scanvi_max_epochs)
+    model.train(
+        max_epochs=settings.scanvi_max_epochs,
+        batch_size=settings.batch_size,
+        n_samples_per_label=settings.n_samples_per_label,
+        early_stopping=settings.early_stopping,
+        callbacks=[EpochLogger("scANVI")],
+        **train_kwargs(accelerator),
+    )
+    return model
+
+
+def save_model(model, directory: str | os.PathLike) -> None:
+    """Save a scvi-tools model directory whole or not at all."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        model.save(tmp / "model", overwrite=True, save_anndata=False)
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp / "model", directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a saved SCANVI model expects of its input, read from its registry."""
+
+    directory: Path
+    genes: pd.Index
+    batch_key: str
+    labels_key: str
+    unlabeled_category: str
+    layer: str | None
+    labels: list[str]
+    batches: list[str]
+    scvi_version: str
+    other_keys: dict
+
+
+def read_model_info(directory: str | os.PathLike) -> ModelInfo:
+    """Read a saved model's registry, with an error that says what is wrong and what to do."""
+    import scvi
+
+    directory = Path(directory)
+    if not (directory / MODEL_FILE).is_file():
+        found = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else None
+        raise AtlasmapInputError(
+            f"{directory}: not a saved scvi-tools model: no {MODEL_FILE} "
+            + (f"(the folder holds {found})" if found is not None else "(no such folder)")
+            + ". Point reference.model at the folder that holds model.pt, or leave it null "
+            "to train a model from reference.atlas."
+        )
+    try:
+        registry = scvi.model.SCANVI.load_registry(str(directory))
+        genes = scvi.model.SCANVI.prepare_query_anndata(
+            None, str(directory), return_reference_var_names=True
+        )
+    except Exception as err:  # the loader's own errors say little about the cause
+        raise AtlasmapInputError(
+            f"{directory}/{MODEL_FILE}: cannot be read by scvi-tools {scvi.__version__} "
+            f"({type(err).__name__}: {err}). Was it saved by a much older or newer scvi-tools? "
+            "Load and re-save it with a matching version, or retrain with reference.model: null."
+        ) from err
+    model_name = registry.get("model_name")
+    if model_name != "SCANVI":
+        raise AtlasmapInputError(
+            f"{directory}: a saved {model_name} model, but atlasmap needs an SCANVI model "
+            "(train one with scvi.model.SCANVI.from_scvi_model, or leave reference.model null)."
+        )
+    setup = registry["setup_args"]
+    fields = registry["field_registries"]
+    labels = list(fields["labels"]["state_registry"]["categorical_mapping"])
+    batches = list(fields["batch"]["state_registry"]["categorical_mapping"])
+    other = {
+        k: v
+        for k, v in setup.items()
+        if k.endswith("_keys") and v  # categorical/continuous covariates
+    }
+    return ModelInfo(
+        directory=directory,
+        genes=pd.Index(np.asarray(genes).astype(str)),
+        batch_key=setup.get("batch_key"),
+        labels_key=setup.get("labels_key"),
+        unlabeled_category=setup.get("unlabeled_category", "Unknown"),
+        layer=setup.get("layer"),
+        labels=[str(label) for label in labels],
+        batches=[str(b) for b in batches],
+        scvi_version=str(registry.get("scvi_version", "unknown")),
+        other_keys=other,
+    )
+
+
+def check_model_matches_config(info: ModelInfo, labels_key: str, batch_key: str) -> None:
+    if info.labels_key != labels_key:
+        raise AtlasmapInputError(
+            f"{info.directory}: the model predicts {info.labels_key!r} but reference.labels_key "
+            f"is {labels_key!r}; set reference.labels_key: {info.labels_key}"
+        )
+    if info.batch_key != batch_key:
+        raise AtlasmapInputError(
+            f"{info.directory}: the model's batch key is {info.batch_key!r} but "
+            f"reference.batch_key is {batch_key!r}; set reference.batch_key: {info.batch_key}"
+        )
+    if info.other_keys:
+        raise AtlasmapInputError(
+            f"{info.directory}: the model also uses covariates {info.other_keys}, "
+            "which atlasmap does not supply yet"
+        )
+
+
+def training_settings(training_config: dict) -> TrainingSettings:
+    """TrainingSettings from the config's reference.training mapping."""
+    return TrainingSettings(**training_config)
+
+
+def train_reference_files(
+    atlas_path: str | os.PathLike,
+    model_dir: str | os.PathLike,
+    reference_config: dict,
+    seed: int = 0,
+    accelerator: str = "auto",
+) -> None:
+    """Train a reference model from the atlas file and save it (whole or not at all)."""
+    atlas = read_atlas(atlas_path)
+    model = train_reference_model(
+        atlas,
+        labels_key=reference_config["labels_key"],
+        batch_key=reference_config["batch_key"],
+        unlabeled_category=reference_config["unlabeled_category"],
+        layer=reference_config["counts_layer"],
+        settings=training_settings(reference_config["training"]),
+        seed=seed,
+        accelerator=accelerator,
+        where=str(atlas_path),
+    )
+    save_model(model, model_dir)
+    log.info("saved the reference model to %s", model_dir)
+
+
+def read_atlas_obs(path: str | os.PathLike) -> pd.DataFrame:
+    """The atlas's cell metadata only, without loading its matrix."""
+    path = Path(path)
+    if path.suffix == ".zarr" or path.is_dir():
+        import zarr
+
+        return ad.io.read_elem(zarr.open(str(path), mode="r")["obs"])
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        return ad.io.read_elem(handle["obs"])
