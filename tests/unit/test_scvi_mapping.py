@@ -250,3 +250,27 @@ def test_files_in_files_out_and_nothing_left_on_error(tmp_path, query, reference
             **paths,
         )
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_surgery_on_a_model_whose_encoder_ignores_the_batch_says_so(small_study, tmp_path, caplog):
+    """scvi-tools' default architecture (as the scPDAC model): surgery cannot move cells."""
+    import logging
+
+    atlas = small_study.reference
+    adata = atlas.copy()
+    scvi.model.SCVI.setup_anndata(
+        adata, layer="counts", batch_key="Sample_ID", labels_key="Level_4"
+    )
+    vae = scvi.model.SCVI(adata, n_latent=5)  # encode_covariates=False by default
+    vae.train(max_epochs=2, enable_progress_bar=False)
+    model = scvi.model.SCANVI.from_scvi_model(vae, unlabeled_category="Unknown")
+    model.train(max_epochs=1, enable_progress_bar=False)
+    save_model(model, tmp_path / "plain")
+    q = small_study.query.copy()
+    q.obs = q.obs.rename(columns={"patients": "Sample_ID"})
+    q.layers["counts"] = q.X.copy()
+    with caplog.at_level(logging.WARNING):
+        result = map_query(q, atlas, tmp_path / "plain", "surgery", SETTINGS)
+    assert "surgery cannot move query cells in the latent space" in caplog.text
+    assert not result.qc["encoder_sees_batch"].any()
+    assert result.info["latent_shift_mean"] < 1e-4

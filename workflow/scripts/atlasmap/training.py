@@ -8,6 +8,12 @@ from lightning.pytorch.callbacks import Callback
 
 log = logging.getLogger(__name__)
 
+# Lightning gives its loggers their own stderr handler; with the root logger
+# also writing to the rule's log every line would appear twice.
+for _name in ("lightning.pytorch", "lightning.fabric"):
+    logging.getLogger(_name).handlers.clear()
+    logging.getLogger(_name).propagate = True
+
 
 class EpochLogger(Callback):
     """Log each epoch's losses to the rule's log (progress bars are off: logs stay readable)."""
