@@ -7,11 +7,15 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/query.smk"
 include: "workflow/rules/reference.smk"
 include: "workflow/rules/mapping.smk"
+include: "workflow/rules/plots.smk"
 
 
 rule all:

@@ -3,10 +3,12 @@
 import json
 
 import anndata as ad
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from conftest import copy_workflow
+from PIL import Image
 from test_query_stages import snakemake
 
 pytestmark = pytest.mark.workflow
@@ -78,3 +80,63 @@ def test_training_progress_is_in_the_log(small_run):
     assert "scANVI epoch" in log
     surgery = (small_run / "logs" / "map_query" / "demo_surgery.log").read_text()
     assert "surgery epoch 4/4" in surgery
+
+
+FIGURES = [
+    "umap_celltype",
+    "umap_query",
+    "umap_sample",
+    "umap_uncertainty",
+    "umap_query_alone",
+    "label_distribution",
+    "confusion_matrix",
+]
+
+
+def assert_image(path):
+    if path.suffix == ".png":
+        with Image.open(path) as image:
+            image.verify()
+    else:
+        assert path.read_bytes()[:5] == b"%PDF-", path
+
+
+def test_every_figure_exists_for_both_modes_and_differs_between_them(small_run):
+    for name in FIGURES:
+        files = {}
+        for mode in ("surgery", "embed"):
+            for ext in ("png", "pdf"):
+                path = small_run / "results" / "demo" / mode / "plots" / f"{name}.{ext}"
+                assert_image(path)
+            files[mode] = (
+                small_run / "results" / "demo" / mode / "plots" / f"{name}.png"
+            ).read_bytes()
+        assert files["surgery"] != files["embed"], f"{name} is the same for both modes"
+    # Not only the titles: surgery moved the query cells, so the embeddings differ.
+    latent = {
+        mode: ad.read_h5ad(small_run / "results" / "demo" / mode / "mapped.h5ad").obsm[
+            "X_scANVI_emb"
+        ]
+        for mode in ("surgery", "embed")
+    }
+    assert np.abs(latent["surgery"] - latent["embed"]).max() > 1e-3
+    compare = small_run / "results" / "demo" / "compare"
+    for name in ("umap_surgery_vs_embed", "agreement_heatmap"):
+        for ext in ("png", "pdf"):
+            assert_image(compare / f"{name}.{ext}")
+    summary = json.loads((compare / "agreement.json").read_text())
+    assert 0 <= summary["agreement"] <= 1 and summary["query_cells"] > 0
+
+
+def test_mapped_h5ad_holds_the_umap(small_run):
+    mapped = ad.read_h5ad(small_run / "results" / "demo" / "embed" / "mapped.h5ad", backed="r")
+    assert mapped.obsm["X_umap"].shape == (mapped.n_obs, 2)
+    assert "connectivities" in mapped.obsp
+    assert mapped.uns["neighbors"]["params"]["n_neighbors"] == 15
+
+
+def test_the_report_builds_with_every_figure(small_run):
+    snakemake(small_run, "--configfile", "config/small.yaml", "--report", "report.html")
+    html = (small_run / "report.html").read_text()
+    for name in [*FIGURES, "umap_surgery_vs_embed", "agreement_heatmap", "qc.tsv", "metrics.json"]:
+        assert name in html, name

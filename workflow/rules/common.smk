@@ -17,6 +17,17 @@ from atlasmap.download import resolve_sources, is_url  # noqa: E402
 
 QUERIES = list(config["queries"])
 MODES = config["mapping"]["modes"]
+VECTOR_FORMAT = config["plots"]["vector_format"]
+# Each figure of plot_mapping, with the caption of its place in the report.
+MAPPING_FIGURES = {
+    "umap_celltype": "umap_celltype.rst",
+    "umap_query": "umap_query.rst",
+    "umap_sample": "umap_sample.rst",
+    "umap_uncertainty": "umap_uncertainty.rst",
+    "label_distribution": "label_distribution.rst",
+}
+if config["umap"]["query_alone"]:
+    MAPPING_FIGURES["umap_query_alone"] = "umap_query_alone.rst"
 
 
 wildcard_constraints:
@@ -61,21 +72,42 @@ def mapping_params(wildcards):
     return params
 
 
+def mapping_figure_outputs():
+    """Named outputs of plot_mapping: a PNG in the report and a vector file per figure."""
+    outputs = {}
+    for name, caption in MAPPING_FIGURES.items():
+        outputs[name] = report(
+            f"results/{{query}}/{{mode}}/plots/{name}.png",
+            caption=f"../report/{caption}",
+            category="{query}",
+            subcategory="{mode}",
+        )
+        outputs[f"{name}_vector"] = (
+            f"results/{{query}}/{{mode}}/plots/{name}.{VECTOR_FORMAT}"
+        )
+    return outputs
+
+
 def query_outputs(query):
     """Everything the workflow delivers for one query."""
     outputs = expand(
         [
-            rules.map_query.output.mapped,
+            rules.neighbors_umap.output.mapped,
             rules.map_query.output.predictions,
             rules.map_query.output.qc,
+            *rules.plot_mapping.output,
         ],
         query=query,
         mode=MODES,
     )
     if config["queries"][query]["truth"]:
         outputs += expand(
-            rules.evaluate_mapping.output.metrics, query=query, mode=MODES
+            [rules.evaluate_mapping.output.metrics, *rules.plot_confusion.output],
+            query=query,
+            mode=MODES,
         )
+    if set(MODES) == {"surgery", "embed"}:
+        outputs += expand(rules.compare_modes.output, query=query)
     return outputs
 
 

@@ -7,9 +7,14 @@ rule map_query:
         atlas=lookup(dpath="reference/atlas", within=config),
         model=reference_model,
     output:
-        mapped="results/{query}/{mode}/mapped.h5ad",
+        embedded="results/{query}/{mode}/embedded.h5ad",
         predictions="results/{query}/{mode}/predictions.tsv",
-        qc="results/{query}/{mode}/qc.tsv",
+        qc=report(
+            "results/{query}/{mode}/qc.tsv",
+            caption="../report/qc_table.rst",
+            category="{query}",
+            subcategory="{mode}",
+        ),
     log:
         "logs/map_query/{query}_{mode}.log",
     conda:
@@ -56,7 +61,12 @@ rule evaluate_mapping:
         baseline=rules.predict_baseline.output.predictions,
         atlas=lookup(dpath="reference/atlas", within=config),
     output:
-        metrics="results/{query}/{mode}/metrics.json",
+        metrics=report(
+            "results/{query}/{mode}/metrics.json",
+            caption="../report/metrics.rst",
+            category="{query}",
+            subcategory="{mode}",
+        ),
     log:
         "logs/evaluate_mapping/{query}_{mode}.log",
     conda:

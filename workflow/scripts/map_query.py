@@ -14,7 +14,7 @@ map_query_files(
     snakemake.input.model,
     snakemake.wildcards.mode,
     mapping_settings(snakemake.params.reference, snakemake.params.mapping, snakemake.params.seed),
-    mapped=snakemake.output.mapped,
+    mapped=snakemake.output.embedded,
     predictions=snakemake.output.predictions,
     qc=snakemake.output.qc,
 )

@@ -1,0 +1,170 @@
+"""Figures: consistent colours, valid files, and the neighbour/UMAP step behind them."""
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from atlasmap.embedding import QUERY_UMAP_KEY, EmbeddingSettings, neighbors_umap
+from atlasmap.mapping import EMBEDDING_KEY
+from atlasmap.plots import (
+    UNKNOWN_COLOUR,
+    compare_figures,
+    confusion_figure,
+    label_palette,
+    mapping_figures,
+)
+from PIL import Image
+
+LABELS = ["T cell", "B cell", "Macrophage", "Fibroblast"]
+
+
+def test_palette_is_a_function_of_the_label_set_not_of_its_order():
+    a = label_palette(["T cell", "B cell", "Unknown", "Macrophage"])
+    b = label_palette(["Macrophage", "T cell", "B cell"])
+    assert {k: v for k, v in a.items() if k != "Unknown"} == {
+        k: v for k, v in b.items() if k != "Unknown"
+    }
+    assert a["Unknown"] == UNKNOWN_COLOUR
+    assert len(set(a.values())) == len(a)  # no two labels share a colour
+
+
+def test_palette_overrides_and_many_labels():
+    palette = label_palette([f"type {i}" for i in range(70)], {"type 3": "black"})
+    assert palette["type 3"] == "#000000"
+    assert len(set(palette.values())) == 71
+    assert UNKNOWN_COLOUR not in [v for k, v in palette.items() if k != "Unknown"]
+
+
+def make_expanded(n_ref=300, n_query=120, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 5, (len(LABELS), 8))
+    ref_labels = rng.choice(LABELS, n_ref)
+    q_labels = rng.choice(LABELS, n_query)
+    latent = np.vstack(
+        [
+            centres[[LABELS.index(x) for x in ref_labels]],
+            centres[[LABELS.index(x) for x in q_labels]],
+        ]
+    ) + rng.normal(0, 1, (n_ref + n_query, 8))
+    predicted = np.concatenate([ref_labels, q_labels]).astype(object)
+    predicted[-5:] = "Unknown"
+    obs = pd.DataFrame(
+        {
+            "source": pd.Categorical(["reference"] * n_ref + ["query"] * n_query),
+            "Level_4": list(ref_labels) + [np.nan] * n_query,
+            "Sample_ID": [f"D{i % 3}" for i in range(n_ref)]
+            + [f"PA0{1 + i % 2}" for i in range(n_query)],
+            "predicted_celltype": predicted,
+            "prediction_probability": rng.uniform(0.3, 1, n_ref + n_query),
+            "prediction_uncertainty": rng.uniform(0, 1, n_ref + n_query),
+            "barcode": [f"c{i}" for i in range(n_ref + n_query)],
+        },
+        index=[f"c{i}" for i in range(n_ref + n_query)],
+    )
+    adata = ad.AnnData(obs=obs)
+    adata.obsm[EMBEDDING_KEY] = latent.astype(np.float32)
+    return adata, q_labels
+
+
+def test_neighbors_umap_on_the_latent_all_cells_and_query_alone():
+    adata, _ = make_expanded()
+    settings = EmbeddingSettings(n_neighbors=10, n_trees=5, seed=3)
+    out = neighbors_umap(adata.copy(), settings)
+    assert out.obsm["X_umap"].shape == (out.n_obs, 2)
+    assert out.uns["neighbors"]["params"]["n_neighbors"] == 10
+    assert out.obsp["connectivities"].shape == (out.n_obs, out.n_obs)
+    is_query = (out.obs["source"] == "query").to_numpy()
+    assert np.isnan(out.obsm[QUERY_UMAP_KEY][~is_query]).all()
+    assert np.isfinite(out.obsm[QUERY_UMAP_KEY][is_query]).all()
+    again = neighbors_umap(adata.copy(), settings)
+    np.testing.assert_array_equal(out.obsm["X_umap"], again.obsm["X_umap"])
+
+
+@pytest.fixture
+def mapped_files(tmp_path):
+    paths = {}
+    for mode, seed in (("surgery", 0), ("embed", 1)):
+        adata, _ = make_expanded(seed=seed)
+        adata = neighbors_umap(adata, EmbeddingSettings(n_neighbors=10, n_trees=5))
+        paths[mode] = tmp_path / f"{mode}.h5ad"
+        adata.write_h5ad(paths[mode])
+    return paths
+
+
+def assert_valid_image(path):
+    if path.suffix == ".png":
+        with Image.open(path) as image:
+            image.verify()
+        with Image.open(path) as image:
+            assert min(image.size) > 100
+    else:
+        assert path.read_bytes()[:5] == b"%PDF-"
+
+
+def test_every_mapping_figure_is_written_as_png_and_pdf(mapped_files, tmp_path):
+    names = [
+        "umap_celltype",
+        "umap_query",
+        "umap_sample",
+        "umap_uncertainty",
+        "umap_query_alone",
+        "label_distribution",
+    ]
+    outputs = {n: [tmp_path / "plots" / f"{n}.png", tmp_path / "plots" / f"{n}.pdf"] for n in names}
+    mapping_figures(
+        mapped_files["surgery"],
+        outputs,
+        labels_key="Level_4",
+        batch_key="Sample_ID",
+        dpi=100,
+        title="t",
+    )
+    for paths in outputs.values():
+        for path in paths:
+            assert_valid_image(path)
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(
+        f"{n}.{e}" for n in names for e in ("png", "pdf")
+    )
+
+
+def test_comparison_reports_agreement(mapped_files, tmp_path):
+    out = {
+        k: tmp_path / f"{k}"
+        for k in ("a.png", "a.pdf", "h.png", "h.pdf", "agree.tsv", "agree.json")
+    }
+    share = compare_figures(
+        mapped_files["surgery"],
+        mapped_files["embed"],
+        [out["a.png"], out["a.pdf"]],
+        [out["h.png"], out["h.pdf"]],
+        out["agree.tsv"],
+        out["agree.json"],
+        labels_key="Level_4",
+        dpi=100,
+    )
+    s = ad.read_h5ad(mapped_files["surgery"]).obs.query("source == 'query'")
+    e = ad.read_h5ad(mapped_files["embed"]).obs.query("source == 'query'")
+    expected = np.mean(
+        s["predicted_celltype"].astype(str).to_numpy()
+        == e["predicted_celltype"].astype(str).to_numpy()
+    )
+    assert share == pytest.approx(expected)
+    table = pd.read_csv(out["agree.tsv"], sep="\t", index_col=0)
+    assert table.to_numpy().sum() == len(s)
+    for key in ("a.png", "a.pdf", "h.png", "h.pdf"):
+        assert_valid_image(out[key])
+
+
+def test_confusion_figure(tmp_path):
+    table = pd.DataFrame(
+        {
+            "barcode": ["a", "b", "c"],
+            "predicted_celltype": ["T", "B", "Unknown"],
+            "truth": ["T", "T", "B"],
+        }
+    )
+    table.to_csv(tmp_path / "p.tsv", sep="\t", index=False)
+    confusion_figure(
+        tmp_path / "p.tsv", "truth", [tmp_path / "c.png"], labels_key="Level_4", dpi=100
+    )
+    assert_valid_image(tmp_path / "c.png")

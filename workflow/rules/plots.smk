@@ -1,0 +1,114 @@
+# Neighbours, UMAP and figures: per query and mode, then both modes side by side.
+
+
+rule neighbors_umap:
+    input:
+        embedded=rules.map_query.output.embedded,
+    output:
+        mapped="results/{query}/{mode}/mapped.h5ad",
+    log:
+        "logs/neighbors_umap/{query}_{mode}.log",
+    conda:
+        "../envs/scanpy.yaml"
+    threads: 2
+    resources:
+        mem_mb=lambda wildcards, attempt: 12000 * attempt,
+        runtime=120,
+    params:
+        neighbors=lookup(dpath="neighbors", within=config),
+        umap=lookup(dpath="umap", within=config),
+        seed=lookup(dpath="seed", within=config),
+    script:
+        "../scripts/neighbors_umap.py"
+
+
+rule plot_mapping:
+    input:
+        mapped=rules.neighbors_umap.output.mapped,
+    output:
+        **mapping_figure_outputs(),
+    log:
+        "logs/plot_mapping/{query}_{mode}.log",
+    conda:
+        "../envs/plots.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        runtime=30,
+    params:
+        plots=lookup(dpath="plots", within=config),
+        reference=lookup(dpath="reference", within=config),
+    script:
+        "../scripts/plot_mapping.py"
+
+
+rule plot_confusion:
+    input:
+        predictions=rules.map_query.output.predictions,
+    output:
+        png=report(
+            "results/{query}/{mode}/plots/confusion_matrix.png",
+            caption="../report/confusion_matrix.rst",
+            category="{query}",
+            subcategory="{mode}",
+        ),
+        vector=f"results/{{query}}/{{mode}}/plots/confusion_matrix.{VECTOR_FORMAT}",
+    log:
+        "logs/plot_confusion/{query}_{mode}.log",
+    conda:
+        "../envs/plots.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=15,
+    params:
+        truth=lookup(dpath="queries/{query}/truth", within=config),
+        plots=lookup(dpath="plots", within=config),
+        reference=lookup(dpath="reference", within=config),
+    script:
+        "../scripts/plot_confusion.py"
+
+
+rule compare_modes:
+    input:
+        surgery=expand(
+            rules.neighbors_umap.output.mapped, mode="surgery", allow_missing=True
+        ),
+        embed=expand(
+            rules.neighbors_umap.output.mapped, mode="embed", allow_missing=True
+        ),
+    output:
+        side_by_side=report(
+            "results/{query}/compare/umap_surgery_vs_embed.png",
+            caption="../report/compare_umap.rst",
+            category="{query}",
+            subcategory="surgery vs embed",
+        ),
+        side_by_side_vector=f"results/{{query}}/compare/umap_surgery_vs_embed.{VECTOR_FORMAT}",
+        heatmap=report(
+            "results/{query}/compare/agreement_heatmap.png",
+            caption="../report/compare_heatmap.rst",
+            category="{query}",
+            subcategory="surgery vs embed",
+        ),
+        heatmap_vector=f"results/{{query}}/compare/agreement_heatmap.{VECTOR_FORMAT}",
+        agreement=report(
+            "results/{query}/compare/agreement.tsv",
+            caption="../report/compare_table.rst",
+            category="{query}",
+            subcategory="surgery vs embed",
+        ),
+        summary="results/{query}/compare/agreement.json",
+    log:
+        "logs/compare_modes/{query}.log",
+    conda:
+        "../envs/plots.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        runtime=30,
+    params:
+        plots=lookup(dpath="plots", within=config),
+        reference=lookup(dpath="reference", within=config),
+    script:
+        "../scripts/compare_modes.py"

@@ -1,0 +1,542 @@
+"""Publication figures of a mapping: UMAPs, label distribution, confusion, mode agreement.
+
+Every figure is drawn with matplotlib directly (not scanpy's plotting) so that
+legends sit outside the data, fonts are sized for print (7 pt at the saved
+size) and the same label keeps the same colour in every figure of a run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib import colors as mcolors  # noqa: E402
+
+from .io import atomic_path  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+UNKNOWN = "Unknown"
+UNKNOWN_COLOUR = "#9e9e9e"
+REFERENCE_COLOUR = "#e3e3e3"
+QUERY_COLOUR = "#c0392b"
+MM = 1 / 25.4  # inches per millimetre
+DOUBLE_COLUMN = 180 * MM
+SINGLE_COLUMN = 89 * MM
+
+STYLE = {
+    "font.size": 7,
+    "axes.titlesize": 8,
+    "axes.labelsize": 7,
+    "xtick.labelsize": 6,
+    "ytick.labelsize": 6,
+    "legend.fontsize": 6,
+    "legend.title_fontsize": 7,
+    "axes.linewidth": 0.5,
+    "xtick.major.width": 0.5,
+    "ytick.major.width": 0.5,
+    "pdf.fonttype": 42,  # editable text in Illustrator/Inkscape
+    "svg.fonttype": "none",
+    "savefig.bbox": "tight",
+    "savefig.pad_inches": 0.02,
+}
+
+
+def _qualitative_colours(n: int) -> list[str]:
+    """n distinct colours, chosen as scanpy chooses them (its 20-, 28- or 102-colour
+    palette by the number of labels), without the greys that mean Unknown or reference."""
+    from scanpy.plotting import palettes
+
+    greys = {"#7f7f7f", "#c7c7c7", "#bec1d4", "#d6bcc0"}
+    for palette in (palettes.default_20, palettes.default_28, palettes.default_102):
+        colours = [mcolors.to_hex(c) for c in palette if mcolors.to_hex(c) not in greys]
+        if n <= len(colours):
+            return colours[:n]
+    hues = np.linspace(0, 1, n - len(colours), endpoint=False)
+    return colours + [mcolors.to_hex(mcolors.hsv_to_rgb((h, 0.65, 0.85))) for h in hues]
+
+
+def label_palette(
+    labels: Iterable[str], overrides: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Colour of each label: a fixed function of the sorted label set, so every
+    figure of a run (both modes, the comparison) agrees. ``Unknown`` is grey;
+    ``overrides`` (config ``plots.colors``) win."""
+    names = sorted({str(x) for x in labels if pd.notna(x)} - {UNKNOWN})
+    palette = dict(zip(names, _qualitative_colours(len(names)), strict=True))
+    palette[UNKNOWN] = UNKNOWN_COLOUR
+    for label, colour in (overrides or {}).items():
+        palette[str(label)] = mcolors.to_hex(colour)
+    return palette
+
+
+def point_size(n_cells: int) -> float:
+    """Marker area that keeps a UMAP readable from 1k to 300k cells (as scanpy does)."""
+    return float(np.clip(120_000 / max(n_cells, 1), 0.3, 20.0))
+
+
+def _scatter(ax, coords, colours, size, order=None):
+    order = np.arange(len(coords)) if order is None else order
+    ax.scatter(
+        coords[order, 0],
+        coords[order, 1],
+        c=np.asarray(colours, dtype=object)[order],
+        s=size,
+        linewidths=0,
+        rasterized=True,
+    )
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_xlabel("UMAP 1")
+    ax.set_ylabel("UMAP 2")
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+
+
+def _legend(ax, palette: Mapping[str, str], labels: Sequence[str], title: str | None = None):
+    handles = [
+        plt.Line2D(
+            [],
+            [],
+            marker="o",
+            linestyle="",
+            markersize=4,
+            markerfacecolor=palette[label],
+            markeredgewidth=0,
+            label=label,
+        )
+        for label in labels
+    ]
+    ncol = int(np.ceil(len(labels) / 22))
+    ax.legend(
+        handles=handles,
+        title=title,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        frameon=False,
+        ncol=ncol,
+        handletextpad=0.2,
+        columnspacing=0.8,
+        borderaxespad=0,
+    )
+
+
+def _shuffled(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).permutation(n)
+
+
+def umap_categorical(
+    coords: np.ndarray,
+    values: pd.Series,
+    palette: Mapping[str, str],
+    title: str,
+    legend_title: str | None = None,
+    background: np.ndarray | None = None,
+    width: float = DOUBLE_COLUMN * 0.62,
+):
+    """UMAP coloured by a categorical column; ``background`` cells drawn grey underneath."""
+    values = values.astype(str).to_numpy()
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(width, width * 0.7))
+        if background is not None and background.any():
+            _scatter(
+                ax,
+                coords[background],
+                [REFERENCE_COLOUR] * int(background.sum()),
+                point_size(len(coords)),
+            )
+        shown = np.ones(len(coords), bool) if background is None else ~background
+        idx = np.flatnonzero(shown)
+        colours = [palette.get(v, UNKNOWN_COLOUR) for v in values[idx]]
+        _scatter(ax, coords[idx], colours, point_size(len(coords)), order=_shuffled(len(idx)))
+        present = [label for label in palette if label in set(values[idx])]
+        _legend(ax, palette, present, legend_title)
+        ax.set_title(title)
+    return fig
+
+
+def umap_query_highlight(coords: np.ndarray, is_query: np.ndarray, title: str):
+    """Query cells in colour on top of the reference in grey."""
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(SINGLE_COLUMN * 1.25, SINGLE_COLUMN * 1.0))
+        size = point_size(len(coords))
+        _scatter(ax, coords[~is_query], [REFERENCE_COLOUR] * int((~is_query).sum()), size)
+        _scatter(ax, coords[is_query], [QUERY_COLOUR] * int(is_query.sum()), size)
+        _legend(ax, {"reference": REFERENCE_COLOUR, "query": QUERY_COLOUR}, ["reference", "query"])
+        ax.set_title(title)
+    return fig
+
+
+def umap_uncertainty(
+    coords: np.ndarray,
+    is_query: np.ndarray,
+    uncertainty: np.ndarray,
+    unknown: np.ndarray,
+    title: str,
+):
+    """Query cells coloured by kNN uncertainty; cells called Unknown ringed in black."""
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(SINGLE_COLUMN * 1.3, SINGLE_COLUMN * 1.0))
+        size = point_size(len(coords))
+        _scatter(ax, coords[~is_query], [REFERENCE_COLOUR] * int((~is_query).sum()), size)
+        q = np.flatnonzero(is_query)
+        order = q[np.argsort(uncertainty[q], kind="stable")]  # most uncertain on top
+        points = ax.scatter(
+            coords[order, 0],
+            coords[order, 1],
+            c=uncertainty[order],
+            cmap="plasma",
+            vmin=0,
+            vmax=1,
+            s=size,
+            linewidths=0,
+            rasterized=True,
+        )
+        u = np.flatnonzero(is_query & unknown)
+        if len(u):
+            ax.scatter(
+                coords[u, 0],
+                coords[u, 1],
+                s=size * 6,
+                facecolors="none",
+                edgecolors="black",
+                linewidths=0.4,
+                rasterized=True,
+                label=f"Unknown ({len(u)})",
+            )
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.06), frameon=False)
+        bar = fig.colorbar(points, ax=ax, fraction=0.05, pad=0.02)
+        bar.set_label("prediction uncertainty")
+        bar.outline.set_linewidth(0.5)
+        ax.set_title(title)
+    return fig
+
+
+def label_distribution(
+    labels: pd.Series, samples: pd.Series, palette: Mapping[str, str], title: str
+):
+    """Predicted labels as horizontal bars: counts per label (left), each sample's fractions (right)."""
+    table = pd.crosstab(labels.astype(str), samples.astype(str))
+    order = [label for label in palette if label in table.index]
+    order += [label for label in table.index if label not in order]
+    table = table.loc[order]
+    totals = table.sum(axis=1)
+    fractions = table / table.sum(axis=0)
+    n_labels, n_samples = table.shape
+    height = max(1.6, 0.13 * n_labels + 0.5, 0.22 * n_samples + 0.8)
+    with plt.rc_context(STYLE):
+        fig, (left, right) = plt.subplots(
+            1,
+            2,
+            figsize=(DOUBLE_COLUMN, height),
+            gridspec_kw={"width_ratios": [1, 1.2]},
+            layout="constrained",
+        )
+        y = np.arange(n_labels)
+        left.barh(
+            y, totals.to_numpy(), color=[palette.get(x, UNKNOWN_COLOUR) for x in order], height=0.75
+        )
+        left.set_yticks(y, order)
+        left.invert_yaxis()
+        left.set_xlabel("query cells")
+        for i, total in enumerate(totals):
+            left.text(total, i, f" {total}", va="center", fontsize=5)
+        left.set_xlim(0, totals.max() * 1.18)
+        left.set_title("cells per predicted label")
+        ys = np.arange(n_samples)
+        start = np.zeros(n_samples)
+        for label in order:
+            share = fractions.loc[label].to_numpy()
+            right.barh(
+                ys,
+                share,
+                left=start,
+                color=palette.get(label, UNKNOWN_COLOUR),
+                height=0.75,
+                edgecolor="white",
+                linewidth=0.2,
+            )
+            start += share
+        right.set_yticks(ys, [f"{s} (n={n})" for s, n in table.sum(axis=0).items()])
+        right.invert_yaxis()
+        right.set_xlim(0, 1)
+        right.set_xlabel("fraction of the sample's cells")
+        right.set_title("composition per sample")
+        _legend(right, palette, order)
+        for ax in (left, right):
+            for side in ("top", "right"):
+                ax.spines[side].set_visible(False)
+        fig.suptitle(title, fontsize=8)
+    return fig
+
+
+def cross_table_heatmap(
+    rows: pd.Series,
+    columns: pd.Series,
+    row_title: str,
+    column_title: str,
+    title: str,
+    row_order: Sequence[str] | None = None,
+    column_order: Sequence[str] | None = None,
+):
+    """Row-normalised cross-table as a heatmap, annotated with the cell counts."""
+    table = pd.crosstab(rows.astype(str), columns.astype(str))
+    if row_order is not None:
+        table = table.reindex(
+            [r for r in row_order if r in table.index]
+            + [r for r in table.index if r not in row_order]
+        )
+    if column_order is not None:
+        cols = list(
+            dict.fromkeys([c for c in column_order if c in table.columns] + list(table.columns))
+        )
+        table = table[cols]
+    shares = table.div(table.sum(axis=1), axis=0)
+    n_rows, n_cols = table.shape
+    cell = 0.2
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(
+            figsize=(max(2.5, cell * n_cols + 1.8), max(2.0, cell * n_rows + 1.6))
+        )
+        image = ax.imshow(shares.to_numpy(), cmap="Blues", vmin=0, vmax=1, aspect="auto")
+        ax.set_xticks(range(n_cols), table.columns, rotation=60, ha="right", rotation_mode="anchor")
+        ax.set_yticks(range(n_rows), table.index)
+        if n_rows * n_cols <= 900:
+            for i in range(n_rows):
+                for j in range(n_cols):
+                    count = table.iat[i, j]
+                    if count:
+                        ax.text(
+                            j,
+                            i,
+                            str(count),
+                            ha="center",
+                            va="center",
+                            fontsize=4.5,
+                            color="white" if shares.iat[i, j] > 0.6 else "black",
+                        )
+        ax.set_xlabel(column_title)
+        ax.set_ylabel(row_title)
+        bar = fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
+        bar.set_label(f"share of {row_title.split(' ')[0]} row")
+        bar.outline.set_linewidth(0.5)
+        ax.set_title(title)
+    return fig
+
+
+def save_figure(fig, paths: Iterable[str | os.PathLike], dpi: int = 300) -> None:
+    """Save ``fig`` to every path (format from the suffix), each whole or not at all."""
+    for path in paths:
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            fig.savefig(
+                tmp, dpi=dpi, format=path.suffix.lstrip("."), bbox_inches="tight", pad_inches=0.02
+            )
+    plt.close(fig)
+
+
+# --- The figures of the workflow, from its files --------------------------------
+
+MAPPING_FIGURES = (
+    "umap_celltype",
+    "umap_query",
+    "umap_sample",
+    "umap_uncertainty",
+    "umap_query_alone",
+    "label_distribution",
+)
+
+
+def prediction_column(level: str | None, labels_key: str) -> str:
+    """obs/predictions column holding the calls at ``level`` (the labels key by default)."""
+    return "predicted_celltype" if level in (None, labels_key) else f"predicted_{level}"
+
+
+def read_mapped_obs(path: str | os.PathLike):
+    """obs and obsm of a mapped.h5ad, without loading its count matrix."""
+    import anndata as ad
+
+    adata = ad.read_h5ad(path, backed="r")
+    obs, obsm = adata.obs.copy(), {k: np.asarray(v) for k, v in adata.obsm.items()}
+    adata.file.close()
+    return obs, obsm
+
+
+def run_palette(obs: pd.DataFrame, level: str, column: str, overrides=None) -> dict[str, str]:
+    """The palette of a run: every reference label at ``level`` plus every call."""
+    labels = set(obs[column].dropna().astype(str))
+    if level in obs:
+        labels |= set(obs.loc[obs["source"] == "reference", level].dropna().astype(str))
+    return label_palette(labels, overrides)
+
+
+def mapping_figures(
+    mapped: str | os.PathLike,
+    outputs: Mapping[str, Sequence[str | os.PathLike]],
+    labels_key: str,
+    batch_key: str,
+    level: str | None = None,
+    colors: Mapping[str, str] | None = None,
+    dpi: int = 300,
+    title: str = "",
+) -> None:
+    """Draw every per-mode figure named in ``outputs`` (name -> files, one per format)."""
+    obs, obsm = read_mapped_obs(mapped)
+    level = level or labels_key
+    column = prediction_column(level, labels_key)
+    palette = run_palette(obs, level, column, colors)
+    coords = obsm["X_umap"]
+    is_query = (obs["source"] == "query").to_numpy()
+    figures = {
+        "umap_celltype": lambda: umap_categorical(
+            coords, obs[column], palette, f"{title}: predicted {level}", legend_title=level
+        ),
+        "umap_query": lambda: umap_query_highlight(
+            coords, is_query, f"{title}: query on the atlas"
+        ),
+        "umap_sample": lambda: umap_categorical(
+            coords,
+            obs[batch_key],
+            label_palette(obs[batch_key].astype(str)),
+            f"{title}: {batch_key}",
+            legend_title=batch_key,
+        ),
+        "umap_uncertainty": lambda: umap_uncertainty(
+            coords,
+            is_query,
+            obs["prediction_uncertainty"].to_numpy(dtype=float),
+            (obs[column].astype(str) == UNKNOWN).to_numpy(),
+            f"{title}: uncertainty",
+        ),
+        "umap_query_alone": lambda: umap_categorical(
+            obsm["X_umap_query"][is_query],
+            obs.loc[is_query, column],
+            palette,
+            f"{title}: query alone, predicted {level}",
+            legend_title=level,
+        ),
+        "label_distribution": lambda: label_distribution(
+            obs.loc[is_query, column],
+            obs.loc[is_query, batch_key],
+            palette,
+            f"{title}: predicted {level}",
+        ),
+    }
+    for name, paths in outputs.items():
+        save_figure(figures[name](), paths, dpi)
+        log.info("drew %s", name)
+
+
+def confusion_figure(
+    predictions: str | os.PathLike,
+    truth: str,
+    outputs: Sequence[str | os.PathLike],
+    labels_key: str,
+    level: str | None = None,
+    colors: Mapping[str, str] | None = None,
+    dpi: int = 300,
+    title: str = "",
+) -> None:
+    """Known labels (rows) against the calls at the labels key (columns)."""
+    table = pd.read_csv(predictions, sep="\t", dtype={"barcode": str})
+    column = prediction_column(labels_key, labels_key)
+    order = list(label_palette(pd.concat([table[truth], table[column]]).astype(str), colors))
+    fig = cross_table_heatmap(
+        table[truth],
+        table[column],
+        f"{truth} (known)",
+        f"predicted {labels_key}",
+        f"{title}: accuracy {np.mean(table[truth].astype(str) == table[column].astype(str)):.3f}",
+        row_order=order,
+        column_order=order,
+    )
+    save_figure(fig, outputs, dpi)
+
+
+def compare_figures(
+    surgery: str | os.PathLike,
+    embed: str | os.PathLike,
+    side_by_side: Sequence[str | os.PathLike],
+    heatmap: Sequence[str | os.PathLike],
+    agreement: str | os.PathLike,
+    agreement_summary: str | os.PathLike,
+    labels_key: str,
+    level: str | None = None,
+    colors: Mapping[str, str] | None = None,
+    dpi: int = 300,
+    title: str = "",
+) -> float:
+    """Surgery and embed UMAPs side by side, their calls cross-tabulated; returns the agreement."""
+    level = level or labels_key
+    column = prediction_column(level, labels_key)
+    (obs_s, obsm_s), (obs_e, obsm_e) = read_mapped_obs(surgery), read_mapped_obs(embed)
+    palette = run_palette(pd.concat([obs_s, obs_e]), level, column, colors)
+    q_s = obs_s[obs_s["source"] == "query"].set_index("barcode")
+    q_e = obs_e[obs_e["source"] == "query"].set_index("barcode").reindex(q_s.index)
+    calls_s, calls_e = q_s[column].astype(str), q_e[column].astype(str)
+    share = float(np.mean(calls_s.to_numpy() == calls_e.to_numpy()))
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(
+            1, 2, figsize=(DOUBLE_COLUMN, DOUBLE_COLUMN * 0.42), layout="constrained"
+        )
+        for ax, obs, obsm, mode in (
+            (axes[0], obs_s, obsm_s, "surgery"),
+            (axes[1], obs_e, obsm_e, "embed"),
+        ):
+            values = obs[column].astype(str).to_numpy()
+            _scatter(
+                ax,
+                obsm["X_umap"],
+                [palette.get(v, UNKNOWN_COLOUR) for v in values],
+                point_size(len(values)),
+                order=_shuffled(len(values)),
+            )
+            ax.set_title(f"{mode}")
+        present = [
+            label
+            for label in palette
+            if label in set(obs_s[column].astype(str)) | set(obs_e[column].astype(str))
+        ]
+        _legend(axes[1], palette, present, level)
+        fig.suptitle(
+            f"{title}: predicted {level}; the modes agree on {100 * share:.1f}% of query cells",
+            fontsize=8,
+        )
+    save_figure(fig, side_by_side, dpi)
+    order = list(palette)
+    save_figure(
+        cross_table_heatmap(
+            calls_s,
+            calls_e,
+            "surgery call",
+            "embed call",
+            f"{title}: agreement {100 * share:.1f}%",
+            order,
+            order,
+        ),
+        heatmap,
+        dpi,
+    )
+    cross = pd.crosstab(calls_s.rename("surgery"), calls_e.rename("embed"))
+    with atomic_path(agreement) as tmp:
+        cross.to_csv(tmp, sep="\t")
+    with atomic_path(agreement_summary) as tmp:
+        tmp.write_text(
+            json.dumps(
+                {"level": level, "query_cells": len(calls_s), "agreement": round(share, 4)},
+                indent=2,
+            )
+            + "\n"
+        )
+    log.info("surgery and embed agree on %.2f%% of %d query cells", 100 * share, len(calls_s))
+    return share

@@ -1,0 +1,13 @@
+"""Rule neighbors_umap: Annoy neighbours and UMAP on the scANVI latent -> mapped.h5ad."""
+
+from atlasmap.logs import log_to
+
+log_to(snakemake.log[0])
+
+from atlasmap.embedding import embedding_settings, neighbors_umap_files  # noqa: E402
+
+neighbors_umap_files(
+    snakemake.input.embedded,
+    snakemake.output.mapped,
+    embedding_settings(snakemake.params.neighbors, snakemake.params.umap, snakemake.params.seed),
+)
