@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,7 @@ def tree_digest(directory: Path) -> dict[str, str]:
 
 def copy_workflow(dest: Path) -> Path:
     """Copy what a user clones (Snakefile, config, workflow, profiles) into ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
     for name in ("Snakefile", "config", "workflow", "profiles"):
         src = REPO / name
         if src.is_dir():
@@ -59,3 +61,7 @@ def medium_study():
     return make_demo_study(
         seed=11, n_reference_cells=3000, n_query_cells=400, n_genes=600, n_patients=4
     )
+
+
+# Test helpers (fault_server, rules_info) live beside this file.
+sys.path.insert(0, str(Path(__file__).parent))

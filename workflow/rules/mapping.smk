@@ -4,7 +4,7 @@
 rule map_query:
     input:
         query=rules.subset_query.output.h5ad,
-        atlas=lookup(dpath="reference/atlas", within=config),
+        atlas=reference_atlas,
         model=reference_model,
     output:
         embedded="results/{query}/{mode}/embedded.h5ad",
@@ -58,8 +58,9 @@ rule predict_baseline:
 rule evaluate_mapping:
     input:
         predictions=rules.map_query.output.predictions,
-        baseline=rules.predict_baseline.output.predictions,
-        atlas=lookup(dpath="reference/atlas", within=config),
+        baseline=baseline_predictions,
+        atlas=reference_atlas,
+        model=reference_model,
     output:
         metrics=report(
             "results/{query}/{mode}/metrics.json",

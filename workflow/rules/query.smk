@@ -1,34 +1,33 @@
-# The query chain: fetch the deposit, read it with its metadata, keep the selected cells.
+# The query chain: fetch each deposit file, read them with the metadata, keep the selected cells.
 
 
 rule download_query:
     input:
-        unpack(local_deposit_files),
+        local=local_deposit_file,
     output:
-        matrix="resources/queries/{query}/matrix.mtx.gz",
-        features="resources/queries/{query}/features.tsv.gz",
-        barcodes="resources/queries/{query}/barcodes.tsv.gz",
-        metadata="resources/queries/{query}/metadata.csv.gz",
+        file="resources/queries/{query}/{file}",
     log:
-        "logs/download_query/{query}.log",
+        "logs/download_query/{query}_{file}.log",
     conda:
         "../envs/scanpy.yaml"
     threads: 1
     resources:
         mem_mb=1000,
-        runtime=120,
+        runtime=240,
     params:
-        sources=query_sources,
+        location=deposit_location,
+        checksum=deposit_checksum,
+        download=lookup(dpath="download", within=config),
     script:
         "../scripts/download_query.py"
 
 
 rule load_query:
     input:
-        matrix=rules.download_query.output.matrix,
-        features=rules.download_query.output.features,
-        barcodes=rules.download_query.output.barcodes,
-        metadata=rules.download_query.output.metadata,
+        matrix=deposit_file("matrix"),
+        features=deposit_file("features"),
+        barcodes=deposit_file("barcodes"),
+        metadata=deposit_file("metadata"),
     output:
         h5ad="results/{query}/query/loaded.h5ad",
     log:

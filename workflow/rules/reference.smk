@@ -1,9 +1,52 @@
-# The reference model: trained here from the atlas unless the config names a saved one.
+# The reference: its atlas (present, or fetched) and its SCANVI model (trained
+# here, taken from a wheel on PyPI, or a saved folder the config names).
+
+
+rule obtain_atlas:
+    output:
+        atlas=config["reference"]["atlas"] or "resources/reference/no_atlas",
+    log:
+        "logs/obtain_atlas/obtain_atlas.log",
+    conda:
+        "../envs/scanpy.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=240,
+    params:
+        url=lookup(dpath="reference/atlas_url", within=config),
+        checksum=lookup(dpath="reference/atlas_checksum", within=config),
+        download=lookup(dpath="download", within=config),
+    script:
+        "../scripts/obtain_atlas.py"
+
+
+# The demo makes its own atlas.
+ruleorder: generate_demo > obtain_atlas
+
+
+rule fetch_model_package:
+    output:
+        model=directory(
+            config["reference"]["model"] or "resources/reference/packaged_model"
+        ),
+    log:
+        "logs/fetch_model_package/fetch_model_package.log",
+    conda:
+        "../envs/scvi.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        package=lookup(dpath="reference/model_package", within=config),
+    script:
+        "../scripts/fetch_model_package.py"
 
 
 rule train_reference:
     input:
-        atlas=lookup(dpath="reference/atlas", within=config),
+        atlas=reference_atlas,
     output:
         model=directory("results/reference/scanvi_model"),
     log:
@@ -16,7 +59,7 @@ rule train_reference:
         runtime=240,
         gpu=1,
     params:
-        reference=lookup(dpath="reference", within=config),
+        reference=training_params,
         seed=lookup(dpath="seed", within=config),
         accelerator=lookup(dpath="mapping/accelerator", within=config),
     script:

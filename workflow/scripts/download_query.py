@@ -1,9 +1,14 @@
-"""Rule download_query: fetch the deposit files of one query into resources/."""
+"""Rule download_query: fetch one deposit file of a query into resources/."""
 
 from atlasmap.logs import log_to
 
 log_to(snakemake.log[0])
 
-from atlasmap.download import fetch_deposit  # noqa: E402
+from atlasmap.download import DownloadSettings, fetch  # noqa: E402
 
-fetch_deposit(snakemake.params.sources, dict(snakemake.output.items()))
+fetch(
+    snakemake.params.location,
+    snakemake.output.file,
+    DownloadSettings(**snakemake.params.download),
+    checksum=snakemake.params.checksum,
+)

@@ -8,8 +8,9 @@ from atlasmap.metrics import evaluate_files  # noqa: E402
 
 evaluate_files(
     snakemake.input.predictions,
-    snakemake.input.baseline,
-    snakemake.input.atlas,
+    snakemake.input.baseline or None,
+    snakemake.input.atlas or None,
+    snakemake.input.model,
     snakemake.params.truth,
     snakemake.params.reference,
     snakemake.params.unknown_threshold,

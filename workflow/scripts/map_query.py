@@ -10,7 +10,7 @@ from atlasmap.mapping import map_query_files, mapping_settings  # noqa: E402
 torch.set_num_threads(snakemake.threads)
 map_query_files(
     snakemake.input.query,
-    snakemake.input.atlas,
+    snakemake.input.atlas or None,
     snakemake.input.model,
     snakemake.wildcards.mode,
     mapping_settings(snakemake.params.reference, snakemake.params.mapping, snakemake.params.seed),

@@ -8,12 +8,13 @@ import sys
 
 
 def log_to(path: str | os.PathLike) -> None:
-    """Redirect stderr (line-buffered) and the ``logging`` root logger to ``path``.
+    """Redirect stderr and stdout (line-buffered) and the ``logging`` root logger to ``path``.
 
     Python warnings, tracebacks and library progress bars then land in the
     rule's log, where a user looks when a job fails.
     """
     sys.stderr = open(path, "w", buffering=1)  # noqa: SIM115 - lives as long as the job
+    sys.stdout = sys.stderr  # libraries that print (scvi-tools' console) land there too
     logging.basicConfig(
         stream=sys.stderr,
         level=logging.INFO,

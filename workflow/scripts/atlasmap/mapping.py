@@ -152,9 +152,22 @@ def _predict(model, adata, batch_size) -> tuple[np.ndarray, pd.DataFrame]:
     return latent, probs
 
 
+def _empty_atlas(info: ModelInfo, s: MappingSettings) -> ad.AnnData:
+    """A reference with no cells: mapping with the model alone (embed mode)."""
+    obs = pd.DataFrame(
+        {s.labels_key: pd.Categorical([]), s.batch_key: pd.Categorical([])},
+        index=pd.Index([], dtype=str),
+    )
+    counts = sp.csr_matrix((0, len(info.genes)), dtype=np.float32)
+    atlas = ad.AnnData(X=counts, obs=obs, var=pd.DataFrame(index=info.genes))
+    if s.atlas_layer:
+        atlas.layers[s.atlas_layer] = counts
+    return atlas
+
+
 def map_query(
     query: ad.AnnData,
-    atlas: ad.AnnData,
+    atlas: ad.AnnData | None,
     model_dir: str | Path,
     mode: str,
     settings: MappingSettings = MappingSettings(),
@@ -165,7 +178,9 @@ def map_query(
     ``mode`` "surgery": scArches architecture surgery, the query batches'
     weights trained (weight decay 0) while the reference weights and the
     classifier stay frozen. ``mode`` "embed": the reference model frozen,
-    query cells embedded and classified with no training.
+    query cells embedded and classified with no training. Without an
+    ``atlas`` (None), embed mode maps with the model alone: no reference cells
+    in the output and no kNN uncertainty (NaN).
     """
     import scvi
     import torch
@@ -177,6 +192,18 @@ def map_query(
     s = settings
     info = read_model_info(model_dir)
     check_model_matches_config(info, s.labels_key, s.batch_key)
+    if atlas is None:
+        if mode == "surgery":
+            raise AtlasmapInputError(
+                "surgery needs the reference atlas (config key reference.atlas): the expanded "
+                "atlas and the joint embedding are made of its cells. Without it, use "
+                "mapping.modes: [embed]."
+            )
+        log.warning(
+            "no reference atlas: embed mode with the model alone; the output holds the query "
+            "cells only and no kNN uncertainty (NaN)"
+        )
+        atlas = _empty_atlas(info, s)
     check_atlas_columns(atlas, "reference.atlas", labels_key=s.labels_key, batch_key=s.batch_key)
     if s.batch_key not in query.obs.columns:
         raise AtlasmapInputError(
@@ -243,7 +270,11 @@ def map_query(
         log.info("embed: reference model frozen, no training")
     with torch.inference_mode():
         z_query, probs_query = _predict(model, q_input, s.inference_batch_size)
-        z_ref, probs_ref = _predict(model, ref_input, s.inference_batch_size)
+        if ref_input.n_obs:
+            z_ref, probs_ref = _predict(model, ref_input, s.inference_batch_size)
+        else:
+            z_ref = np.zeros((0, z_query.shape[1]), dtype=z_query.dtype)
+            probs_ref = probs_query.iloc[:0]
     latent_shift = float(np.linalg.norm(z_query - z_before, axis=1).mean())
     log.info("mean query latent shift by %s: %.4g", mode, latent_shift)
 
@@ -252,9 +283,12 @@ def map_query(
     probs_query.columns.name = probs_ref.columns.name = s.labels_key
     calls_query = hierarchical_calls(probs_query, hierarchy, s.unknown_threshold)
     calls_ref = hierarchical_calls(probs_ref, hierarchy, s.unknown_threshold)
-    _, uncertainty = knn_label_uncertainty(
-        z_ref, atlas.obs[s.labels_key].astype(str).to_numpy(), z_query, s.uncertainty_neighbors
-    )
+    if len(z_ref):
+        _, uncertainty = knn_label_uncertainty(
+            z_ref, atlas.obs[s.labels_key].astype(str).to_numpy(), z_query, s.uncertainty_neighbors
+        )
+    else:
+        uncertainty = np.full(len(z_query), np.nan)
 
     predictions = _prediction_table(calls_query, uncertainty, query.obs, s.labels_key)
     expanded = _expanded_atlas(
@@ -277,7 +311,9 @@ def map_query(
                 calls_ref[f"predicted_{s.labels_key}"].to_numpy()
                 == atlas.obs[s.labels_key].astype(str).to_numpy()
             )
-        ),
+        )
+        if atlas.n_obs
+        else float("nan"),
     }
     expanded.uns["atlasmap"] = {k: v for k, v in run_info.items() if k != "gene_alignment"}
     expanded.uns["atlasmap"]["gene_alignment"] = {k: str(v) for k, v in q_report.as_dict().items()}
@@ -398,7 +434,7 @@ def mapping_settings(
 
 def map_query_files(
     query_path: str | Path,
-    atlas_path: str | Path,
+    atlas_path: str | Path | None,
     model_dir: str | Path,
     mode: str,
     settings: MappingSettings,
@@ -410,7 +446,7 @@ def map_query_files(
     from .reference import read_atlas
 
     query = ad.read_h5ad(query_path)
-    atlas = read_atlas(atlas_path)
+    atlas = read_atlas(atlas_path) if atlas_path else None
     result = map_query(query, atlas, model_dir, mode, settings, where=str(query_path))
     write_mapping(result, mapped, predictions, qc)
     return result

@@ -81,14 +81,14 @@ def level_accuracy(
 
 def evaluate(
     predictions: pd.DataFrame,
-    baseline: pd.DataFrame,
+    baseline: pd.DataFrame | None,
     truth_column: str,
     reference_labels: set[str],
     hierarchy: pd.DataFrame,
     unknown_threshold: float,
     where: str = "predictions",
 ) -> dict:
-    """Metrics of the mapping and of the baseline on the same cells, side by side."""
+    """Metrics of the mapping and, when there is one, of the baseline on the same cells."""
     from .errors import AtlasmapInputError
 
     if truth_column not in predictions.columns:
@@ -96,25 +96,26 @@ def evaluate(
             f"{where}: no column {truth_column!r} (config key queries.<name>.truth); "
             f"columns are {list(predictions.columns)}"
         )
-    truth = predictions.set_index("barcode")[truth_column]
     mapped = predictions.set_index("barcode")
-    base = baseline.set_index("barcode").reindex(mapped.index)
+    truth = mapped[truth_column]
     result = {
         "truth_column": truth_column,
         "unknown_threshold": unknown_threshold,
         "mapping": classification_metrics(truth, mapped["predicted_celltype"], reference_labels),
-        "baseline": classification_metrics(
+    }
+    result["mapping"]["accuracy_by_level"] = level_accuracy(truth, mapped, hierarchy)
+    if baseline is not None:
+        base = baseline.set_index("barcode").reindex(mapped.index)
+        result["baseline"] = classification_metrics(
             truth,
             base["predicted_celltype"],
             reference_labels,
             base["prediction_probability"],
             unknown_threshold,
-        ),
-        "baseline_without_unknown": classification_metrics(
+        )
+        result["baseline_without_unknown"] = classification_metrics(
             truth, base["predicted_celltype"], reference_labels
-        ),
-    }
-    result["mapping"]["accuracy_by_level"] = level_accuracy(truth, mapped, hierarchy)
+        )
     return result
 
 
@@ -122,38 +123,51 @@ def evaluate_files(
     predictions_path,
     baseline_path,
     atlas_path,
+    model_dir,
     truth_column: str,
     reference_config: dict,
     unknown_threshold: float,
     output,
 ) -> dict:
-    """:func:`evaluate` from the prediction tables and the atlas's labels, to JSON."""
+    """:func:`evaluate` from the prediction tables and the atlas's labels, to JSON.
+
+    Without an atlas (mapping with the model alone) the reference labels come
+    from the model and there is neither a hierarchy nor a baseline.
+    """
     import json
     import logging
 
     from .io import atomic_path
-    from .reference import label_hierarchy, read_atlas_obs
+    from .reference import label_hierarchy, read_atlas_obs, read_model_info
 
-    obs = read_atlas_obs(atlas_path)
     labels_key = reference_config["labels_key"]
-    levels = [lv for lv in reference_config["label_levels"] if lv in obs.columns]
-    hierarchy = label_hierarchy(obs, [*levels, labels_key], labels_key)
+    if atlas_path:
+        obs = read_atlas_obs(atlas_path)
+        levels = [lv for lv in reference_config["label_levels"] if lv in obs.columns]
+        hierarchy = label_hierarchy(obs, [*levels, labels_key], labels_key)
+        reference_labels = set(obs[labels_key].astype(str))
+    else:
+        hierarchy = pd.DataFrame()
+        reference_labels = set(read_model_info(model_dir).labels)
     result = evaluate(
         pd.read_csv(predictions_path, sep="\t", dtype={"barcode": str}),
-        pd.read_csv(baseline_path, sep="\t", dtype={"barcode": str}),
+        pd.read_csv(baseline_path, sep="\t", dtype={"barcode": str}) if baseline_path else None,
         truth_column,
-        set(obs[labels_key].astype(str)),
+        reference_labels,
         hierarchy,
         unknown_threshold,
         where=str(predictions_path),
     )
-    logging.getLogger(__name__).info(
-        "accuracy %.3f (baseline %.3f), macro-F1 %.3f (baseline %.3f)",
-        result["mapping"]["accuracy"],
-        result["baseline"]["accuracy"],
-        result["mapping"]["macro_f1"],
-        result["baseline"]["macro_f1"],
+    logger = logging.getLogger(__name__)
+    logger.info(
+        "accuracy %.3f, macro-F1 %.3f", result["mapping"]["accuracy"], result["mapping"]["macro_f1"]
     )
+    if "baseline" in result:
+        logger.info(
+            "baseline: accuracy %.3f, macro-F1 %.3f",
+            result["baseline"]["accuracy"],
+            result["baseline"]["macro_f1"],
+        )
     with atomic_path(output) as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
     return result

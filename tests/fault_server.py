@@ -1,0 +1,87 @@
+"""A real HTTP server on 127.0.0.1 whose paths can fail on purpose (tests only)."""
+
+import collections
+import contextlib
+import gzip
+import http.server
+import threading
+import time
+
+PAYLOAD = gzip.compress(bytes(range(256)) * 4000, mtime=0)  # ~1 MB uncompressed
+STALL_SECONDS = 1.5  # bounded: a stalled request ends by itself
+
+
+class FaultServer:
+    """Serves bytes at paths, each with a fault mode; counts the requests per path."""
+
+    def __init__(self):
+        self.routes: dict[str, tuple[bytes, str]] = {}
+        self.requests = collections.Counter()
+        self.ranges: list[str | None] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                server.requests[self.path] += 1
+                server.ranges.append(self.headers.get("Range"))
+                if self.path not in server.routes:
+                    self.send_error(404, "Not Found")
+                    return
+                body, mode = server.routes[self.path]
+                first = server.requests[self.path] == 1
+                if mode == "500-once" and first:
+                    self.send_error(500, "Internal Server Error")
+                elif (mode in ("cut-once", "cut-norange") and first) or mode == "cut-always":
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                elif mode == "stall":
+                    time.sleep(STALL_SECONDS)
+                    self._send(body, ranges=False)
+                elif mode == "gzip-truncated-once" and first:
+                    self.send_response(200)  # no Content-Length: the client cannot tell
+                    self.end_headers()
+                    self.wfile.write(body[: len(body) - 100])
+                    self.close_connection = True
+                else:
+                    self._send(body, ranges=mode != "cut-norange")
+
+            def _send(self, body, ranges=True):
+                start = 0
+                header = self.headers.get("Range")
+                if ranges and header and header.startswith("bytes="):
+                    start = int(header[6:].split("-")[0])
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(body) - start))
+                self.end_headers()
+                self.wfile.write(body[start:])
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def serve(self, path, body=PAYLOAD, mode="ok"):
+        self.routes[path] = (body, mode)
+        return self.url + path
+
+
+@contextlib.contextmanager
+def running_fault_server():
+    server = FaultServer()
+    server.thread.start()
+    try:
+        yield server
+    finally:
+        server.httpd.shutdown()
+        server.httpd.server_close()
+        server.thread.join(timeout=5)
