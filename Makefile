@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # dependency of scvi-tools, pip would pick a multi-GB CUDA build.
 TORCH_PIN := $(shell grep -E '^torch==' requirements.txt)
 
-.PHONY: demo test lint format clean
+.PHONY: demo test lint format clean slurm-profile
 
 demo: $(STAMP)
 	$(BIN)/snakemake --cores all
@@ -33,6 +33,14 @@ $(STAMP): requirements.txt
 	$(BIN)/pip install --quiet "$(TORCH_PIN)"
 	$(BIN)/pip install --quiet -r requirements.txt
 	touch $(STAMP)
+
+# `snakemake --profile slurm` finds profiles by name in ~/.config/snakemake:
+# link this repository's profile there (re-run after moving the clone).
+SNAKEMAKE_PROFILES ?= $(HOME)/.config/snakemake
+slurm-profile:
+	mkdir -p $(SNAKEMAKE_PROFILES)
+	ln -sfn $(CURDIR)/profiles/slurm $(SNAKEMAKE_PROFILES)/slurm
+	@echo "installed: snakemake --profile slurm  ->  $(CURDIR)/profiles/slurm"
 
 clean:
 	rm -rf results resources logs .snakemake report.html

@@ -43,6 +43,13 @@ if config["umap"]["query_alone"]:
     MAPPING_FIGURES["umap_query_alone"] = "umap_query_alone.rst"
 
 
+# Fetching runs where the network is: on the head node under a cluster executor.
+localrules:
+    download_query,
+    obtain_atlas,
+    fetch_model_package,
+
+
 wildcard_constraints:
     # Names become folders: no separators, no dots, no spaces.
     query="|".join(QUERIES),
