@@ -65,3 +65,49 @@ def medium_study():
 
 # Test helpers (fault_server, rules_info) live beside this file.
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+# A small demo: the same config for every test that compares runs.
+SMALL = {
+    "demo": {"reference_cells": 1500, "query_cells": 600, "genes": 400},
+    "training": {"n_top_genes": 300, "scvi_max_epochs": 15, "scanvi_max_epochs": 8},
+    "surgery": {"max_epochs": 4},
+}
+
+
+def write_small_config(workdir: Path, name: str = "small.yaml", edit=None) -> str:
+    """config/config.yaml made small (SMALL), optionally edited; returns its relative path."""
+    import yaml
+
+    config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
+    config["demo"].update(SMALL["demo"])
+    config["reference"]["training"].update(SMALL["training"])
+    config["mapping"]["surgery"].update(SMALL["surgery"])
+    if edit:
+        edit(config)
+    (workdir / "config" / name).write_text(yaml.safe_dump(config))
+    return f"config/{name}"
+
+
+def run_snakemake(workdir, *args, check=True, timeout=900):
+    """The real Snakemake CLI in ``workdir`` (2 cores)."""
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", *args],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {args} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory):
+    """The whole demo on the SMALL config, run once for every test that reads it."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("small_run"))
+    run_snakemake(workdir, "--configfile", write_small_config(workdir))
+    return workdir

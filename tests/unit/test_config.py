@@ -76,6 +76,10 @@ def test_every_top_level_key_is_documented_in_config_readme():
         (lambda c: c["queries"]["demo"]["metadata"].update(max_unmatched_fraction=2), "2"),
         (lambda c: c["queries"].update({"../x": c["queries"]["demo"]}), "'../x' does not match"),
         (
+            lambda c: c["queries"].update({"/abs": c["queries"]["demo"]}),
+            "'/abs' does not match",
+        ),
+        (
             lambda c: c["queries"].update({"my query": c["queries"]["demo"]}),
             "'my query' does not match",
         ),
@@ -89,6 +93,7 @@ def test_every_top_level_key_is_documented_in_config_readme():
         "wrong-type",
         "out-of-range",
         "escaping-name",
+        "absolute-name",
         "name-with-space",
         "two-sources",
         "string-for-mapping",

@@ -173,3 +173,11 @@ def test_a_failed_file_removes_the_deposit_files_already_fetched(server, tmp_pat
     with pytest.raises(AtlasmapInputError, match="absent.csv.gz: HTTP 404"):
         fetch_deposit(urls, dests, FAST)
     assert only_file(tmp_path / "dl") == []
+
+
+def test_a_truncated_local_gzip_is_refused(tmp_path):
+    src = tmp_path / "m.mtx.gz"
+    src.write_bytes(PAYLOAD[:-200])
+    with pytest.raises(AtlasmapInputError, match="m.mtx.gz: incomplete or corrupt gzip file"):
+        fetch(str(src), tmp_path / "out" / "matrix.mtx.gz")
+    assert list((tmp_path / "out").iterdir()) == []

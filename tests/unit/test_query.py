@@ -216,3 +216,18 @@ def test_subset_leaving_no_cells_is_an_error(deposit, tmp_path):
         out,
         "leaves no cells",
     )
+
+
+def test_a_truncated_gzip_matrix_is_a_clear_error(deposit, tmp_path):
+    matrix = deposit / DEPOSIT_FILES["matrix"]
+    matrix.write_bytes(matrix.read_bytes()[: matrix.stat().st_size // 2])
+    out = tmp_path / "out" / "loaded.h5ad"
+    assert_fails_cleanly(lambda: load(deposit, out), deposit, out, "cannot be read", "truncated")
+
+
+def test_a_cut_mtx_body_is_a_clear_error(deposit, tmp_path):
+    matrix = deposit / DEPOSIT_FILES["matrix"]
+    lines = gzip.decompress(matrix.read_bytes()).splitlines(keepends=True)
+    matrix.write_bytes(gzip.compress(b"".join(lines[: len(lines) // 2])))  # valid gzip, short body
+    out = tmp_path / "out" / "loaded.h5ad"
+    assert_fails_cleanly(lambda: load(deposit, out), deposit, out, "cannot be read")

@@ -274,3 +274,28 @@ def test_surgery_on_a_model_whose_encoder_ignores_the_batch_says_so(small_study,
     assert "surgery cannot move query cells in the latent space" in caplog.text
     assert not result.qc["encoder_sees_batch"].any()
     assert result.info["latent_shift_mean"] < 1e-4
+
+
+def test_atlas_without_the_batch_key_is_an_error(query, reference):
+    atlas, model_dir = reference
+    a = atlas.copy()
+    del a.obs["Sample_ID"]
+    with pytest.raises(
+        AtlasmapInputError, match=r"no obs column 'Sample_ID' \(config key reference.batch_key\)"
+    ):
+        map_query(query, a, model_dir, "embed", SETTINGS)
+
+
+def test_training_on_an_atlas_without_the_labels_key_is_an_error(medium_study):
+    atlas = medium_study.reference.copy()
+    del atlas.obs["Level_4"]
+    with pytest.raises(
+        AtlasmapInputError, match=r"no obs column 'Level_4' \(config key reference.labels_key\)"
+    ):
+        train_reference_model(atlas, "Level_4", "Sample_ID")
+
+
+def test_surgery_without_an_atlas_is_refused(query, reference):
+    _, model_dir = reference
+    with pytest.raises(AtlasmapInputError, match="surgery needs the reference atlas"):
+        map_query(query, None, model_dir, "surgery", SETTINGS)

@@ -6,30 +6,10 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
-from conftest import copy_workflow
 from PIL import Image
 from test_query_stages import snakemake
 
 pytestmark = pytest.mark.workflow
-
-SMALL = {
-    "demo": {"reference_cells": 1500, "query_cells": 600, "genes": 400},
-    "training": {"n_top_genes": 300, "scvi_max_epochs": 15, "scanvi_max_epochs": 8},
-    "surgery": {"max_epochs": 4},
-}
-
-
-@pytest.fixture(scope="module")
-def small_run(tmp_path_factory):
-    workdir = copy_workflow(tmp_path_factory.mktemp("mapping"))
-    config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
-    config["demo"].update(SMALL["demo"])
-    config["reference"]["training"].update(SMALL["training"])
-    config["mapping"]["surgery"].update(SMALL["surgery"])
-    (workdir / "config" / "small.yaml").write_text(yaml.safe_dump(config))
-    snakemake(workdir, "--configfile", "config/small.yaml")
-    return workdir
 
 
 @pytest.mark.parametrize("mode", ["surgery", "embed"])

@@ -151,3 +151,22 @@ def test_a_config_may_hold_several_queries(tmp_path):
     for query in ("demo", "second"):
         assert f"results/{query}/query/subset.h5ad" in out
     assert out.count("rule load_query:") == 2
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "results/../x/query/subset.h5ad",
+        "results/demo/../../x/mapped.h5ad",
+        "results/other query/query/subset.h5ad",
+        "results/demo/surgery extra/mapped.h5ad",
+        "/abs/results/demo/query/subset.h5ad",
+    ],
+)
+def test_targets_outside_the_configured_names_match_no_rule(tmp_path, target):
+    workdir = copy_workflow(tmp_path)
+    result = snakemake(workdir, "-n", target, check=False)
+    assert result.returncode != 0
+    assert "MissingRuleException" in result.stdout + result.stderr or "No rule to produce" in (
+        result.stdout + result.stderr
+    )

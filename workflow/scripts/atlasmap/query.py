@@ -50,12 +50,20 @@ def read_10x_deposit(directory: str | os.PathLike) -> ad.AnnData:
             f"gene symbol[, feature type]; found {features.shape[1]} column(s)"
         )
     try:
-        adata = sc.read_10x_mtx(
-            directory, var_names="gene_symbols", make_unique=True, gex_only=False
-        )
-    except KeyError:
-        # Two-column (id, symbol) features: scanpy wants a third, feature type.
-        adata = _read_two_column_features(directory)
+        try:
+            adata = sc.read_10x_mtx(
+                directory, var_names="gene_symbols", make_unique=True, gex_only=False
+            )
+        except KeyError:
+            # Two-column (id, symbol) features: scanpy wants a third, feature type.
+            adata = _read_two_column_features(directory)
+    except (OSError, EOFError, ValueError, IndexError) as err:
+        # A cut download or a damaged file: say which file, not scipy's internals.
+        raise AtlasmapInputError(
+            f"{directory}: the 10x files cannot be read ({type(err).__name__}: {err}); "
+            f"is {DEPOSIT_FILES['matrix']} or another file truncated? Delete it and rerun "
+            "to fetch it again."
+        ) from err
     symbols = pd.read_csv(features_path, sep="\t", header=None, usecols=[1])[1].astype(str)
     adata.var["gene_symbols"] = symbols.to_numpy()
     if "feature_types" in adata.var:

@@ -1,0 +1,177 @@
+"""Reliability: interrupted runs, the lock, config-driven reruns, reproducible numbers.
+
+Each compares against `small_run` (conftest): the same small demo, run once
+without interruption.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+from conftest import copy_workflow, run_snakemake, write_small_config
+
+pytestmark = pytest.mark.workflow
+MODES = ("surgery", "embed")
+
+
+def planned_jobs(workdir, config) -> set[tuple[str, str]]:
+    """(rule, wildcards) of every job Snakemake's dry run would run."""
+    out = run_snakemake(workdir, "-n", "--configfile", config).stdout
+    jobs, rule = set(), None
+    for line in out.splitlines():
+        if match := re.match(r"^(?:local)?rule (\w+):$", line):
+            rule = match[1]
+            jobs.add((rule, ""))
+        elif rule and (match := re.match(r"^\s+wildcards: (.*)$", line)):
+            jobs.discard((rule, ""))
+            jobs.add((rule, match[1]))
+    return {job for job in jobs if job[0] != "all"}
+
+
+def mode_jobs(rules, mode):
+    return {(rule, f"query=demo, mode={mode}") for rule in rules}
+
+
+def test_nothing_changed_nothing_runs(small_run):
+    assert planned_jobs(small_run, "config/small.yaml") == set()
+
+
+def test_more_surgery_epochs_rerun_only_the_surgery_mapping_and_what_follows(small_run):
+    config = write_small_config(
+        small_run, "epochs.yaml", lambda c: c["mapping"]["surgery"].update(max_epochs=5)
+    )
+    expected = mode_jobs(
+        ["map_query", "neighbors_umap", "plot_mapping", "evaluate_mapping", "plot_confusion"],
+        "surgery",
+    ) | {("compare_modes", "query=demo")}
+    assert planned_jobs(small_run, config) == expected
+
+
+def test_a_plot_setting_reruns_only_the_figures(small_run):
+    config = write_small_config(small_run, "dpi.yaml", lambda c: c.update(plots={"dpi": 150}))
+    expected = (
+        mode_jobs(["plot_mapping", "plot_confusion"], "surgery")
+        | mode_jobs(["plot_mapping", "plot_confusion"], "embed")
+        | {("compare_modes", "query=demo")}
+    )
+    assert planned_jobs(small_run, config) == expected
+
+
+def test_a_sample_added_to_the_subset_reruns_from_the_subset_on(small_run):
+    config = write_small_config(
+        small_run,
+        "more_samples.yaml",
+        lambda c: c["queries"]["demo"]["subset"].update(Sample_ID=["PA01", "PA02", "PA03"]),
+    )
+    rules = {rule for rule, _ in planned_jobs(small_run, config)}
+    assert rules == {
+        "subset_query",
+        "predict_baseline",
+        "map_query",
+        "evaluate_mapping",
+        "neighbors_umap",
+        "plot_mapping",
+        "plot_confusion",
+        "compare_modes",
+    }
+
+
+def assert_same_results(a, b):
+    for mode in MODES:
+        left = pd.read_csv(a / "results" / "demo" / mode / "predictions.tsv", sep="\t")
+        right = pd.read_csv(b / "results" / "demo" / mode / "predictions.tsv", sep="\t")
+        pd.testing.assert_frame_equal(left, right)
+        metrics = [
+            json.loads((x / "results" / "demo" / mode / "metrics.json").read_text()) for x in (a, b)
+        ]
+        assert metrics[0] == metrics[1]
+
+
+def run_and_kill(workdir, args, log, pattern, timeout=300):
+    """Start the workflow and SIGKILL it (all of it) once ``pattern`` shows in ``log``."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "--cores", "2", *args],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + timeout
+    try:
+        while not (log.exists() and pattern in log.read_text()):
+            assert process.poll() is None, f"the run ended before {pattern!r} showed in {log}"
+            assert time.monotonic() < deadline, f"{pattern!r} never showed in {log}"
+            time.sleep(0.1)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+
+def resume(workdir, config):
+    """What a user does after a crash: rerun, unlocking and redoing incomplete jobs as asked."""
+    result = run_snakemake(workdir, "--configfile", config, check=False)
+    if result.returncode != 0:
+        text = result.stdout + result.stderr
+        assert "--unlock" in text or "--rerun-incomplete" in text, text[-3000:]
+        if "--unlock" in text:
+            run_snakemake(workdir, "--unlock", "--configfile", config)
+        run_snakemake(workdir, "--rerun-incomplete", "--configfile", config)
+
+
+def test_killed_during_training_and_during_surgery_then_rerun_equals_an_uninterrupted_run(
+    small_run, tmp_path
+):
+    """Also the reproducibility check: a second run from scratch with the same seed,
+    on the CPU, gives identical predictions.tsv and metrics.json."""
+    workdir = copy_workflow(tmp_path / "killed")
+    config = write_small_config(workdir)
+    training_log = workdir / "logs/train_reference/train_reference.log"
+    run_and_kill(workdir, ["--configfile", config], training_log, "scVI epoch 3/")
+    assert not (workdir / "results/reference/scanvi_model").exists()
+    # The crash left Snakemake's lock: unlock, rerun, and kill it again during surgery.
+    run_snakemake(workdir, "--unlock", "--configfile", config)
+    surgery_log = workdir / "logs/map_query/demo_surgery.log"
+    run_and_kill(
+        workdir, ["--rerun-incomplete", "--configfile", config], surgery_log, "surgery epoch 2/"
+    )
+    assert not (workdir / "results/demo/surgery/embedded.h5ad").exists()
+    resume(workdir, config)
+    assert_same_results(small_run, workdir)
+
+
+def test_a_second_run_in_the_same_folder_is_refused_and_nothing_is_lost(tmp_path):
+    workdir = copy_workflow(tmp_path / "locked")
+    config = write_small_config(workdir)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", config],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        training_log = workdir / "logs" / "train_reference" / "train_reference.log"
+        while not (training_log.exists() and "scVI epoch" in training_log.read_text()):
+            assert time.monotonic() < deadline and first.poll() is None, (
+                "the first run never locked"
+            )
+            time.sleep(0.1)
+        second = run_snakemake(workdir, "--configfile", config, check=False)
+        assert second.returncode != 0
+        assert "cannot be locked" in second.stdout + second.stderr
+        out, _ = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, out[-3000:]
+    # The first run was not disturbed: it finished, and a plain rerun has nothing to do.
+    for mode in MODES:
+        assert (workdir / "results" / "demo" / mode / "mapped.h5ad").exists()
+    assert "Nothing to be done" in run_snakemake(workdir, "-n", "--configfile", config).stdout
