@@ -111,3 +111,14 @@ def small_run(tmp_path_factory):
     workdir = copy_workflow(tmp_path_factory.mktemp("small_run"))
     run_snakemake(workdir, "--configfile", write_small_config(workdir))
     return workdir
+
+
+def assert_valid_figure(path: Path) -> None:
+    """A PNG that PIL can read whole, or a PDF by its header."""
+    if path.suffix == ".png":
+        from PIL import Image
+
+        with Image.open(path) as image:
+            image.verify()
+    else:
+        assert path.read_bytes()[:5] == b"%PDF-", path

@@ -7,13 +7,14 @@ import pytest
 from atlasmap.embedding import QUERY_UMAP_KEY, EmbeddingSettings, neighbors_umap
 from atlasmap.mapping import EMBEDDING_KEY
 from atlasmap.plots import (
+    MAPPING_FIGURES,
     UNKNOWN_COLOUR,
     compare_figures,
     confusion_figure,
     label_palette,
     mapping_figures,
 )
-from PIL import Image
+from conftest import assert_valid_figure
 
 LABELS = ["T cell", "B cell", "Macrophage", "Fibroblast"]
 
@@ -91,25 +92,8 @@ def mapped_files(tmp_path):
     return paths
 
 
-def assert_valid_image(path):
-    if path.suffix == ".png":
-        with Image.open(path) as image:
-            image.verify()
-        with Image.open(path) as image:
-            assert min(image.size) > 100
-    else:
-        assert path.read_bytes()[:5] == b"%PDF-"
-
-
 def test_every_mapping_figure_is_written_as_png_and_pdf(mapped_files, tmp_path):
-    names = [
-        "umap_celltype",
-        "umap_query",
-        "umap_sample",
-        "umap_uncertainty",
-        "umap_query_alone",
-        "label_distribution",
-    ]
+    names = list(MAPPING_FIGURES)
     outputs = {n: [tmp_path / "plots" / f"{n}.png", tmp_path / "plots" / f"{n}.pdf"] for n in names}
     mapping_figures(
         mapped_files["surgery"],
@@ -121,7 +105,7 @@ def test_every_mapping_figure_is_written_as_png_and_pdf(mapped_files, tmp_path):
     )
     for paths in outputs.values():
         for path in paths:
-            assert_valid_image(path)
+            assert_valid_figure(path)
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(
         f"{n}.{e}" for n in names for e in ("png", "pdf")
     )
@@ -152,7 +136,7 @@ def test_comparison_reports_agreement(mapped_files, tmp_path):
     table = pd.read_csv(out["agree.tsv"], sep="\t", index_col=0)
     assert table.to_numpy().sum() == len(s)
     for key in ("a.png", "a.pdf", "h.png", "h.pdf"):
-        assert_valid_image(out[key])
+        assert_valid_figure(out[key])
 
 
 def test_confusion_figure(tmp_path):
@@ -167,4 +151,4 @@ def test_confusion_figure(tmp_path):
     confusion_figure(
         tmp_path / "p.tsv", "truth", [tmp_path / "c.png"], labels_key="Level_4", dpi=100
     )
-    assert_valid_image(tmp_path / "c.png")
+    assert_valid_figure(tmp_path / "c.png")

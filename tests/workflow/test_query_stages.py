@@ -1,8 +1,6 @@
 """The real Snakemake on the demo, in a temporary copy of the workflow."""
 
 import gzip
-import subprocess
-import sys
 
 import anndata as ad
 import pandas as pd
@@ -10,21 +8,9 @@ import pytest
 import scipy.io
 import yaml
 from conftest import copy_workflow
+from conftest import run_snakemake as snakemake
 
 pytestmark = pytest.mark.workflow
-
-
-def snakemake(workdir, *args, check=True):
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "2", *args],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake {args} failed:\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 @pytest.fixture(scope="module")
