@@ -26,6 +26,7 @@ def main() -> None:
                     "conda": str(rule.conda_env) if rule.conda_env else None,
                     "script": rule.script,
                     "log": [str(entry) for entry in rule.log],
+                    "benchmark": str(rule.benchmark) if rule.benchmark else None,
                     "outputs": [str(entry) for entry in rule.output],
                 }
             )

@@ -51,6 +51,9 @@ def test_every_rule_has_log_conda_and_an_existing_script(rules):
         assert (base / rule["script"]).is_file(), f"{rule['name']}: {rule['script']} missing"
         for log in rule["log"]:
             assert log.startswith(f"logs/{rule['name']}/"), f"{rule['name']} logs to {log}"
+        # Wall time and peak memory of every job, for benchmarks/.
+        assert rule["benchmark"], f"rule {rule['name']} has no benchmark"
+        assert rule["benchmark"].startswith(f"logs/{rule['name']}/")
 
 
 def env_pins(path: Path):

@@ -10,14 +10,16 @@ rule generate_demo:
         metadata="resources/synthetic/deposit/DEMO_sc_metadata.csv.gz",
     log:
         "logs/generate_demo/generate_demo.log",
-    conda:
-        "../envs/scanpy.yaml"
+    benchmark:
+        "logs/generate_demo/generate_demo.benchmark.tsv"
+    params:
+        seed=lookup(dpath="seed", within=config),
+        demo=lookup(dpath="demo", within=config),
     threads: 1
     resources:
         mem_mb=4000,
         runtime=15,
-    params:
-        seed=lookup(dpath="seed", within=config),
-        demo=lookup(dpath="demo", within=config),
+    conda:
+        "../envs/scanpy.yaml"
     script:
         "../scripts/generate_demo.py"

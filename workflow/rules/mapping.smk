@@ -17,17 +17,19 @@ rule map_query:
         ),
     log:
         "logs/map_query/{query}_{mode}.log",
-    conda:
-        "../envs/scvi.yaml"
+    benchmark:
+        "logs/map_query/{query}_{mode}.benchmark.tsv"
+    params:
+        reference=lookup(dpath="reference", within=config),
+        mapping=mapping_params,
+        seed=lookup(dpath="seed", within=config),
     threads: 4
     resources:
         mem_mb=lambda wildcards, attempt: 16000 * attempt,
         runtime=120,
         gpu=1,
-    params:
-        reference=lookup(dpath="reference", within=config),
-        mapping=mapping_params,
-        seed=lookup(dpath="seed", within=config),
+    conda:
+        "../envs/scvi.yaml"
     script:
         "../scripts/map_query.py"
 
@@ -41,16 +43,18 @@ rule predict_baseline:
         predictions="results/{query}/baseline/predictions.tsv",
     log:
         "logs/predict_baseline/{query}.log",
-    conda:
-        "../envs/scvi.yaml"
-    threads: 2
-    resources:
-        mem_mb=lambda wildcards, attempt: 16000 * attempt,
-        runtime=60,
+    benchmark:
+        "logs/predict_baseline/{query}.benchmark.tsv"
     params:
         reference=lookup(dpath="reference", within=config),
         baseline=lookup(dpath="baseline", within=config),
         seed=lookup(dpath="seed", within=config),
+    threads: 2
+    resources:
+        mem_mb=lambda wildcards, attempt: 16000 * attempt,
+        runtime=60,
+    conda:
+        "../envs/scvi.yaml"
     script:
         "../scripts/predict_baseline.py"
 
@@ -70,15 +74,17 @@ rule evaluate_mapping:
         ),
     log:
         "logs/evaluate_mapping/{query}_{mode}.log",
-    conda:
-        "../envs/scvi.yaml"
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=15,
+    benchmark:
+        "logs/evaluate_mapping/{query}_{mode}.benchmark.tsv"
     params:
         truth=lookup(dpath="queries/{query}/truth", within=config),
         reference=lookup(dpath="reference", within=config),
         unknown_threshold=lookup(dpath="mapping/unknown_threshold", within=config),
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=15,
+    conda:
+        "../envs/scvi.yaml"
     script:
         "../scripts/evaluate_mapping.py"

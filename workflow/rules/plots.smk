@@ -8,16 +8,18 @@ rule neighbors_umap:
         mapped="results/{query}/{mode}/mapped.h5ad",
     log:
         "logs/neighbors_umap/{query}_{mode}.log",
-    conda:
-        "../envs/scanpy.yaml"
-    threads: 2
-    resources:
-        mem_mb=lambda wildcards, attempt: 12000 * attempt,
-        runtime=120,
+    benchmark:
+        "logs/neighbors_umap/{query}_{mode}.benchmark.tsv"
     params:
         neighbors=lookup(dpath="neighbors", within=config),
         umap=lookup(dpath="umap", within=config),
         seed=lookup(dpath="seed", within=config),
+    threads: 2
+    resources:
+        mem_mb=lambda wildcards, attempt: 12000 * attempt,
+        runtime=120,
+    conda:
+        "../envs/scanpy.yaml"
     script:
         "../scripts/neighbors_umap.py"
 
@@ -29,15 +31,17 @@ rule plot_mapping:
         **mapping_figure_outputs(),
     log:
         "logs/plot_mapping/{query}_{mode}.log",
-    conda:
-        "../envs/plots.yaml"
+    benchmark:
+        "logs/plot_mapping/{query}_{mode}.benchmark.tsv"
+    params:
+        plots=lookup(dpath="plots", within=config),
+        reference=lookup(dpath="reference", within=config),
     threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
         runtime=30,
-    params:
-        plots=lookup(dpath="plots", within=config),
-        reference=lookup(dpath="reference", within=config),
+    conda:
+        "../envs/plots.yaml"
     script:
         "../scripts/plot_mapping.py"
 
@@ -55,16 +59,18 @@ rule plot_confusion:
         vector=f"results/{{query}}/{{mode}}/plots/confusion_matrix.{VECTOR_FORMAT}",
     log:
         "logs/plot_confusion/{query}_{mode}.log",
-    conda:
-        "../envs/plots.yaml"
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=15,
+    benchmark:
+        "logs/plot_confusion/{query}_{mode}.benchmark.tsv"
     params:
         truth=lookup(dpath="queries/{query}/truth", within=config),
         plots=lookup(dpath="plots", within=config),
         reference=lookup(dpath="reference", within=config),
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=15,
+    conda:
+        "../envs/plots.yaml"
     script:
         "../scripts/plot_confusion.py"
 
@@ -101,14 +107,16 @@ rule compare_modes:
         summary="results/{query}/compare/agreement.json",
     log:
         "logs/compare_modes/{query}.log",
-    conda:
-        "../envs/plots.yaml"
+    benchmark:
+        "logs/compare_modes/{query}.benchmark.tsv"
+    params:
+        plots=lookup(dpath="plots", within=config),
+        reference=lookup(dpath="reference", within=config),
     threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
         runtime=30,
-    params:
-        plots=lookup(dpath="plots", within=config),
-        reference=lookup(dpath="reference", within=config),
+    conda:
+        "../envs/plots.yaml"
     script:
         "../scripts/compare_modes.py"

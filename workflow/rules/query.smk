@@ -8,16 +8,18 @@ rule download_query:
         file="resources/queries/{query}/{file}",
     log:
         "logs/download_query/{query}_{file}.log",
-    conda:
-        "../envs/scanpy.yaml"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=240,
+    benchmark:
+        "logs/download_query/{query}_{file}.benchmark.tsv"
     params:
         location=deposit_location,
         checksum=deposit_checksum,
         download=lookup(dpath="download", within=config),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=240,
+    conda:
+        "../envs/scanpy.yaml"
     script:
         "../scripts/download_query.py"
 
@@ -32,15 +34,17 @@ rule load_query:
         h5ad="results/{query}/query/loaded.h5ad",
     log:
         "logs/load_query/{query}.log",
-    conda:
-        "../envs/scanpy.yaml"
+    benchmark:
+        "logs/load_query/{query}.benchmark.tsv"
+    params:
+        rename=lookup(dpath="queries/{query}/rename", within=config),
+        metadata=lookup(dpath="queries/{query}/metadata", within=config),
     threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
         runtime=60,
-    params:
-        rename=lookup(dpath="queries/{query}/rename", within=config),
-        metadata=lookup(dpath="queries/{query}/metadata", within=config),
+    conda:
+        "../envs/scanpy.yaml"
     script:
         "../scripts/load_query.py"
 
@@ -52,13 +56,15 @@ rule subset_query:
         h5ad="results/{query}/query/subset.h5ad",
     log:
         "logs/subset_query/{query}.log",
-    conda:
-        "../envs/scanpy.yaml"
+    benchmark:
+        "logs/subset_query/{query}.benchmark.tsv"
+    params:
+        subset=lookup(dpath="queries/{query}/subset", within=config),
     threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
         runtime=30,
-    params:
-        subset=lookup(dpath="queries/{query}/subset", within=config),
+    conda:
+        "../envs/scanpy.yaml"
     script:
         "../scripts/subset_query.py"

@@ -7,16 +7,18 @@ rule obtain_atlas:
         atlas=config["reference"]["atlas"] or "resources/reference/no_atlas",
     log:
         "logs/obtain_atlas/obtain_atlas.log",
-    conda:
-        "../envs/scanpy.yaml"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=240,
+    benchmark:
+        "logs/obtain_atlas/obtain_atlas.benchmark.tsv"
     params:
         url=lookup(dpath="reference/atlas_url", within=config),
         checksum=lookup(dpath="reference/atlas_checksum", within=config),
         download=lookup(dpath="download", within=config),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=240,
+    conda:
+        "../envs/scanpy.yaml"
     script:
         "../scripts/obtain_atlas.py"
 
@@ -32,14 +34,16 @@ rule fetch_model_package:
         ),
     log:
         "logs/fetch_model_package/fetch_model_package.log",
-    conda:
-        "../envs/scvi.yaml"
+    benchmark:
+        "logs/fetch_model_package/fetch_model_package.benchmark.tsv"
+    params:
+        package=lookup(dpath="reference/model_package", within=config),
     threads: 1
     resources:
         mem_mb=2000,
         runtime=30,
-    params:
-        package=lookup(dpath="reference/model_package", within=config),
+    conda:
+        "../envs/scvi.yaml"
     script:
         "../scripts/fetch_model_package.py"
 
@@ -51,16 +55,18 @@ rule train_reference:
         model=directory("results/reference/scanvi_model"),
     log:
         "logs/train_reference/train_reference.log",
-    conda:
-        "../envs/scvi.yaml"
+    benchmark:
+        "logs/train_reference/train_reference.benchmark.tsv"
+    params:
+        reference=training_params,
+        seed=lookup(dpath="seed", within=config),
+        accelerator=lookup(dpath="mapping/accelerator", within=config),
     threads: 4
     resources:
         mem_mb=lambda wildcards, attempt: 16000 * attempt,
         runtime=240,
         gpu=1,
-    params:
-        reference=training_params,
-        seed=lookup(dpath="seed", within=config),
-        accelerator=lookup(dpath="mapping/accelerator", within=config),
+    conda:
+        "../envs/scvi.yaml"
     script:
         "../scripts/train_reference.py"
