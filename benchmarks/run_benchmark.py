@@ -1,0 +1,329 @@
+"""Benchmark atlasmap at the study's size, and write benchmarks/results.md.
+
+    .venv/bin/python benchmarks/run_benchmark.py            # 10k, 50k, 200k query cells, 100k atlas, 30k genes
+    .venv/bin/python benchmarks/run_benchmark.py --smoke    # 5k cells, minutes (run in CI)
+
+For each query size it generates a synthetic study (benchmarks/synthetic.py,
+sparse throughout), runs the real workflow on it with Snakemake (every rule's
+`benchmark:` file gives wall time and peak memory), and tabulates each stage.
+Ratios are measured in the same run, on the largest size: Annoy against
+scanpy's default neighbour search and exact neighbours; frozen-embedding
+throughput at two batch sizes; peak memory of our sparse gene alignment
+against a dense zero-filled alignment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "workflow" / "scripts"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from synthetic import Study  # noqa: E402
+
+FULL = {"sizes": [10_000, 50_000, 200_000], "atlas": 100_000, "genes": 30_000}
+SMOKE = {"sizes": [5_000], "atlas": 5_000, "genes": 3_000}
+
+
+def workflow_copy(dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("Snakefile", "config", "workflow", "profiles"):
+        src = REPO / name
+        target = dest / name
+        if target.exists():
+            continue
+        if src.is_dir():
+            shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, target)
+    return dest
+
+
+def config_for(deposit: Path, names: dict, atlas: Path, model: Path | None) -> dict:
+    return {
+        "seed": 0,
+        "queries": {
+            "bench": {
+                "source": {"dir": str(deposit), "files": names},
+                "rename": {"patients": "Sample_ID"},
+                "truth": "author_cell_type",
+            }
+        },
+        "reference": {
+            "atlas": str(atlas),
+            "model": str(model) if model else None,
+            # A few epochs are enough to measure cost; accuracy is not the point here.
+            "training": {
+                "n_top_genes": 2000,
+                "scvi_max_epochs": 2,
+                "scanvi_max_epochs": 1,
+                "early_stopping": False,
+            },
+        },
+        "mapping": {"surgery": {"max_epochs": 2}},
+    }
+
+
+def run_workflow(workdir: Path, config: dict) -> float:
+    (workdir / "config" / "bench.yaml").write_text(yaml.safe_dump(config))
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "config/bench.yaml"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise SystemExit(
+            f"workflow failed in {workdir}:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+        )
+    return time.perf_counter() - start
+
+
+def stage_table(workdir: Path, cells: int) -> pd.DataFrame:
+    rows = []
+    for tsv in sorted((workdir / "logs").glob("*/*.benchmark.tsv")):
+        bench = pd.read_csv(tsv, sep="\t")
+        rows.append(
+            {
+                "cells": cells,
+                "rule": tsv.parent.name,
+                "job": tsv.name.removesuffix(".benchmark.tsv"),
+                "seconds": float(bench["s"].iloc[0]),
+                "max_rss_mb": float(bench["max_rss"].iloc[0]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def alignment_memory(query_h5ad: Path, model_dir: Path) -> dict:
+    """Peak memory allocated while aligning the query to the model's genes:
+    ours (sparse) against densify-and-zero-fill (what the tutorial's package does)."""
+    import tracemalloc
+
+    import anndata as ad
+    from atlasmap.genes import align_to_genes
+    from atlasmap.reference import read_model_info
+
+    query = ad.read_h5ad(query_h5ad)
+    genes = list(read_model_info(model_dir).genes)
+
+    def dense():
+        position = {g: i for i, g in enumerate(genes)}
+        present = [g for g in query.var_names if g in position]
+        out = np.zeros((query.n_obs, len(genes)), dtype=np.float32)
+        out[:, [position[g] for g in present]] = query[:, present].layers["counts"].toarray()
+        return out
+
+    peaks = {}
+    for name, align in (("sparse", lambda: align_to_genes(query, genes)), ("dense", dense)):
+        tracemalloc.start()
+        result = align()
+        peaks[f"{name}_peak_mb"] = round(tracemalloc.get_traced_memory()[1] / 2**20, 1)
+        tracemalloc.stop()
+        del result
+    peaks["dense_over_sparse"] = round(
+        peaks["dense_peak_mb"] / max(peaks["sparse_peak_mb"], 1e-9), 1
+    )
+    peaks["cells"], peaks["model_genes"] = query.n_obs, len(genes)
+    return peaks
+
+
+def neighbour_ratios(embedded: Path, k: int = 15) -> dict:
+    """Annoy (our defaults) vs scanpy's default search vs exact, on the mapped latent."""
+    import anndata as ad
+    import scanpy as sc
+    from atlasmap.embedding import EmbeddingSettings, annoy_neighbors
+
+    full = ad.read_h5ad(embedded, backed="r")
+    latent = np.asarray(full.obsm["X_scANVI_emb"])
+    labels = full.obs["predicted_celltype"].astype(str).to_numpy()
+    full.file.close()
+    codes, names = pd.factorize(labels)
+
+    def vote(indices):
+        votes = np.zeros((len(indices), len(names)))
+        np.add.at(
+            votes, (np.repeat(np.arange(len(indices)), indices.shape[1]), codes[indices].ravel()), 1
+        )
+        return votes.argmax(axis=1)
+
+    def graph_indices(adata):
+        d = adata.obsp["distances"].tocsr()
+        return np.vstack(
+            [d.indices[d.indptr[i] : d.indptr[i + 1]][: k - 1] for i in range(d.shape[0])]
+        )
+
+    from sklearn.neighbors import KNeighborsTransformer
+
+    # Each method builds scanpy's graph the same way; a tiny warm-up run first so
+    # that numba's compilation is not counted.
+    methods = {
+        "exact": lambda a: sc.pp.neighbors(
+            a,
+            n_neighbors=k,
+            use_rep="X_scANVI_emb",
+            transformer=KNeighborsTransformer(n_neighbors=k, mode="distance"),
+        ),
+        "annoy": lambda a: annoy_neighbors(a, EmbeddingSettings(n_neighbors=k)),
+        "scanpy_default": lambda a: sc.pp.neighbors(a, n_neighbors=k, use_rep="X_scANVI_emb"),
+    }
+
+    def frame(x):
+        a = ad.AnnData(obs=pd.DataFrame(index=[str(i) for i in range(len(x))]))
+        a.obsm["X_scANVI_emb"] = x
+        return a
+
+    timings, votes = {}, {}
+    for name, method in methods.items():
+        method(frame(latent[:500]))
+        adata = frame(latent)
+        start = time.perf_counter()
+        method(adata)
+        timings[name] = time.perf_counter() - start
+        votes[name] = vote(graph_indices(adata))
+    return {
+        "cells": len(latent),
+        **{f"{n}_seconds": round(t, 1) for n, t in timings.items()},
+        **{
+            f"{n}_label_agreement_with_exact": round(float(np.mean(v == votes["exact"])), 4)
+            for n, v in votes.items()
+            if n != "exact"
+        },
+        "annoy_speedup_vs_scanpy_default": round(timings["scanpy_default"] / timings["annoy"], 2),
+    }
+
+
+def embed_throughput(query_h5ad: Path, atlas: Path, model_dir: Path) -> dict:
+    import anndata as ad
+    import scvi
+    from atlasmap.genes import align_to_genes
+    from atlasmap.mapping import _model_input
+    from atlasmap.reference import read_model_info
+
+    info = read_model_info(model_dir)
+    query = ad.read_h5ad(query_h5ad)
+    aligned, _ = align_to_genes(query, info.genes)
+    model_input = _model_input(aligned, info, query.obs["Sample_ID"], None, None)
+    model = scvi.model.SCANVI.load_query_data(model_input, str(model_dir))
+    model.is_trained = True
+    out = {"cells": query.n_obs}
+    for batch in (128, 1024):
+        start = time.perf_counter()
+        model.get_latent_representation(model_input, batch_size=batch)
+        out[f"cells_per_second_batch_{batch}"] = round(query.n_obs / (time.perf_counter() - start))
+    return out
+
+
+def fitted_exponents(stages: pd.DataFrame) -> pd.DataFrame:
+    """log(seconds) against log(cells), per rule and job name (wildcards)."""
+    rows = []
+    for (rule, job), group in stages.groupby(["rule", "job"]):
+        if group["cells"].nunique() < 2 or rule in ("train_reference", "generate_demo"):
+            continue
+        slope = np.polyfit(np.log(group["cells"]), np.log(group["seconds"].clip(lower=0.01)), 1)[0]
+        rows.append({"rule": rule, "job": job, "exponent": round(float(slope), 2)})
+    return pd.DataFrame(rows)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--smoke", action="store_true", help="small sizes, for CI")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="work folder (default benchmarks/runs/<full|smoke>)"
+    )
+    parser.add_argument("--results", type=Path, default=None, help="results file to write")
+    args = parser.parse_args(argv)
+    plan = SMOKE if args.smoke else FULL
+    kind = "smoke" if args.smoke else "full"
+    out = args.out or REPO / "benchmarks" / "runs" / kind
+    results = args.results or REPO / "benchmarks" / (
+        "results_smoke.md" if args.smoke else "results.md"
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+
+    study = Study(n_genes=plan["genes"], seed=0)
+    atlas = study.write_atlas(out / "atlas.h5ad", plan["atlas"])
+    stages, walls, model = [], {}, None
+    for cells in plan["sizes"]:
+        deposit = out / f"query_{cells}"
+        names = study.write_query(deposit, cells)
+        workdir = workflow_copy(out / f"run_{cells}")
+        walls[cells] = run_workflow(workdir, config_for(deposit, names, atlas, model))
+        stages.append(stage_table(workdir, cells))
+        if model is None:  # train once, reuse for the larger sizes
+            model = workdir / "results" / "reference" / "scanvi_model"
+        print(f"{cells} cells: workflow {walls[cells]:.0f} s", flush=True)
+    stages = pd.concat(stages, ignore_index=True)
+    largest = out / f"run_{plan['sizes'][-1]}"
+    subset = largest / "results" / "bench" / "query" / "subset.h5ad"
+    ratios = {
+        "neighbours": neighbour_ratios(largest / "results" / "bench" / "embed" / "embedded.h5ad"),
+        "embed_throughput": embed_throughput(subset, atlas, model),
+        "gene_alignment_memory": alignment_memory(subset, model),
+    }
+    write_results(results, kind, plan, stages, walls, ratios, time.perf_counter() - started)
+    (results.with_suffix(".json")).write_text(
+        json.dumps({"walls": walls, "ratios": ratios}, indent=2)
+    )
+    print(results.read_text())
+
+
+def write_results(path, kind, plan, stages, walls, ratios, total) -> None:
+    pivot = stages.pivot_table(
+        index=["rule", "job"], columns="cells", values=["seconds", "max_rss_mb"]
+    )
+    lines = [
+        f"# atlasmap benchmark ({kind})",
+        "",
+        f"`python benchmarks/run_benchmark.py{' --smoke' if kind == 'smoke' else ''}` on this machine "
+        f"(2 cores, 24 GiB), {time.strftime('%Y-%m-%d')}: atlas {plan['atlas']:,} cells, "
+        f"{plan['genes']:,} genes, query sizes {', '.join(f'{c:,}' for c in plan['sizes'])}. "
+        f"Total {total / 60:.1f} min. Peak RSS per job from Snakemake's `benchmark:` files.",
+        "",
+        "## Wall time (s) and peak memory (MB) per job",
+        "",
+        pivot.round(1).to_markdown(),
+        "",
+        "## Whole workflow wall time (s)",
+        "",
+        "| query cells | seconds |",
+        "|---|---|",
+        *[f"| {c:,} | {w:.0f} |" for c, w in walls.items()],
+        "",
+        "## Scaling: fitted exponent of seconds against query cells",
+        "",
+        fitted_exponents(stages).to_markdown(index=False)
+        if stages["cells"].nunique() > 1
+        else "(one size only)",
+        "",
+        "## Ratios measured in this run (largest size)",
+        "",
+        "```json",
+        json.dumps(ratios, indent=2),
+        "```",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
+    print(
+        f"peak RSS of the benchmark driver: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"
+    )

@@ -1,0 +1,132 @@
+"""A synthetic study at the real study's size, generated sparse (never a dense matrix).
+
+The demo generator (atlasmap.demo) draws a dense cells x genes mean matrix,
+fine at 12k x 2k but 48 GB at 200k x 30k. Here each cell's UMIs are drawn
+directly: per cell type, a gene distribution (a shared baseline plus the
+type's programme on a few hundred genes, and a batch shift per sample), and
+per cell a multinomial sample of its library size, built chunk by chunk as CSR.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.io
+import scipy.sparse as sp
+from atlasmap.demo import CELL_TYPES, LEVELS, deposit_names
+
+
+def _gene_names(n_genes: int, rng) -> pd.DataFrame:
+    ids = [f"ENSG{100_000_000 + i:011d}" for i in rng.permutation(n_genes)]
+    return pd.DataFrame({"gene_ids": ids, "gene_symbols": [f"GENE{i:05d}" for i in range(n_genes)]})
+
+
+def _type_log_weights(rng, n_genes: int) -> np.ndarray:
+    baseline = rng.normal(0, 1.5, n_genes)
+    weights = np.tile(baseline, (len(CELL_TYPES), 1))
+    for t in range(len(CELL_TYPES)):
+        for depth, (size, effect) in enumerate([(300, 2.0), (150, 1.5), (80, 1.0), (40, 0.8)]):
+            node = CELL_TYPES[t][: depth + 1]
+            node_rng = np.random.default_rng(zlib.crc32("/".join(node).encode()))
+            genes = node_rng.choice(n_genes, size, replace=False)
+            weights[t, genes] += effect
+    return weights
+
+
+def _draw(rng, log_weights, types, shift, umis) -> sp.csr_matrix:
+    """Multinomial UMIs per cell, sparse, from the per-type gene distributions."""
+    n_genes = log_weights.shape[1]
+    rows, cols = [], []
+    library = rng.poisson(umis, len(types)).clip(50)
+    for t in np.unique(types):
+        cells = np.flatnonzero(types == t)
+        p = np.exp(log_weights[t] + shift - (log_weights[t] + shift).max())
+        p /= p.sum()
+        draws = rng.choice(n_genes, size=int(library[cells].sum()), p=p)
+        rows.append(np.repeat(cells, library[cells]))
+        cols.append(draws)
+    rows, cols = np.concatenate(rows), np.concatenate(cols)
+    counts = sp.csr_matrix(
+        (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(types), n_genes)
+    )
+    counts.sum_duplicates()
+    return counts
+
+
+class Study:
+    """One synthetic study: a gene table and cell-type distributions, from a seed."""
+
+    def __init__(
+        self, n_genes: int = 30_000, seed: int = 0, umis: int = 1_500, chunk: int = 20_000
+    ):
+        self.rng = np.random.default_rng(seed)
+        self.genes = _gene_names(n_genes, self.rng)
+        self.log_weights = _type_log_weights(self.rng, n_genes)
+        self.share = self.rng.dirichlet(np.full(len(CELL_TYPES), 5.0))
+        self.labels = np.array(CELL_TYPES, dtype=object)
+        self.umis, self.chunk, self.n_genes = umis, chunk, n_genes
+
+    def _cells(self, n: int, shift: np.ndarray):
+        for cells in np.array_split(np.arange(n), max(1, n // self.chunk)):
+            types = self.rng.choice(len(CELL_TYPES), len(cells), p=self.share)
+            yield types, _draw(self.rng, self.log_weights, types, shift, self.umis)
+
+    def write_atlas(self, path: str | os.PathLike, n_cells: int, n_donors: int = 8) -> Path:
+        parts, obs = [], []
+        for d, size in enumerate(np.array_split(np.arange(n_cells), n_donors)):
+            shift = self.rng.normal(0, 0.25, self.n_genes)
+            for types, counts in self._cells(len(size), shift):
+                parts.append(counts)
+                frame = pd.DataFrame(self.labels[types], columns=list(LEVELS))
+                frame["Sample_ID"] = f"ATLAS_D{d + 1:02d}"
+                obs.append(frame)
+        obs = pd.concat(obs, ignore_index=True).astype("category")
+        obs.index = [f"atlas_{i:07d}" for i in range(len(obs))]
+        counts = sp.vstack(parts).tocsr()
+        var = self.genes.set_index("gene_symbols", drop=False)
+        var.index.name = None
+        atlas = ad.AnnData(X=counts, obs=obs, var=var)
+        atlas.layers["counts"] = counts
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        atlas.write_h5ad(path)
+        return Path(path)
+
+    def write_query(self, folder: str | os.PathLike, n_cells: int, n_samples: int = 14) -> dict:
+        """A GEO-shaped deposit (BENCH_sc_*) of ``n_cells`` over ``n_samples`` patients."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tech = self.rng.normal(0, 0.4, self.n_genes)
+        parts, meta = [], []
+        for s, size in enumerate(np.array_split(np.arange(n_cells), n_samples)):
+            shift = tech + self.rng.normal(0, 0.2, self.n_genes)
+            for types, counts in self._cells(len(size), shift):
+                parts.append(counts)
+                meta.append(
+                    pd.DataFrame(
+                        {
+                            "patients": f"PA{s + 1:02d}",
+                            "tissue": "tumour",
+                            "author_cell_type": self.labels[types, 3],
+                        }
+                    )
+                )
+        meta = pd.concat(meta, ignore_index=True)
+        meta.index = [f"BC{i:09d}-1" for i in range(len(meta))]
+        counts = sp.vstack(parts).tocsr()
+        names = deposit_names("BENCH_sc")
+        paths = {k: folder / v for k, v in names.items()}
+        with gzip.open(paths["matrix"], "wb", compresslevel=1) as fh:
+            scipy.io.mmwrite(fh, counts.T.tocoo(), field="integer")
+        features = self.genes.assign(feature_types="Gene Expression")
+        features[["gene_ids", "gene_symbols", "feature_types"]].to_csv(
+            paths["features"], sep="\t", header=False, index=False
+        )
+        pd.Series(meta.index).to_csv(paths["barcodes"], header=False, index=False)
+        meta.to_csv(paths["metadata"])
+        return names

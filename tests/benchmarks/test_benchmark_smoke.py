@@ -1,0 +1,50 @@
+"""The benchmark script at 5k cells: it runs, times every stage and measures each ratio."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+pytestmark = pytest.mark.workflow
+
+
+def test_smoke_benchmark_times_every_stage_and_measures_the_ratios(tmp_path):
+    results = tmp_path / "results.md"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "run_benchmark.py"),
+            "--smoke",
+            "--out",
+            str(tmp_path / "runs"),
+            "--results",
+            str(results),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    text = results.read_text()
+    for rule in (
+        "download_query",
+        "load_query",
+        "subset_query",
+        "train_reference",
+        "map_query",
+        "neighbors_umap",
+        "plot_mapping",
+        "compare_modes",
+        "predict_baseline",
+    ):
+        assert rule in text, rule
+    ratios = json.loads(results.with_suffix(".json").read_text())["ratios"]
+    neighbours = ratios["neighbours"]
+    assert neighbours["cells"] == 10_000  # 5k query + 5k atlas cells in the mapped latent
+    assert 0 <= neighbours["annoy_label_agreement_with_exact"] <= 1
+    assert neighbours["annoy_seconds"] > 0 and neighbours["scanpy_default_seconds"] > 0
+    memory = ratios["gene_alignment_memory"]
+    assert memory["sparse_peak_mb"] < memory["dense_peak_mb"]
+    assert ratios["embed_throughput"]["cells_per_second_batch_1024"] > 0
