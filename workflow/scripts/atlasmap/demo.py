@@ -30,7 +30,7 @@ import pandas as pd
 import scipy.io
 import scipy.sparse as sp
 
-from .io import atomic_path, gzip_open_write
+from .io import atomic_path, gzip_open_write, write_h5ad
 
 LEVELS = ("Level_1", "Level_2", "Level_3", "Level_4")
 
@@ -318,12 +318,6 @@ def _query_gene_columns(
     return rng.permutation(columns)
 
 
-def write_reference(reference: ad.AnnData, path: str | os.PathLike) -> None:
-    from .io import write_h5ad
-
-    write_h5ad(reference, path)
-
-
 def write_10x_deposit(query: ad.AnnData, paths: dict[str, str | os.PathLike]) -> None:
     """Write ``query`` as a GEO 10x deposit: matrix, features, barcodes, metadata.
 
@@ -361,5 +355,5 @@ def write_demo_study(
     study: DemoStudy, atlas_path: str | os.PathLike, deposit_paths: dict[str, str | os.PathLike]
 ) -> None:
     """Write the atlas h5ad and the query deposit files."""
-    write_reference(study.reference, atlas_path)
+    write_h5ad(study.reference, atlas_path)
     write_10x_deposit(study.query, {k: Path(v) for k, v in deposit_paths.items()})

@@ -248,7 +248,6 @@ def map_query(
     encoder_sees_batch = bool(getattr(model.module, "encode_covariates", False))
     model.is_trained = True
     z_before, _ = _predict(model, q_input, s.inference_batch_size)
-    latent_shift = 0.0
     if mode == "surgery":
         if not encoder_sees_batch:
             log.warning(
