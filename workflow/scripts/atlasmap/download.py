@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import AtlasmapInputError
-from .io import GZIP_MAGIC, copy_as_gzip
+from .io import copy_as_gzip, is_gzip
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +133,6 @@ def check_gzip(path: Path) -> bool:
     return True
 
 
-def _is_gzip(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        return fh.read(2) == GZIP_MAGIC
-
-
 def _http_attempt(url: str, part: Path, timeout: float) -> None:
     """One request: continue ``part`` with a Range request, or start it afresh."""
     have = part.stat().st_size if part.exists() else 0
@@ -192,7 +187,7 @@ def _download_with_retries(url: str, part: Path, settings: DownloadSettings) -> 
         try:
             log.info("%s: attempt %d of %d", url, attempt, settings.retries + 1)
             _http_attempt(url, part, settings.timeout)
-            if _is_gzip(part) and not check_gzip(part):
+            if is_gzip(part) and not check_gzip(part):
                 part.unlink()
                 raise TransientError("incomplete or corrupt gzip data")
             return
@@ -219,7 +214,7 @@ def _download(url: str, dest: Path, settings: DownloadSettings, checksum: str | 
 
 def _store(src: Path, dest: Path) -> None:
     """Move a verified file into place, gzip-compressing it if it is not."""
-    if _is_gzip(src):
+    if is_gzip(src):
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(src, dest)
     else:
@@ -256,7 +251,7 @@ def fetch(
     if not source.is_file():
         raise AtlasmapInputError(f"{location}: no such file")
     verify_checksum(source, checksum, location)
-    if _is_gzip(source) and not check_gzip(source):
+    if is_gzip(source) and not check_gzip(source):
         raise AtlasmapInputError(f"{location}: incomplete or corrupt gzip file")
     log.info("copying %s -> %s", location, dest)
     copy_as_gzip(source, dest)

@@ -15,7 +15,7 @@ import scanpy as sc
 import scipy.sparse as sp
 
 from .errors import AtlasmapInputError
-from .io import write_h5ad
+from .io import is_gzip, write_h5ad
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +118,7 @@ def read_metadata(path: str | os.PathLike, barcode_column: str | None = None) ->
     takes the first column (Seurat's ``write.csv`` leaves it unnamed).
     """
     path = Path(path)
-    with open(path, "rb") as fh:
-        head = fh.read(2)
-    opener = gzip.open if head == b"\x1f\x8b" else open
+    opener = gzip.open if is_gzip(path) else open
     with opener(path, "rt") as fh:
         first_line = fh.readline()
     sep = "\t" if first_line.count("\t") > first_line.count(",") else ","
