@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score, recall_score
 
-UNKNOWN = "Unknown"
+from .mapping import UNKNOWN
 
 
 def classification_metrics(

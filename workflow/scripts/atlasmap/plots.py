@@ -23,10 +23,10 @@ import pandas as pd  # noqa: E402
 from matplotlib import colors as mcolors  # noqa: E402
 
 from .io import atomic_path  # noqa: E402
+from .mapping import UNKNOWN  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-UNKNOWN = "Unknown"
 UNKNOWN_COLOUR = "#9e9e9e"
 REFERENCE_COLOUR = "#e3e3e3"
 QUERY_COLOUR = "#c0392b"
