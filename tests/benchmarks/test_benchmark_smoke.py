@@ -43,8 +43,13 @@ def test_smoke_benchmark_times_every_stage_and_measures_the_ratios(tmp_path):
     ratios = json.loads(results.with_suffix(".json").read_text())["ratios"]
     neighbours = ratios["neighbours"]
     assert neighbours["cells"] == 10_000  # 5k query + 5k atlas cells in the mapped latent
-    assert 0 <= neighbours["annoy_label_agreement_with_exact"] <= 1
-    assert neighbours["annoy_seconds"] > 0 and neighbours["scanpy_default_seconds"] > 0
+    for method in ("annoy", "annoy_1_thread", "scanpy_default", "scanpy_default_2_jobs"):
+        assert 0.9 <= neighbours[f"{method}_label_agreement_with_exact"] <= 1, method
+        assert neighbours[f"{method}_seconds"] > 0, method
+    # The plain script did the same work as the workflow: the same calls, the same seed.
+    overhead = ratios["workflow_overhead"]
+    assert overhead["same_predictions"] == {"surgery": True, "embed": True}
+    assert overhead["workflow_over_plain"] > 0
     memory = ratios["gene_alignment_memory"]
     assert memory["sparse_peak_mb"] < memory["dense_peak_mb"]
     assert ratios["embed_throughput"]["cells_per_second_batch_1024"] > 0

@@ -4,7 +4,12 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-from atlasmap.embedding import QUERY_UMAP_KEY, EmbeddingSettings, neighbors_umap
+from atlasmap.embedding import (
+    QUERY_UMAP_KEY,
+    EmbeddingSettings,
+    ThreadedAnnoyTransformer,
+    neighbors_umap,
+)
 from atlasmap.mapping import EMBEDDING_KEY
 from atlasmap.plots import (
     MAPPING_FIGURES,
@@ -79,6 +84,23 @@ def test_neighbors_umap_on_the_latent_all_cells_and_query_alone():
     assert np.isfinite(out.obsm[QUERY_UMAP_KEY][is_query]).all()
     again = neighbors_umap(adata.copy(), settings)
     np.testing.assert_array_equal(out.obsm["X_umap"], again.obsm["X_umap"])
+
+
+def test_threaded_annoy_gives_sklearn_anns_graph_and_near_exact_neighbours():
+    from sklearn.neighbors import NearestNeighbors
+    from sklearn_ann.kneighbors.annoy import AnnoyTransformer
+
+    latent = make_expanded()[0].obsm[EMBEDDING_KEY]
+    serial = AnnoyTransformer(n_neighbors=10, n_trees=10).fit_transform(latent)
+    for n_jobs in (1, 2, 3):
+        threaded = ThreadedAnnoyTransformer(n_neighbors=10, n_trees=10, n_jobs=n_jobs)
+        graph = threaded.fit_transform(latent)
+        assert (graph != serial).nnz == 0, n_jobs
+    rows = graph.indices.reshape(len(latent), 11)
+    assert (rows[:, 0] == np.arange(len(latent))).all()  # each cell is its own first
+    exact = NearestNeighbors(n_neighbors=11).fit(latent).kneighbors(return_distance=False)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows[:, 1:], exact, strict=True)])
+    assert recall > 0.9
 
 
 @pytest.fixture

@@ -9,5 +9,10 @@ from atlasmap.embedding import embedding_settings, neighbors_umap_files  # noqa:
 neighbors_umap_files(
     snakemake.input.embedded,
     snakemake.output.mapped,
-    embedding_settings(snakemake.params.neighbors, snakemake.params.umap, snakemake.params.seed),
+    embedding_settings(
+        snakemake.params.neighbors,
+        snakemake.params.umap,
+        snakemake.params.seed,
+        n_jobs=snakemake.threads,
+    ),
 )

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import anndata as ad
 import numpy as np
+from scipy.sparse import csr_matrix
+from sklearn_ann.kneighbors.annoy import AnnoyTransformer
 
 from .errors import AtlasmapInputError
 from .mapping import EMBEDDING_KEY
@@ -27,20 +30,62 @@ class EmbeddingSettings:
     spread: float = 1.0
     query_alone: bool = True
     seed: int = 0
+    n_jobs: int = 1
+
+
+class ThreadedAnnoyTransformer(AnnoyTransformer):
+    """sklearn-ann's AnnoyTransformer with the per-cell searches of ``fit_transform``
+    spread over ``n_jobs`` threads.
+
+    Annoy releases the GIL while it searches, so threads scale; at 300k cells the
+    searches, not the tree building, are most of the time. The index is built on
+    one thread, so the graph does not depend on ``n_jobs``.
+    """
+
+    def __init__(self, n_neighbors=5, *, metric="euclidean", n_trees=10, search_k=-1, n_jobs=1):
+        super().__init__(n_neighbors, metric=metric, n_trees=n_trees, search_k=search_k)
+        self.n_jobs = n_jobs
+
+    def fit_transform(self, X, y=None):
+        self.fit(X)
+        n_cells, k = self.n_samples_fit_, self.n_neighbors + 1  # each cell is its own first
+        indices = np.empty((n_cells, k), dtype=np.int64)
+        distances = np.empty((n_cells, k), dtype=np.float64)
+
+        def search(cells: range) -> None:
+            for i in cells:
+                indices[i], distances[i] = self.annoy_.get_nns_by_item(
+                    i, k, self.search_k, include_distances=True
+                )
+
+        n_jobs = max(self.n_jobs, 1)
+        step = max(-(-n_cells // n_jobs), 1)
+        with ThreadPoolExecutor(n_jobs) as pool:
+            list(
+                pool.map(
+                    search, [range(s, min(s + step, n_cells)) for s in range(0, n_cells, step)]
+                )
+            )
+        if self.metric == "sqeuclidean":
+            distances **= 2
+        return csr_matrix(
+            (distances.ravel(), indices.ravel(), np.arange(0, n_cells * k + 1, k)),
+            shape=(n_cells, n_cells),
+        )
 
 
 def annoy_neighbors(adata: ad.AnnData, settings: EmbeddingSettings, key_added: str | None = None):
-    """``sc.pp.neighbors`` on the scANVI latent with sklearn-ann's AnnoyTransformer."""
+    """``sc.pp.neighbors`` on the scANVI latent with an Annoy transformer."""
     import scanpy as sc
-    from sklearn_ann.kneighbors.annoy import AnnoyTransformer
 
     if EMBEDDING_KEY not in adata.obsm:
         raise AtlasmapInputError(f"no obsm[{EMBEDDING_KEY!r}]: was this file written by map_query?")
-    transformer = AnnoyTransformer(
+    transformer = ThreadedAnnoyTransformer(
         n_neighbors=settings.n_neighbors,
         n_trees=settings.n_trees,
         search_k=settings.search_k,
         metric=settings.metric,
+        n_jobs=settings.n_jobs,
     )
     sc.pp.neighbors(
         adata,
@@ -81,7 +126,9 @@ def neighbors_umap(
     return adata
 
 
-def embedding_settings(neighbors_config: dict, umap_config: dict, seed: int) -> EmbeddingSettings:
+def embedding_settings(
+    neighbors_config: dict, umap_config: dict, seed: int, n_jobs: int = 1
+) -> EmbeddingSettings:
     return EmbeddingSettings(
         n_neighbors=neighbors_config["n_neighbors"],
         n_trees=neighbors_config["n_trees"],
@@ -91,6 +138,7 @@ def embedding_settings(neighbors_config: dict, umap_config: dict, seed: int) -> 
         spread=umap_config["spread"],
         query_alone=umap_config["query_alone"],
         seed=seed,
+        n_jobs=n_jobs,
     )
 
 

@@ -1,0 +1,132 @@
+"""The workflow's steps as one plain Python process: the yardstick for workflow overhead.
+
+    .venv/bin/python benchmarks/plain_pipeline.py CONFIG OUTDIR
+
+Calls the same atlasmap library functions as the rule scripts, in the order of
+the DAG, with the same settings (the config is validated and filled with the
+schema's defaults, as the workflow does), for a config with one query, both
+modes and an atlas; without a model it trains one, as the workflow does. It writes the same files under OUTDIR, so
+the only difference from `snakemake` is Snakemake itself: planning, one Python
+process and one set of imports per job, and its bookkeeping.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "workflow" / "scripts"))
+
+
+def run(config_path: Path, out: Path, threads: int = 2) -> None:
+    import torch
+    from atlasmap.baseline import baseline_files
+    from atlasmap.download import DownloadSettings, fetch, resolve_sources
+    from atlasmap.embedding import embedding_settings, neighbors_umap_files
+    from atlasmap.mapping import map_query_files, mapping_settings
+    from atlasmap.metrics import evaluate_files
+    from atlasmap.plots import compare_figures, confusion_figure, mapping_figures
+    from atlasmap.query import DEPOSIT_FILES, load_query_h5ad, subset_query_h5ad
+    from atlasmap.reference import train_reference_files
+    from snakemake.utils import validate
+
+    config = yaml.safe_load(config_path.read_text())
+    validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+    torch.set_num_threads(threads)
+    ((name, query),) = config["queries"].items()
+    reference, mapping, plots = config["reference"], config["mapping"], config["plots"]
+    atlas, model, seed = reference["atlas"], reference["model"], config["seed"]
+    modes = ("surgery", "embed")
+    vector = plots["vector_format"]
+    if model is None:
+        model = out / "results" / "reference" / "scanvi_model"
+        train_reference_files(atlas, model, reference, seed, accelerator=mapping["accelerator"])
+
+    deposit = out / "resources" / "queries" / name
+    sources = resolve_sources(query["source"], geo_mirror=config["download"]["geo_mirror"])
+    for role, location in sources.items():
+        fetch(location, deposit / DEPOSIT_FILES[role], DownloadSettings(**config["download"]))
+
+    results = out / "results" / name
+    loaded, subset = results / "query" / "loaded.h5ad", results / "query" / "subset.h5ad"
+    load_query_h5ad(
+        deposit,
+        deposit / DEPOSIT_FILES["metadata"],
+        loaded,
+        rename=query["rename"],
+        barcode_column=query["metadata"]["barcode_column"],
+        max_unmatched_fraction=query["metadata"]["max_unmatched_fraction"],
+    )
+    subset_query_h5ad(loaded, subset, query["subset"])
+    baseline = results / "baseline" / "predictions.tsv"
+    baseline_files(subset, atlas, model, reference, config["baseline"], seed, baseline)
+    for mode in modes:
+        folder = results / mode
+        map_settings = {k: v for k, v in mapping.items() if k != "modes"}
+        map_query_files(
+            subset,
+            atlas,
+            model,
+            mode,
+            mapping_settings(reference, map_settings, seed),
+            mapped=folder / "embedded.h5ad",
+            predictions=folder / "predictions.tsv",
+            qc=folder / "qc.tsv",
+        )
+        evaluate_files(
+            folder / "predictions.tsv",
+            baseline,
+            atlas,
+            model,
+            query["truth"],
+            reference,
+            mapping["unknown_threshold"],
+            folder / "metrics.json",
+        )
+        neighbors_umap_files(
+            folder / "embedded.h5ad",
+            folder / "mapped.h5ad",
+            embedding_settings(config["neighbors"], config["umap"], seed, n_jobs=threads),
+        )
+        figures = ["umap_celltype", "umap_query", "umap_sample", "umap_uncertainty"]
+        figures += ["label_distribution"] + (["umap_query_alone"] * config["umap"]["query_alone"])
+        style = {"colors": plots["colors"], "dpi": plots["dpi"], "title": f"{name}, {mode}"}
+        mapping_figures(
+            folder / "mapped.h5ad",
+            {
+                f: [folder / "plots" / f"{f}.png", folder / "plots" / f"{f}.{vector}"]
+                for f in figures
+            },
+            labels_key=reference["labels_key"],
+            batch_key=reference["batch_key"],
+            level=plots["level"],
+            **style,
+        )
+        confusion_figure(
+            folder / "predictions.tsv",
+            query["truth"],
+            [folder / "plots" / f"confusion_matrix.{ext}" for ext in ("png", vector)],
+            labels_key=reference["labels_key"],
+            **style,
+        )
+    compare = results / "compare"
+    compare_figures(
+        results / "surgery" / "mapped.h5ad",
+        results / "embed" / "mapped.h5ad",
+        side_by_side=[compare / f"umap_surgery_vs_embed.{ext}" for ext in ("png", vector)],
+        heatmap=[compare / f"agreement_heatmap.{ext}" for ext in ("png", vector)],
+        agreement=compare / "agreement.tsv",
+        agreement_summary=compare / "agreement.json",
+        labels_key=reference["labels_key"],
+        level=plots["level"],
+        colors=plots["colors"],
+        dpi=plots["dpi"],
+        title=name,
+    )
+
+
+if __name__ == "__main__":
+    run(Path(sys.argv[1]), Path(sys.argv[2]))
