@@ -65,6 +65,8 @@ def run(config_path: Path, out: Path, threads: int = 2) -> None:
     baseline_files(subset, atlas, model, reference, config["baseline"], seed, baseline)
     for mode in modes:
         folder = results / mode
+        # The threads map_query's job gets (common.smk: mapping_threads), on 2 cores.
+        torch.set_num_threads(threads if mode == "surgery" else 1)
         map_settings = {k: v for k, v in mapping.items() if k != "modes"}
         map_query_files(
             subset,

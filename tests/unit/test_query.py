@@ -166,6 +166,19 @@ def test_subset_keeps_exactly_the_selected_cells(deposit, tmp_path, small_study)
     assert "tissue" in adata.obs and "counts" in adata.layers
 
 
+def test_no_subset_keeps_the_whole_query_without_rewriting_it(deposit, tmp_path):
+    loaded = tmp_path / "loaded.h5ad"
+    load(deposit, loaded)
+    before = loaded.read_bytes()
+    out = tmp_path / "results" / "subset.h5ad"
+    adata = subset_query_h5ad(loaded, out, None)
+    assert out.read_bytes() == before and adata.n_obs == ad.read_h5ad(loaded).n_obs
+    assert loaded.read_bytes() == before  # the input is untouched
+    assert [p.name for p in out.parent.iterdir()] == ["subset.h5ad"]  # no temporary left
+    subset_query_h5ad(loaded, out, {})  # an empty selection is no selection; rerun replaces
+    assert out.read_bytes() == before
+
+
 def test_subset_on_two_columns_is_their_intersection(deposit, tmp_path):
     loaded = tmp_path / "loaded.h5ad"
     full = load(deposit, loaded)

@@ -126,6 +126,13 @@ def mapping_params(wildcards):
     return params
 
 
+def mapping_threads(wildcards):
+    """Surgery trains, on several threads; a frozen embedding is a forward pass, and
+    its job is mostly reading and the kNN confidence: under one core in use at 200k
+    cells (benchmarks/results.md), so it leaves the other cores to other jobs."""
+    return 4 if wildcards.mode == "surgery" else 1
+
+
 def mapping_figure_outputs():
     """Named outputs of plot_mapping: a PNG in the report and a vector file per figure."""
     outputs = {}

@@ -23,7 +23,7 @@ rule map_query:
         reference=lookup(dpath="reference", within=config),
         mapping=mapping_params,
         seed=lookup(dpath="seed", within=config),
-    threads: 4
+    threads: mapping_threads
     resources:
         mem_mb=lambda wildcards, attempt: 16000 * attempt,
         runtime=120,
@@ -49,7 +49,8 @@ rule predict_baseline:
         reference=lookup(dpath="reference", within=config),
         baseline=lookup(dpath="baseline", within=config),
         seed=lookup(dpath="seed", within=config),
-    threads: 2
+    # Reading the atlas dominates: 0.35 cores in use at 200k cells (benchmarks/).
+    threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 16000 * attempt,
         runtime=60,

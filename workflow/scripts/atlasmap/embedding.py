@@ -23,7 +23,7 @@ QUERY_UMAP_KEY = "X_umap_query"
 @dataclass(frozen=True)
 class EmbeddingSettings:
     n_neighbors: int = 15
-    n_trees: int = 10
+    n_trees: int = 5
     search_k: int = -1
     metric: str = "euclidean"
     min_dist: float = 0.5
