@@ -171,8 +171,8 @@ def test_no_subset_keeps_the_whole_query_without_rewriting_it(deposit, tmp_path)
     load(deposit, loaded)
     before = loaded.read_bytes()
     out = tmp_path / "results" / "subset.h5ad"
-    adata = subset_query_h5ad(loaded, out, None)
-    assert out.read_bytes() == before and adata.n_obs == ad.read_h5ad(loaded).n_obs
+    subset_query_h5ad(loaded, out, None)
+    assert out.read_bytes() == before
     assert loaded.read_bytes() == before  # the input is untouched
     assert [p.name for p in out.parent.iterdir()] == ["subset.h5ad"]  # no temporary left
     subset_query_h5ad(loaded, out, {})  # an empty selection is no selection; rerun replaces
@@ -182,9 +182,10 @@ def test_no_subset_keeps_the_whole_query_without_rewriting_it(deposit, tmp_path)
 def test_subset_on_two_columns_is_their_intersection(deposit, tmp_path):
     loaded = tmp_path / "loaded.h5ad"
     full = load(deposit, loaded)
-    adata = subset_query_h5ad(
+    subset_query_h5ad(
         loaded, tmp_path / "s.h5ad", {"Sample_ID": ["PA01", "PA04"], "tissue": ["tumour"]}
     )
+    adata = ad.read_h5ad(tmp_path / "s.h5ad")
     expected = (full.obs["Sample_ID"] == "PA01").sum()
     assert adata.n_obs == expected > 0
 

@@ -286,19 +286,17 @@ def load_query_h5ad(
 
 def subset_query_h5ad(
     input: str | os.PathLike, output: str | os.PathLike, selection: Mapping[str, Sequence] | None
-) -> ad.AnnData:
+) -> None:
     """:func:`subset_cells` from file to file.
 
     With no selection every cell is kept and ``input`` is copied byte for byte
     (by the kernel) instead of being decoded and written again: at 200k cells
     that saves holding 4 GB in memory. Not a hard link: Snakemake touches its
-    outputs, which would touch the input too. Returned backed then.
+    outputs, which would touch the input too.
     """
     if not selection:
         with atomic_path(output) as tmp:
             shutil.copyfile(input, tmp)
         log.info("no subset configured: all cells kept, %s copied to %s", input, output)
-        return ad.read_h5ad(output, backed="r")
-    subset = subset_cells(ad.read_h5ad(input), selection, where=str(input))
-    write_h5ad(subset, output)
-    return subset
+        return
+    write_h5ad(subset_cells(ad.read_h5ad(input), selection, where=str(input)), output)
