@@ -60,3 +60,28 @@ def test_metrics_apply_the_threshold_to_a_baseline_probability():
         truth, pd.Series(["A", "B"]), {"A", "B"}, pd.Series([0.9, 0.3]), unknown_threshold=0.5
     )
     assert m["accuracy"] == 0.5 and m["share_unknown"] == 0.5
+
+
+def test_baseline_fits_on_one_blas_thread_whatever_the_job_gets(small_study, monkeypatch):
+    """With two BLAS threads the summation order changed 32 of the demo's 2,500 calls:
+    the baseline must not depend on the core count of the machine or job."""
+    from atlasmap.baseline import logistic_baseline
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    seen = []
+    fit = LogisticRegression.fit
+
+    def recording_fit(self, *args, **kwargs):
+        seen.extend(pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas")
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(LogisticRegression, "fit", recording_fit)
+    query = small_study.query.copy()
+    query.layers["counts"] = query.X.copy()
+    with threadpool_limits(limits=2):
+        calls = logistic_baseline(
+            small_study.reference, query, list(small_study.reference.var_names), "Level_4"
+        )
+    assert len(calls) == query.n_obs
+    assert seen and set(seen) == {1}

@@ -41,6 +41,7 @@ def logistic_baseline(
     Returns ``predicted_celltype`` and ``prediction_probability`` per query cell.
     """
     from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
 
     ref, _ = align_to_genes(
         atlas, genes, layer=atlas_layer, min_overlap=0.0, where="reference.atlas"
@@ -54,8 +55,11 @@ def logistic_baseline(
     if len(train) > max_reference_cells:
         train = np.sort(rng.choice(train, max_reference_cells, replace=False))
     classifier = LogisticRegression(max_iter=300, C=1.0, random_state=seed)
-    classifier.fit(log_normalise(ref.layers["counts"][train]), labels[train])
-    probs = classifier.predict_proba(log_normalise(qry.layers["counts"]))
+    # One BLAS thread: with two, summation order moved 32 of the demo's 2,500 calls
+    # (lbfgs stops at max_iter), so the baseline would depend on the core count.
+    with threadpool_limits(limits=1):
+        classifier.fit(log_normalise(ref.layers["counts"][train]), labels[train])
+        probs = classifier.predict_proba(log_normalise(qry.layers["counts"]))
     best = probs.argmax(axis=1)
     log.info(
         "baseline: logistic regression on %d reference cells, %d genes", len(train), len(genes)
