@@ -141,15 +141,62 @@ def alignment_memory(query_h5ad: Path, model_dir: Path) -> dict:
     return peaks
 
 
+def compare_neighbour_methods(
+    latent, labels, methods: dict, k: int = 15
+) -> tuple[dict, dict, dict]:
+    """Time each method (a callable building ``sc.pp.neighbors``' graph on an AnnData
+    with ``obsm["X_scANVI_emb"]``) on ``latent``, after a warm-up on 10,000 cells;
+    then, against the method named ``exact``: agreement of a k-neighbour majority
+    vote of ``labels``, and the share of the exact neighbours found.
+    Returns (seconds, agreement, recall), each keyed by method name."""
+    import anndata as ad
+
+    codes, names = pd.factorize(np.asarray(labels))
+
+    def frame(x):
+        a = ad.AnnData(obs=pd.DataFrame(index=[str(i) for i in range(len(x))]))
+        a.obsm["X_scANVI_emb"] = x
+        return a
+
+    def graph_indices(adata):
+        d = adata.obsp["distances"].tocsr()
+        return np.vstack(
+            [d.indices[d.indptr[i] : d.indptr[i + 1]][: k - 1] for i in range(d.shape[0])]
+        )
+
+    def vote(indices):
+        votes = np.zeros((len(indices), len(names)))
+        np.add.at(
+            votes, (np.repeat(np.arange(len(indices)), indices.shape[1]), codes[indices].ravel()), 1
+        )
+        return votes.argmax(axis=1)
+
+    seconds, found = {}, {}
+    for name, method in methods.items():
+        # Above 8,192 cells scanpy's default is pynndescent, below it an exact search:
+        # a smaller warm-up would leave pynndescent's numba code uncompiled.
+        method(frame(latent[: min(10_000, len(latent))]))
+        adata = frame(latent)
+        start = time.perf_counter()
+        method(adata)
+        seconds[name] = time.perf_counter() - start
+        found[name] = graph_indices(adata)
+    exact, exact_vote = found["exact"], vote(found["exact"])
+    agreement = {n: float(np.mean(vote(f) == exact_vote)) for n, f in found.items()}
+    recall = {
+        n: float(sum(len(np.intersect1d(a, b)) for a, b in zip(f, exact, strict=True)) / exact.size)
+        for n, f in found.items()
+    }
+    return seconds, agreement, recall
+
+
 def neighbour_ratios(embedded: Path, k: int = 15, threads: int = 2) -> dict:
     """Annoy (our defaults) vs scanpy's default search vs exact, on the mapped latent.
 
     Each method is timed as a whole ``sc.pp.neighbors`` call (search and the
-    connectivities scanpy computes from it), after a warm-up on 10,000 cells so
-    that numba's compilation is not counted: above 8,192 cells scanpy's default
-    is pynndescent, below it an exact search, so a smaller warm-up would leave
-    pynndescent cold. scanpy's default runs as shipped (``sc.settings.n_jobs``
-    = 1) and with as many jobs as our rule has threads.
+    connectivities scanpy computes from it), warmed up first so that numba's
+    compilation is not counted. scanpy's default runs as shipped
+    (``sc.settings.n_jobs`` = 1) and with as many jobs as our rule has threads.
     """
     import anndata as ad
     import scanpy as sc
@@ -160,20 +207,6 @@ def neighbour_ratios(embedded: Path, k: int = 15, threads: int = 2) -> dict:
     latent = np.asarray(full.obsm["X_scANVI_emb"])
     labels = full.obs["predicted_celltype"].astype(str).to_numpy()
     full.file.close()
-    codes, names = pd.factorize(labels)
-
-    def vote(indices):
-        votes = np.zeros((len(indices), len(names)))
-        np.add.at(
-            votes, (np.repeat(np.arange(len(indices)), indices.shape[1]), codes[indices].ravel()), 1
-        )
-        return votes.argmax(axis=1)
-
-    def graph_indices(adata):
-        d = adata.obsp["distances"].tocsr()
-        return np.vstack(
-            [d.indices[d.indptr[i] : d.indptr[i + 1]][: k - 1] for i in range(d.shape[0])]
-        )
 
     def scanpy_default(n_jobs):
         def method(a):
@@ -197,37 +230,15 @@ def neighbour_ratios(embedded: Path, k: int = 15, threads: int = 2) -> dict:
         "scanpy_default": scanpy_default(sc.settings.n_jobs),
         f"scanpy_default_{threads}_jobs": scanpy_default(threads),
     }
-
-    def frame(x):
-        a = ad.AnnData(obs=pd.DataFrame(index=[str(i) for i in range(len(x))]))
-        a.obsm["X_scANVI_emb"] = x
-        return a
-
-    timings, votes, found = {}, {}, {}
-    for name, method in methods.items():
-        method(frame(latent[: min(10_000, len(latent))]))
-        adata = frame(latent)
-        start = time.perf_counter()
-        method(adata)
-        timings[name] = time.perf_counter() - start
-        found[name] = graph_indices(adata)
-        votes[name] = vote(found[name])
-
-    def recall(neighbours):
-        hits = [len(np.intersect1d(a, b)) for a, b in zip(neighbours, found["exact"], strict=True)]
-        return round(float(np.sum(hits) / found["exact"].size), 4)
-
+    timings, agreement, recall = compare_neighbour_methods(latent, labels, methods, k)
+    others = [n for n in methods if n != "exact"]
     return {
         "cells": len(latent),
         "threads": threads,
         "annoy_n_trees": EmbeddingSettings().n_trees,
         **{f"{n}_seconds": round(t, 1) for n, t in timings.items()},
-        **{
-            f"{n}_label_agreement_with_exact": round(float(np.mean(v == votes["exact"])), 4)
-            for n, v in votes.items()
-            if n != "exact"
-        },
-        **{f"{n}_recall_of_exact": recall(f) for n, f in found.items() if n != "exact"},
+        **{f"{n}_label_agreement_with_exact": round(agreement[n], 4) for n in others},
+        **{f"{n}_recall_of_exact": round(recall[n], 4) for n in others},
         "annoy_speedup_vs_scanpy_default": round(timings["scanpy_default"] / timings["annoy"], 2),
         f"annoy_speedup_vs_scanpy_default_{threads}_jobs": round(
             timings[f"scanpy_default_{threads}_jobs"] / timings["annoy"], 2

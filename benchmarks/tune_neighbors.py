@@ -63,9 +63,9 @@ def synthetic_latent(model_dir: Path, n_cells: int, seed: int = 1):
 
 
 def main(argv=None) -> None:
-    import anndata as ad
     import scanpy as sc
     from atlasmap.embedding import EmbeddingSettings, annoy_neighbors
+    from run_benchmark import compare_neighbour_methods
     from sklearn.neighbors import KNeighborsTransformer
 
     parser = argparse.ArgumentParser(description=__doc__)
@@ -75,68 +75,29 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     started = time.perf_counter()
     latent, labels = synthetic_latent(args.model, args.cells)
-    codes, _ = pd.factorize(labels)
     k = 15
-
-    def frame(x):
-        a = ad.AnnData(obs=pd.DataFrame(index=[str(i) for i in range(len(x))]))
-        a.obsm["X_scANVI_emb"] = x
-        return a
-
-    def timed(method):
-        method(frame(latent[:10_000]))  # warm-up: numba compiles outside the timing
-        adata = frame(latent)
-        start = time.perf_counter()
-        method(adata)
-        seconds = time.perf_counter() - start
-        d = adata.obsp["distances"].tocsr()
-        neighbours = np.vstack(
-            [d.indices[d.indptr[i] : d.indptr[i + 1]][: k - 1] for i in range(d.shape[0])]
-        )
-        votes = np.apply_along_axis(np.bincount, 1, codes[neighbours], minlength=codes.max() + 1)
-        return seconds, votes.argmax(axis=1), neighbours
-
-    exact_s, exact_vote, exact_nn = timed(
-        lambda a: sc.pp.neighbors(
+    methods = {
+        "exact": lambda a: sc.pp.neighbors(
             a,
             n_neighbors=k,
             use_rep="X_scANVI_emb",
             transformer=KNeighborsTransformer(n_neighbors=k, mode="distance", n_jobs=2),
-        )
-    )
-
-    def recall(neighbours):
-        found = [len(np.intersect1d(a, b)) for a, b in zip(neighbours, exact_nn, strict=True)]
-        return np.sum(found) / exact_nn.size
-
-    default_s, default_vote, default_nn = timed(
-        lambda a: sc.pp.neighbors(a, n_neighbors=k, use_rep="X_scANVI_emb")
-    )
-    rows = [
-        {"method": "exact", "seconds": exact_s, "agreement": 1.0, "recall": 1.0},
-        {
-            "method": "scanpy default",
-            "seconds": default_s,
-            "agreement": np.mean(default_vote == exact_vote),
-            "recall": recall(default_nn),
-        },
-    ]
-    for trees in TREES:
-        seconds, vote, found = timed(
-            lambda a, t=trees: annoy_neighbors(
+        ),
+        "scanpy default": lambda a: sc.pp.neighbors(a, n_neighbors=k, use_rep="X_scANVI_emb"),
+        **{
+            f"annoy, {trees} trees": lambda a, t=trees: annoy_neighbors(
                 a, EmbeddingSettings(n_neighbors=k, n_trees=t, n_jobs=2)
             )
-        )
-        rows.append(
-            {
-                "method": f"annoy, {trees} trees",
-                "seconds": seconds,
-                "agreement": np.mean(vote == exact_vote),
-                "recall": recall(found),
-            }
-        )
+            for trees in TREES
+        },
+    }
+    seconds, agreement, recall = compare_neighbour_methods(latent, labels, methods, k)
+    rows = [
+        {"method": n, "seconds": seconds[n], "agreement": agreement[n], "recall": recall[n]}
+        for n in methods
+    ]
     table = pd.DataFrame(rows)
-    table["speed-up vs scanpy default"] = default_s / table["seconds"]
+    table["speed-up vs scanpy default"] = seconds["scanpy default"] / table["seconds"]
     args.out.write_text(
         "\n".join(
             [
