@@ -15,6 +15,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import yaml
+from atlasmap.calls import call_mapping
+from atlasmap.errors import AtlasmapInputError
 from atlasmap.mapping import MappingSettings, map_query
 from atlasmap.reference import fetch_model_from_wheel, read_model_info
 from conftest import REPO
@@ -54,7 +56,6 @@ def settings():
         labels_key=reference["labels_key"],
         batch_key=reference["batch_key"],
         transform=reference["transform"],
-        uncertainty_neighbors=15,
     )
 
 
@@ -70,14 +71,16 @@ def test_embed_with_the_model_alone_gives_only_its_labels(scpdac_model):
     info = read_model_info(scpdac_model)
     query = synthetic_query(info.genes)
     result = map_query(query, None, scpdac_model, "embed", settings())
-    called = set(result.predictions["predicted_celltype"])
-    assert called <= set(info.labels) | {"Unknown"}
-    assert len(result.predictions) == query.n_obs
+    table, report = call_mapping(result)
+    assert set(table["predicted_celltype"]) <= set(info.labels) | {"Unknown"}
+    assert len(table) == query.n_obs
     assert result.alignment.zero_filled == 0
     assert result.expanded.n_obs == query.n_obs  # the query alone: no atlas given
-    assert result.predictions["prediction_probability"].between(0, 1).all()
-    assert result.predictions["prediction_uncertainty"].isna().all()
-    assert list(result.predictions["tissue"].unique()) == ["tumour"]
+    assert table["prediction_probability"].between(0, 1).all()
+    # No atlas: the classifier calls, with no kNN, calibration or novelty to report.
+    assert report["method"] == "classifier" and not report["calibrated"]
+    assert table["prediction_uncertainty"].isna().all() and table["novelty_score"].isna().all()
+    assert list(table["tissue"].unique()) == ["tumour"]
     # Query samples are new batches to the model; its 257 reference studies stay.
     assert result.info["model_scvi_version"] == "1.3.3"
 
@@ -92,6 +95,16 @@ def test_a_query_missing_a_tenth_of_the_genes_maps_with_the_gap_reported(scpdac_
     qc = result.qc.set_index("sample")
     assert qc.loc["all", "genes_zero_filled"] == 223
     assert qc.loc["all", "gene_overlap"] == pytest.approx(1 - 223 / 2232, abs=1e-4)
-    assert set(result.predictions["predicted_celltype"]) <= set(info.labels) | {"Unknown"}
+    table, _ = call_mapping(result)
+    assert set(table["predicted_celltype"]) <= set(info.labels) | {"Unknown"}
     assert "matched 2009 of 2232 model genes (90.0%)" in caplog.text
     json.dumps(result.info)  # the run record is plain data
+
+
+def test_raw_counts_fed_to_the_binned_model_are_refused(scpdac_model):
+    """The model was trained on 50 quantile bins: without the transform it would mispredict."""
+    info = read_model_info(scpdac_model)
+    query = synthetic_query(info.genes, n_cells=20)
+    raw = MappingSettings(labels_key="Level_4", batch_key="Sample_ID", transform=None)
+    with pytest.raises(AtlasmapInputError, match=r"layer 'binned_data'.*reference.transform"):
+        map_query(query, None, scpdac_model, "embed", raw)

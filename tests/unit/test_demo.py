@@ -5,7 +5,13 @@ import re
 import numpy as np
 import pandas as pd
 import scanpy as sc
-from atlasmap.demo import LEVELS, deposit_names, make_demo_study, write_demo_study
+from atlasmap.demo import (
+    LEVELS,
+    QUERY_ONLY_TYPES,
+    deposit_names,
+    make_demo_study,
+    write_demo_study,
+)
 from conftest import tree_digest
 
 
@@ -74,7 +80,10 @@ def test_query_metadata_is_shaped_like_the_geo_deposit(small_study):
     assert sorted(meta["patients"].unique()) == ["PA01", "PA02", "PA03", "PA04"]
     assert meta.index.is_unique
     assert all(re.fullmatch(r"[ACGT]{16}-\d+", b) for b in meta.index)
-    assert set(meta["author_cell_type"]) <= set(small_study.reference.obs["Level_4"])
+    atlas_types = set(small_study.reference.obs["Level_4"])
+    # Every type but one is in the atlas; the query-only one is what Unknown must catch.
+    assert set(meta["author_cell_type"]) - atlas_types == set(QUERY_ONLY_TYPES)
+    assert 0.005 < meta["author_cell_type"].isin(QUERY_ONLY_TYPES).mean() < 0.15
 
 
 def test_mapping_is_not_trivial(small_study):

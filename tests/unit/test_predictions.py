@@ -1,42 +1,157 @@
-"""Calls with confidence: kNN uncertainty, hierarchy, Unknown; and the metrics on them."""
+"""Calls with confidence: distance-weighted kNN, calibration, novelty, hierarchy; metrics."""
+
+import logging
 
 import numpy as np
 import pandas as pd
 import pytest
-from atlasmap.mapping import hierarchical_calls, knn_label_uncertainty
-from atlasmap.metrics import classification_metrics
+from atlasmap.calls import CallSettings, LatentKNN, call_cells, coarser_calls, fit_call_model
+from atlasmap.metrics import (
+    calibration_error,
+    classification_metrics,
+    evaluate,
+    expected_calibration_error,
+)
+from atlasmap.reference import label_hierarchy
 from sklearn.metrics import f1_score
 
 
-def test_knn_uncertainty_is_low_inside_a_cluster_and_high_between_two():
+def test_the_vote_weighs_near_cells_more_than_many_far_ones():
+    """5 A cells next to the query and 25 B cells further off: a plain 30-NN vote says B."""
     rng = np.random.default_rng(0)
-    ref = np.vstack([rng.normal(0, 0.1, (100, 2)), rng.normal(5, 0.1, (100, 2))])
-    labels = np.array(["A"] * 100 + ["B"] * 100)
-    query = np.array([[0.0, 0.0], [5.0, 5.0], [2.5, 2.5]])
-    called, uncertainty = knn_label_uncertainty(ref, labels, query, n_neighbors=200)
-    assert list(called[:2]) == ["A", "B"]
-    assert uncertainty[0] < 0.05 and uncertainty[1] < 0.05
-    assert uncertainty[2] == pytest.approx(0.5, abs=0.1)
+    near = rng.normal(0, 0.05, (5, 2))
+    far = rng.normal(0, 0.05, (25, 2)) + [1.0, 0.0]
+    codes = np.array([0] * 5 + [1] * 25)
+    knn = LatentKNN(np.vstack([near, far]), codes, 2, n_neighbors=30, bandwidth=0.3)
+    vote, distance = knn.query(np.zeros((1, 2)))
+    assert vote[0, 0] > 0.9
+    assert vote.sum() == pytest.approx(1.0)
+    assert distance[0] == pytest.approx(np.linalg.norm(np.vstack([near, far]), axis=1).mean())
 
 
+def blobs(rng, centres, n, batches=3, sd=0.3):
+    """Gaussian label clusters spread over batches: a toy reference latent."""
+    latent, labels, batch = [], [], []
+    for label, centre in centres.items():
+        latent.append(rng.normal(centre, sd, (n, len(centre))))
+        labels += [label] * n
+        batch += [f"b{i % batches}" for i in range(n)]
+    return np.vstack(latent), np.array(labels), np.array(batch)
+
+
+CENTRES = {"CD4": [0, 0, 0], "CD8": [1.2, 0, 0], "B": [0, 4, 0], "Mono": [4, 0, 0]}
 HIERARCHY = pd.DataFrame(
-    {"Level_1": ["Immune", "Immune", "Immune"], "Level_3": ["T cell", "T cell", "B cell"]},
-    index=pd.Index(["CD4", "CD8", "B"], name="Level_4"),
+    {
+        "Level_1": ["Immune"] * 4,
+        "Level_3": ["T cell", "T cell", "B cell", "Myeloid"],
+    },
+    index=pd.Index(["CD4", "CD8", "B", "Mono"], name="Level_4"),
 )
 
 
-def test_coarser_levels_sum_their_children_and_unknown_follows_the_threshold():
-    probs = pd.DataFrame(
-        [[0.45, 0.45, 0.10], [0.9, 0.05, 0.05]],
-        columns=pd.Index(["CD4", "CD8", "B"], name="Level_4"),
+@pytest.fixture(scope="module")
+def toy():
+    rng = np.random.default_rng(1)
+    latent, labels, batches = blobs(rng, CENTRES, 300)
+    model = fit_call_model(latent, labels, batches, settings=CallSettings(n_neighbors=20))
+    return rng, model
+
+
+def test_a_cell_far_from_every_reference_cell_is_novel_and_unknown(toy):
+    rng, model = toy
+    settings = CallSettings(n_neighbors=20)
+    seen = np.vstack([rng.normal(c, 0.3, (100, 3)) for c in CENTRES.values()])
+    unseen = rng.normal([0, 0, 4], 0.3, (100, 3))  # a type the reference lacks
+    table = call_cells(model, np.vstack([seen, unseen]), settings=settings)
+    novel = table["unknown_reason"].to_numpy() == "novelty"
+    assert novel[400:].mean() > 0.95
+    assert novel[:400].mean() < 0.08
+    assert (table.loc[novel, "predicted_celltype"] == "Unknown").all()
+    assert (
+        table["novelty_score"].to_numpy()[400:].min()
+        > table["novelty_score"].to_numpy()[:400].mean()
     )
-    calls = hierarchical_calls(probs, HIERARCHY, threshold=0.5)
-    assert calls.loc[0, "predicted_Level_4"] == "Unknown"
-    assert calls.loc[0, "probability_Level_4"] == pytest.approx(0.45)
-    assert calls.loc[0, "predicted_Level_3"] == "T cell"
-    assert calls.loc[0, "probability_Level_3"] == pytest.approx(0.9)
-    assert calls.loc[0, "predicted_Level_1"] == "Immune"
-    assert calls.loc[1, "predicted_Level_4"] == "CD4"
+    # Measured on the reference alone: each label held out in turn is flagged too.
+    assert model.report["held_out_label_detection"]["B"] > 0.9
+    assert model.report["held_out_share_unknown"] < 0.2
+
+
+def test_novelty_switched_off_flags_nothing_far(toy):
+    rng, _ = toy
+    latent, labels, batches = blobs(rng, CENTRES, 100)
+    settings = CallSettings(n_neighbors=20, novelty=False, unknown_threshold=0.0)
+    model = fit_call_model(latent, labels, batches, settings=settings)
+    table = call_cells(model, rng.normal([0, 0, 8], 0.3, (20, 3)), settings=settings)
+    assert (table["predicted_celltype"] != "Unknown").all()
+
+
+def test_calibration_makes_probabilities_match_accuracy(toy):
+    """CD4 and CD8 overlap: raw vote shares overstate how often the call is right."""
+    rng, model = toy
+    settings = CallSettings(n_neighbors=20, novelty=False)
+    truth = np.repeat(list(CENTRES), 300)
+    cells = np.vstack([rng.normal(c, 0.3, (300, 3)) for c in CENTRES.values()])
+    calibrated = call_cells(model, cells, settings=settings)
+    raw_model = fit_call_model(
+        *blobs(np.random.default_rng(1), CENTRES, 300),
+        settings=CallSettings(n_neighbors=20, calibrate=False, novelty=False),
+    )
+    raw = call_cells(raw_model, cells, settings=settings)
+    right = calibrated["candidate_celltype"].to_numpy() == truth
+    ece_cal = expected_calibration_error(calibrated["prediction_probability"], right)
+    ece_raw = expected_calibration_error(raw["prediction_probability"], right)
+    assert ece_cal < 0.05
+    assert ece_cal < ece_raw
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 0.5, 0.7, 0.9, 0.99])
+def test_coarser_calls_follow_the_finest_call_for_any_threshold(threshold):
+    rng = np.random.default_rng(2)
+    labels = np.array(["CD4", "CD8", "B", "Mono"], dtype=object)
+    probs = rng.dirichlet([0.5] * 4, size=500)
+    best = probs.argmax(axis=1)
+    probability = probs[np.arange(500), best] * rng.uniform(0.6, 1.0, 500)  # "calibrated"
+    reason = np.where(probability < threshold, "probability", "none").astype(object)
+    reason[:20] = "novelty"
+    called = np.where(reason == "none", labels[best], "Unknown").astype(object)
+    settings = CallSettings(unknown_threshold=threshold)
+    coarse = coarser_calls(probs, labels, called, probability, reason, HIERARCHY, settings)
+    known = reason == "none"
+    for level in HIERARCHY.columns:
+        parent = HIERARCHY[level].reindex(called[known]).to_numpy()
+        assert (coarse[f"predicted_{level}"].to_numpy()[known] == parent).all()
+        assert (
+            coarse[f"probability_{level}"].to_numpy()[known] >= probability[known] - 1e-12
+        ).all()
+        assert (coarse[f"predicted_{level}"].to_numpy()[:20] == "Unknown").all()
+    # A cell torn between two T-cell types is still confidently a T cell.
+    torn = np.array([[0.45, 0.45, 0.05, 0.05]])
+    one = coarser_calls(
+        torn,
+        labels,
+        np.array(["Unknown"], dtype=object),
+        np.array([0.45]),
+        np.array(["probability"], dtype=object),
+        HIERARCHY,
+        CallSettings(unknown_threshold=0.5),
+    )
+    assert one.loc[0, "predicted_Level_3"] == "T cell"
+    assert one.loc[0, "probability_Level_3"] == pytest.approx(0.9)
+
+
+def test_a_finest_label_under_two_parents_is_reported_not_dropped(caplog):
+    obs = pd.DataFrame(
+        {
+            "Level_4": ["cDC2"] * 5 + ["Mono"] * 4 + ["B"] * 3,
+            "Level_3": ["Dendritic"] * 3 + ["Myeloid"] * 2 + ["Myeloid"] * 4 + ["B cell"] * 3,
+        }
+    )
+    with caplog.at_level(logging.WARNING):
+        table = label_hierarchy(obs, ["Level_3", "Level_4"], "Level_4")
+    assert table.loc["cDC2", "Level_3"] == "Dendritic"  # the majority parent
+    assert table.loc["Mono", "Level_3"] == "Myeloid"
+    assert table.attrs["conflicts"] == {"Level_3": {"cDC2": {"Dendritic": 3, "Myeloid": 2}}}
+    assert "cDC2" in caplog.text and "several Level_3" in caplog.text
 
 
 def test_metrics_count_unknown_right_only_for_labels_the_reference_lacks():
@@ -52,6 +167,11 @@ def test_metrics_count_unknown_right_only_for_labels_the_reference_lacks():
     y_pred = ["CD4", "Unknown", "CD4", "B", "Unknown"]
     expected_f1 = f1_score(y_true, y_pred, labels=["B", "CD4", "CD8", "Unknown"], average="macro")
     assert m["macro_f1"] == pytest.approx(expected_f1, abs=1e-4)
+    # Seen and unseen cells apart: what the real-data targets are stated on.
+    assert (m["seen_cells"], m["unseen_cells"]) == (4, 1)
+    assert m["accuracy_seen"] == pytest.approx(0.5)
+    assert m["share_unknown_seen"] == pytest.approx(0.25)
+    assert m["share_unknown_unseen"] == 1.0
 
 
 def test_metrics_apply_the_threshold_to_a_baseline_probability():
@@ -60,6 +180,33 @@ def test_metrics_apply_the_threshold_to_a_baseline_probability():
         truth, pd.Series(["A", "B"]), {"A", "B"}, pd.Series([0.9, 0.3]), unknown_threshold=0.5
     )
     assert m["accuracy"] == 0.5 and m["share_unknown"] == 0.5
+
+
+def test_expected_calibration_error():
+    # Confidence 0.9 and right 9 times in 10: calibrated. Confidence 0.9, right half: gap 0.4.
+    assert expected_calibration_error(np.full(10, 0.9), np.arange(10) < 9) == pytest.approx(0.0)
+    assert expected_calibration_error(np.full(10, 0.9), np.arange(10) < 5) == pytest.approx(0.4)
+    truth = pd.Series(["A", "A", "Z"])
+    ece = calibration_error(
+        truth, pd.Series(["A", "B", "A"]), pd.Series([1.0, 1.0, 1.0]), {"A", "B"}
+    )
+    assert ece == pytest.approx(0.5)  # the unseen Z is left out
+
+
+def test_truth_sharing_no_label_with_the_reference_warns_with_both_vocabularies(caplog):
+    predictions = pd.DataFrame(
+        {
+            "barcode": ["c1", "c2"],
+            "predicted_celltype": ["CD4", "B"],
+            "candidate_celltype": ["CD4", "B"],
+            "prediction_probability": [0.9, 0.8],
+            "celltype": ["T helper", "B lymphocyte"],
+        }
+    )
+    with caplog.at_level(logging.WARNING):
+        evaluate(predictions, None, "celltype", {"CD4", "B"}, pd.DataFrame(), 0.5)
+    assert "share no name" in caplog.text
+    assert "T helper" in caplog.text and "CD4" in caplog.text
 
 
 def test_baseline_fits_on_one_blas_thread_whatever_the_job_gets(small_study, monkeypatch):

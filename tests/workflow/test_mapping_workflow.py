@@ -18,7 +18,7 @@ def test_each_mode_delivers_the_contract(small_run, mode):
     out = small_run / "results" / "demo" / mode
     subset = ad.read_h5ad(small_run / "results" / "demo" / "query" / "subset.h5ad")
     mapped = ad.read_h5ad(out / "mapped.h5ad")
-    assert set(mapped.obs["source"]) == {"reference", "query"}
+    assert set(mapped.obs["source"]) == {"atlas", "query"}
     query = mapped[mapped.obs["source"] == "query"]
     assert sorted(query.obs["barcode"]) == sorted(subset.obs_names)
     for column in (
@@ -45,14 +45,34 @@ def test_each_mode_delivers_the_contract(small_run, mode):
         predictions.columns
     )
 
+    assert {"candidate_celltype", "novelty_score", "unknown_reason"} <= set(predictions.columns)
     qc = pd.read_csv(out / "qc.tsv", sep="\t")
     assert list(qc["sample"]) == ["PA01", "PA02", "all"]
+    assert {"share_unknown", "share_unknown_novelty", "novelty_median", "novelty_q99"} <= set(qc)
+    calls = json.loads((out / "calls.json").read_text())
+    assert calls["method"] == "knn" and calls["novelty_cutoff"] > 0
 
     metrics = json.loads((out / "metrics.json").read_text())
     for side in ("mapping", "baseline"):
         assert 0 <= metrics[side]["accuracy"] <= 1
         assert {"macro_f1", "recall", "share_unknown"} <= set(metrics[side])
     assert metrics["mapping"]["cells"] == len(predictions)
+    assert 0 <= metrics["mapping"]["ece"] <= 1
+
+
+def test_the_cell_type_the_atlas_lacks_is_called_unknown(small_run):
+    """The demo query holds Schwann cells, which the atlas lacks: the calls say Unknown."""
+    for mode in ("surgery", "embed"):
+        table = pd.read_csv(small_run / "results" / "demo" / mode / "predictions.tsv", sep="\t")
+        schwann = table["author_cell_type"] == "Schwann cell"
+        assert schwann.sum() >= 5
+        unknown = table["predicted_celltype"] == "Unknown"
+        novel = table["unknown_reason"] == "novelty"
+        assert unknown[schwann].mean() >= 0.7, (mode, unknown[schwann].mean())
+        # This small model is weak (most Unknowns among the seen types are for low
+        # probability, which calibration makes honest); few seen cells look novel.
+        assert novel[~schwann].mean() <= 0.1, (mode, novel[~schwann].mean())
+        assert unknown[schwann].mean() >= 2 * unknown[~schwann].mean()
 
 
 def test_training_progress_is_in_the_log(small_run):

@@ -46,10 +46,38 @@ def test_more_surgery_epochs_rerun_only_the_surgery_mapping_and_what_follows(sma
     config = write_small_config(
         small_run, "epochs.yaml", lambda c: c["mapping"]["surgery"].update(max_epochs=5)
     )
-    expected = mode_jobs(
-        ["map_query", "neighbors_umap", "plot_mapping", "evaluate_mapping", "plot_confusion"],
-        "surgery",
-    ) | {("compare_modes", "query=demo")}
+    expected = mode_jobs(["map_query", *AFTER_THE_CALLS], "surgery") | {
+        ("compare_modes", "query=demo")
+    }
+    assert planned_jobs(small_run, config) == expected
+
+
+# What follows a change of the calls: never the mapping or the reference.
+AFTER_THE_CALLS = [
+    "call_celltypes",
+    "neighbors_umap",
+    "plot_mapping",
+    "evaluate_mapping",
+    "plot_confusion",
+]
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda c: c["mapping"].update(unknown_threshold=0.3),
+        lambda c: c["mapping"].update(calls={"method": "consensus"}),
+        lambda c: c["mapping"].update(calls={"novelty_false_positive_rate": 0.05}),
+    ],
+    ids=["threshold", "method", "novelty"],
+)
+def test_a_calls_setting_reruns_only_the_calls_and_what_follows(small_run, edit):
+    config = write_small_config(small_run, "calls.yaml", edit)
+    expected = (
+        mode_jobs(AFTER_THE_CALLS, "surgery")
+        | mode_jobs(AFTER_THE_CALLS, "embed")
+        | {("compare_modes", "query=demo")}
+    )
     assert planned_jobs(small_run, config) == expected
 
 
@@ -74,6 +102,7 @@ def test_a_sample_added_to_the_subset_reruns_from_the_subset_on(small_run):
         "subset_query",
         "predict_baseline",
         "map_query",
+        "call_celltypes",
         "evaluate_mapping",
         "neighbors_umap",
         "plot_mapping",

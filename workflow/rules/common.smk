@@ -115,15 +115,26 @@ def training_params(wildcards):
     return {key: config["reference"][key] for key in keys}
 
 
+# Mapping keys that only the call step reads: editing them never reruns mapping.
+CALL_KEYS = ("unknown_threshold", "calls")
+
+
 def mapping_params(wildcards):
     """Mapping settings; surgery's own only for surgery, so that editing them
     reruns the surgery mapping alone."""
     params = {
-        k: v for k, v in config["mapping"].items() if k not in ("modes", "surgery")
+        k: v
+        for k, v in config["mapping"].items()
+        if k not in ("modes", "surgery", *CALL_KEYS)
     }
     if wildcards.mode == "surgery":
         params["surgery"] = config["mapping"]["surgery"]
     return params
+
+
+def calls_params(wildcards):
+    """What call_celltypes reads of the mapping section."""
+    return {key: config["mapping"][key] for key in CALL_KEYS}
 
 
 def mapping_threads(wildcards):
@@ -154,8 +165,9 @@ def query_outputs(query):
     outputs = expand(
         [
             rules.neighbors_umap.output.mapped,
-            rules.map_query.output.predictions,
-            rules.map_query.output.qc,
+            rules.call_celltypes.output.predictions,
+            rules.call_celltypes.output.qc,
+            rules.call_celltypes.output.calls,
             *rules.plot_mapping.output,
         ],
         query=query,

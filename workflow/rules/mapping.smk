@@ -8,13 +8,7 @@ rule map_query:
         model=reference_model,
     output:
         embedded="results/{query}/{mode}/embedded.h5ad",
-        predictions="results/{query}/{mode}/predictions.tsv",
-        qc=report(
-            "results/{query}/{mode}/qc.tsv",
-            caption="../report/qc_table.rst",
-            category="{query}",
-            subcategory="{mode}",
-        ),
+        qc="results/{query}/{mode}/mapping_qc.tsv",
     log:
         "logs/map_query/{query}_{mode}.log",
     benchmark:
@@ -32,6 +26,43 @@ rule map_query:
         "../envs/scvi.yaml"
     script:
         "../scripts/map_query.py"
+
+
+# The calls are their own step: a threshold or a method reruns them in seconds,
+# never the mapping.
+rule call_celltypes:
+    input:
+        embedded=rules.map_query.output.embedded,
+        mapping_qc=rules.map_query.output.qc,
+    output:
+        predictions="results/{query}/{mode}/predictions.tsv",
+        qc=report(
+            "results/{query}/{mode}/qc.tsv",
+            caption="../report/qc_table.rst",
+            category="{query}",
+            subcategory="{mode}",
+        ),
+        calls=report(
+            "results/{query}/{mode}/calls.json",
+            caption="../report/calls.rst",
+            category="{query}",
+            subcategory="{mode}",
+        ),
+    log:
+        "logs/call_celltypes/{query}_{mode}.log",
+    benchmark:
+        "logs/call_celltypes/{query}_{mode}.benchmark.tsv"
+    params:
+        mapping=calls_params,
+        seed=lookup(dpath="seed", within=config),
+    threads: 2
+    resources:
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        runtime=60,
+    conda:
+        "../envs/scvi.yaml"
+    script:
+        "../scripts/call_celltypes.py"
 
 
 rule predict_baseline:
@@ -62,7 +93,7 @@ rule predict_baseline:
 
 rule evaluate_mapping:
     input:
-        predictions=rules.map_query.output.predictions,
+        predictions=rules.call_celltypes.output.predictions,
         baseline=baseline_predictions,
         atlas=reference_atlas,
         model=reference_model,

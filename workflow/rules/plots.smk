@@ -4,6 +4,7 @@
 rule neighbors_umap:
     input:
         embedded=rules.map_query.output.embedded,
+        predictions=rules.call_celltypes.output.predictions,
     output:
         mapped="results/{query}/{mode}/mapped.h5ad",
     log:
@@ -48,7 +49,7 @@ rule plot_mapping:
 
 rule plot_confusion:
     input:
-        predictions=rules.map_query.output.predictions,
+        predictions=rules.call_celltypes.output.predictions,
     output:
         png=report(
             "results/{query}/{mode}/plots/confusion_matrix.png",

@@ -1,4 +1,4 @@
-"""Rule map_query: surgery or frozen embedding of one query; expanded atlas, predictions, QC."""
+"""Rule map_query: surgery or frozen embedding of one query -> the embedded expanded atlas."""
 
 from atlasmap.logs import log_to
 
@@ -9,12 +9,13 @@ from atlasmap.mapping import map_query_files, mapping_settings  # noqa: E402
 
 torch.set_num_threads(snakemake.threads)
 map_query_files(
-    snakemake.input.query,
-    snakemake.input.atlas or None,
-    snakemake.input.model,
-    snakemake.wildcards.mode,
-    mapping_settings(snakemake.params.reference, snakemake.params.mapping, snakemake.params.seed),
-    mapped=snakemake.output.embedded,
-    predictions=snakemake.output.predictions,
+    query_path=snakemake.input.query,
+    atlas_path=snakemake.input.atlas or None,
+    model_dir=snakemake.input.model,
+    mode=snakemake.wildcards.mode,
+    settings=mapping_settings(
+        snakemake.params.reference, snakemake.params.mapping, snakemake.params.seed
+    ),
+    embedded=snakemake.output.embedded,
     qc=snakemake.output.qc,
 )

@@ -1,4 +1,4 @@
-"""Rule neighbors_umap: Annoy neighbours and UMAP on the scANVI latent -> mapped.h5ad."""
+"""Rule neighbors_umap: Annoy neighbours and UMAP on the scANVI latent, with the calls -> mapped.h5ad."""
 
 from atlasmap.logs import log_to
 
@@ -7,9 +7,10 @@ log_to(snakemake.log[0])
 from atlasmap.embedding import embedding_settings, neighbors_umap_files  # noqa: E402
 
 neighbors_umap_files(
-    snakemake.input.embedded,
-    snakemake.output.mapped,
-    embedding_settings(
+    embedded=snakemake.input.embedded,
+    predictions=snakemake.input.predictions,
+    mapped=snakemake.output.mapped,
+    settings=embedding_settings(
         snakemake.params.neighbors,
         snakemake.params.umap,
         snakemake.params.seed,

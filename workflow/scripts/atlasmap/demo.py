@@ -7,6 +7,8 @@ meets the same kinds of data it meets in production:
 * a reference atlas of raw negative-binomial counts from several donors, each
   with its own batch effect, labelled at four levels where each level refines
   the one above;
+* a query holding a cell type the atlas lacks (Schwann cells), which the
+  calls must say Unknown to;
 * a query written as a GEO 10x deposit (``<prefix>_matrix.mtx.gz``,
   ``_features.tsv.gz``, ``_barcodes.tsv.gz``, ``_metadata.csv.gz``) with a
   ``patients`` column, a query-only ``tissue`` column and a ground-truth label
@@ -50,10 +52,13 @@ CELL_TYPES: tuple[tuple[str, str, str, str], ...] = (
     ("Stromal", "Fibroblast", "CAF", "myCAF"),
     ("Stromal", "Fibroblast", "CAF", "iCAF"),
     ("Stromal", "Endothelial", "Endothelial", "Endothelial cell"),
+    ("Stromal", "Neural", "Schwann", "Schwann cell"),
 )
+# A type of the query that the atlas lacks: the demo's calls must say Unknown to it.
+QUERY_ONLY_TYPES = ("Schwann cell",)
 
 # Typical abundance in a PDAC tumour (relative; normalised below).
-_BASE_ABUNDANCE = np.array([6, 10, 5, 3, 1, 9, 8, 4, 3, 9, 2, 7, 5, 4], dtype=float)
+_BASE_ABUNDANCE = np.array([6, 10, 5, 3, 1, 9, 8, 4, 3, 9, 2, 7, 5, 4, 5], dtype=float)
 
 # Known markers, attached to the node of the hierarchy they mark.
 _MARKERS: dict[str, tuple[str, ...]] = {
@@ -82,6 +87,8 @@ _MARKERS: dict[str, tuple[str, ...]] = {
     "myCAF": ("ACTA2", "TAGLN", "MYL9"),
     "iCAF": ("IL6", "CXCL12", "PDGFRA"),
     "Endothelial": ("PECAM1", "VWF", "CDH5", "PLVAP"),
+    "Neural": ("S100B", "SOX10", "PLP1"),
+    "Schwann": ("MPZ", "NGFR", "CDH19"),
 }
 _MITO = tuple(
     f"MT-{g}"
@@ -230,12 +237,17 @@ def make_demo_study(
     programmes = _type_programmes(rng, genes)
     base_share = _BASE_ABUNDANCE / _BASE_ABUNDANCE.sum()
 
-    def draw_cells(n_cells, groups, batch_sd, shared_shift, depth, abundance_alpha):
+    query_only = np.isin([t[-1] for t in CELL_TYPES], QUERY_ONLY_TYPES)
+
+    def draw_cells(n_cells, groups, batch_sd, shared_shift, depth, abundance_alpha, absent=None):
         per_group = np.full(len(groups), n_cells // len(groups))
         per_group[: n_cells % len(groups)] += 1
         obs_parts, x_parts = [], []
         for group, n in zip(groups, per_group, strict=True):
             share = rng.dirichlet(base_share * abundance_alpha)
+            if absent is not None:
+                share = np.where(absent, 0.0, share)
+                share /= share.sum()
             types = rng.choice(n_types, size=n, p=share)
             batch = shared_shift + rng.normal(0.0, batch_sd, len(genes))
             # A continuous within-type state (e.g. stress, cycling) on a gene set.
@@ -250,7 +262,7 @@ def make_demo_study(
     # Reference atlas: donors with moderate batch effects.
     donors = [f"ATLAS_D{i + 1:02d}" for i in range(n_donors)]
     ref_obs, ref_x = draw_cells(
-        n_reference_cells, donors, 0.25, np.zeros(len(genes)), 1.25 * n_genes, 40.0
+        n_reference_cells, donors, 0.25, np.zeros(len(genes)), 1.25 * n_genes, 40.0, query_only
     )
     ref_x = ref_x[:, :n_genes]
     ref_obs = _label(ref_obs).rename(columns={"group": "Sample_ID"})

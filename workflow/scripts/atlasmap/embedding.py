@@ -143,11 +143,20 @@ def embedding_settings(
 
 
 def neighbors_umap_files(
-    embedded: str | os.PathLike, mapped: str | os.PathLike, settings: EmbeddingSettings
+    *,
+    embedded: str | os.PathLike,
+    predictions: str | os.PathLike,
+    mapped: str | os.PathLike,
+    settings: EmbeddingSettings,
 ) -> ad.AnnData:
-    """:func:`neighbors_umap` from map_query's file to the delivered ``mapped.h5ad``."""
+    """:func:`neighbors_umap` on map_query's file, with the calls, to the delivered ``mapped.h5ad``."""
+    import pandas as pd
+
+    from .calls import attach_calls
     from .io import write_h5ad
 
-    adata = neighbors_umap(ad.read_h5ad(embedded), settings)
+    adata = ad.read_h5ad(embedded)
+    attach_calls(adata, pd.read_csv(predictions, sep="\t", dtype={"barcode": str}))
+    adata = neighbors_umap(adata, settings)
     write_h5ad(adata, mapped)
     return adata

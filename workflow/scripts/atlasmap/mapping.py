@@ -1,8 +1,9 @@
 """Mapping a query onto a reference SCANVI model: scArches surgery or frozen embedding.
 
-The result is the expanded atlas (reference + query, every metadata column of
-both kept), per-cell predictions with a probability and a kNN uncertainty, at
-every level of the label hierarchy, and a per-sample QC table.
+The result is the embedded expanded atlas (reference + query, every metadata
+column of both kept, the joint latent and the classifier's probabilities of
+every cell) and a per-sample QC table. The cell-type calls are a step of their
+own (:mod:`atlasmap.calls`), so that thresholds rerun without remapping.
 """
 
 from __future__ import annotations
@@ -22,15 +23,26 @@ from .reference import (
     ModelInfo,
     check_atlas_columns,
     check_model_matches_config,
-    label_hierarchy,
     read_model_info,
 )
 
 log = logging.getLogger(__name__)
 
 MODES = ("surgery", "embed")
-UNKNOWN = "Unknown"
 EMBEDDING_KEY = "X_scANVI_emb"
+# The scANVI classifier's probabilities of every cell; labels in uns["atlasmap"].
+PROBABILITIES_KEY = "scanvi_probabilities"
+# obs["source"] of the expanded atlas, as the tutorial's extend_atlas writes it.
+SOURCES = ("atlas", "query")
+# Columns the call step writes for query cells (query metadata may not clash with them).
+CALL_COLUMNS = [
+    "predicted_celltype",
+    "candidate_celltype",
+    "prediction_probability",
+    "prediction_uncertainty",
+    "novelty_score",
+    "unknown_reason",
+]
 
 
 @dataclass(frozen=True)
@@ -47,8 +59,6 @@ class MappingSettings:
     inference_batch_size: int = 1024
     min_gene_overlap: float = 0.5
     warn_gene_overlap: float = 0.8
-    unknown_threshold: float = 0.5
-    uncertainty_neighbors: int = 50
     seed: int = 0
     accelerator: str = "auto"
 
@@ -56,69 +66,9 @@ class MappingSettings:
 @dataclass
 class MappingResult:
     expanded: ad.AnnData
-    predictions: pd.DataFrame
     qc: pd.DataFrame
     alignment: GeneAlignment
     info: dict = field(default_factory=dict)
-
-
-def knn_label_uncertainty(
-    reference_latent: np.ndarray,
-    reference_labels: np.ndarray,
-    query_latent: np.ndarray,
-    n_neighbors: int = 50,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted-kNN label transfer in the latent space, as scArches computes it.
-
-    For each query cell, the distances d to its k nearest reference cells are
-    turned into weights exp(-d / (2 / sd(d))^2), normalised to sum to one; the
-    uncertainty is 1 minus the largest weight a single label collects.
-    Returns (label with most weight, uncertainty).
-    """
-    from sklearn.neighbors import NearestNeighbors
-
-    k = min(n_neighbors, len(reference_latent))
-    knn = NearestNeighbors(n_neighbors=k).fit(reference_latent)
-    distances, indices = knn.kneighbors(query_latent)
-    sd = distances.std(axis=1, keepdims=True)
-    scale = (2.0 / np.maximum(sd, 1e-12)) ** 2
-    weights = np.exp(-distances / scale)
-    weights /= weights.sum(axis=1, keepdims=True)
-    codes, labels = pd.factorize(pd.Series(reference_labels).astype(str))
-    neighbour_codes = codes[indices]
-    # Sum weights per (cell, label) with one sparse matrix, no Python loop.
-    rows = np.repeat(np.arange(len(query_latent)), k)
-    per_label = sp.csr_matrix(
-        (weights.ravel(), (rows, neighbour_codes.ravel())), shape=(len(query_latent), len(labels))
-    ).toarray()
-    best = per_label.argmax(axis=1)
-    return np.asarray(labels)[best], np.clip(1.0 - per_label.max(axis=1), 0.0, 1.0)
-
-
-def hierarchical_calls(
-    probabilities: pd.DataFrame, hierarchy: pd.DataFrame, threshold: float
-) -> pd.DataFrame:
-    """Predicted label and probability at every level, with Unknown under ``threshold``.
-
-    A coarser level's probability is the sum of its finer labels' probabilities,
-    so a cell torn between two T-cell subtypes is still confidently a T cell.
-    """
-    out = {}
-    levels = [(probabilities.columns.name or "finest", probabilities)]
-    for level in hierarchy.columns:
-        parent = hierarchy[level].reindex(probabilities.columns.astype(str))
-        known = parent.notna().to_numpy()
-        grouped = probabilities.loc[:, known].T.groupby(parent[known].to_numpy()).sum().T
-        levels.append((level, grouped))
-    for level, probs in levels:
-        values = probs.to_numpy()
-        best = values.argmax(axis=1)
-        probability = values[np.arange(len(values)), best]
-        label = np.asarray(probs.columns.astype(str))[best].astype(object)
-        label[probability < threshold] = UNKNOWN
-        out[f"predicted_{level}"] = label
-        out[f"probability_{level}"] = probability
-    return pd.DataFrame(out, index=probabilities.index)
 
 
 def _model_input(
@@ -165,55 +115,64 @@ def _empty_atlas(info: ModelInfo, s: MappingSettings) -> ad.AnnData:
     return atlas
 
 
-def map_query(
-    query: ad.AnnData,
-    atlas: ad.AnnData | None,
-    model_dir: str | Path,
-    mode: str,
-    settings: MappingSettings = MappingSettings(),
-    where: str = "query",
-) -> MappingResult:
-    """Map ``query`` (raw counts in ``layers["counts"]``) onto the model in ``model_dir``.
+def check_model_transform(info: ModelInfo, transform: dict | None) -> None:
+    """Refuse raw counts for a model trained on a transform of them, and the reverse.
 
-    ``mode`` "surgery": scArches architecture surgery, the query batches'
-    weights trained (weight decay 0) while the reference weights and the
-    classifier stay frozen. ``mode`` "embed": the reference model frozen,
-    query cells embedded and classified with no training. Without an
-    ``atlas`` (None), embed mode maps with the model alone: no reference cells
-    in the output and no kNN uncertainty (NaN).
+    scvi-tools keeps no record of the values a model read, only the name of
+    the layer it was set up on; models trained on binned counts (the scPDAC
+    ones: ``binned_data``) name it so, and that name is what can be checked.
     """
-    import scvi
+    binned_layer = bool(info.layer) and "bin" in info.layer.lower()
+    method = (transform or {}).get("method")
+    if binned_layer and method != "quantile_bins":
+        raise AtlasmapInputError(
+            f"{info.directory}: the model was set up on layer {info.layer!r} (binned counts) but "
+            f"reference.transform is {transform!r}: raw counts would be fed to a model trained "
+            "on bins. Set reference.transform: {method: quantile_bins, n_bins: 50} (the scPDAC "
+            "models read 50 bins)."
+        )
+    if method == "quantile_bins" and not binned_layer:
+        raise AtlasmapInputError(
+            f"{info.directory}: reference.transform is quantile_bins but the model was set up on "
+            f"layer {info.layer!r}, not on binned counts; set reference.transform: null"
+        )
+
+
+def _start_new_batches_at_the_reference_mean(model, model_dir: Path, n_reference_batches: int):
+    """Give the query batches the mean of the reference batches' weights.
+
+    ``load_query_data`` widens every batch-indexed weight for the new batches
+    and leaves the new part at its random initialisation: a "frozen" embedding
+    would then depend on a random draw. The mean of the reference batches is a
+    deterministic, neutral start (an average reference batch), for embedding
+    and as surgery's starting point alike.
+    """
     import torch
 
-    from .training import EpochLogger, train_kwargs
-
-    if mode not in MODES:
-        raise AtlasmapInputError(f"mode must be one of {MODES}, not {mode!r}")
-    s = settings
-    info = read_model_info(model_dir)
-    check_model_matches_config(info, s.labels_key, s.batch_key)
-    if atlas is None:
-        if mode == "surgery":
-            raise AtlasmapInputError(
-                "surgery needs the reference atlas (config key reference.atlas): the expanded "
-                "atlas and the joint embedding are made of its cells. Without it, use "
-                "mapping.modes: [embed]."
+    saved = torch.load(Path(model_dir) / "model.pt", map_location="cpu", weights_only=False)
+    reference_state = saved["model_state_dict"]
+    widened = 0
+    with torch.no_grad():
+        for name, param in model.module.named_parameters():
+            old = reference_state.get(name)
+            if old is None or tuple(old.shape) == tuple(param.shape):
+                continue
+            dims = [d for d in range(param.ndim) if param.shape[d] != old.shape[d]]
+            if len(dims) != 1 or old.shape[dims[0]] < n_reference_batches:
+                continue
+            dim = dims[0]
+            n_old = old.shape[dim]
+            mean = old.narrow(dim, n_old - n_reference_batches, n_reference_batches).mean(
+                dim=dim, keepdim=True
             )
-        log.warning(
-            "no reference atlas: embed mode with the model alone; the output holds the query "
-            "cells only and no kNN uncertainty (NaN)"
-        )
-        atlas = _empty_atlas(info, s)
-    check_atlas_columns(atlas, "reference.atlas", labels_key=s.labels_key, batch_key=s.batch_key)
-    if s.batch_key not in query.obs.columns:
-        raise AtlasmapInputError(
-            f"{where}: the query has no column {s.batch_key!r}, the model's batch key; "
-            f"its columns are {list(query.obs.columns)}. Rename one with queries.<name>.rename "
-            f"(the tutorial renames patients to {s.batch_key})."
-        )
-    scvi.settings.seed = s.seed
-    scvi.settings.verbosity = logging.WARNING  # its per-load INFO lines say nothing useful
+            new = param.narrow(dim, n_old, param.shape[dim] - n_old)
+            new.copy_(mean.to(param.device, param.dtype).expand_as(new))
+            widened += 1
+    log.info("query batch weights set to the reference batches' mean in %d tensors", widened)
 
+
+def align_inputs(query, atlas, info: ModelInfo, s: MappingSettings, where: str):
+    """Reference and query on the model's genes (sparse), and the model's input for each."""
     id_to_symbol = id_to_symbol_table(atlas.var, atlas.var_names)
     ref_aligned, ref_report = align_to_genes(
         atlas,
@@ -237,14 +196,27 @@ def map_query(
         ref_aligned, info, atlas.obs[s.batch_key], atlas.obs[s.labels_key], s.transform
     )
     q_input = _model_input(q_aligned, info, query.obs[s.batch_key], None, s.transform)
-    q_batches = sorted(set(q_input.obs[s.batch_key]))
-    shared = sorted(set(q_batches) & set(info.batches))
+    return ref_aligned, q_aligned, ref_input, q_input, q_report
+
+
+def run_model(model_dir, ref_input, q_input, info: ModelInfo, mode: str, s: MappingSettings):
+    """Load the query into the model, adapt it (surgery) or not (embed), and embed and classify.
+
+    Returns the latents and classifier probabilities of reference and query cells,
+    whether the encoder sees the batch, and the mean query latent shift.
+    """
+    import scvi
+    import torch
+
+    from .training import EpochLogger, train_kwargs
+
+    shared = sorted(set(q_input.obs[s.batch_key]) & set(info.batches))
     if shared:
         log.warning("query batches %s are also reference batches: their weights are reused", shared)
-
     model = scvi.model.SCANVI.load_query_data(
         q_input, str(model_dir), freeze_dropout=True, accelerator=s.accelerator
     )
+    _start_new_batches_at_the_reference_mean(model, Path(model_dir), len(info.batches))
     encoder_sees_batch = bool(getattr(model.module, "encode_covariates", False))
     model.is_trained = True
     z_before, _ = _predict(model, q_input, s.inference_batch_size)
@@ -274,40 +246,88 @@ def map_query(
         else:
             z_ref = np.zeros((0, z_query.shape[1]), dtype=z_query.dtype)
             probs_ref = probs_query.iloc[:0]
-    latent_shift = float(np.linalg.norm(z_query - z_before, axis=1).mean())
-    log.info("mean query latent shift by %s: %.4g", mode, latent_shift)
+    shift = np.linalg.norm(z_query - z_before, axis=1)
+    log.info("mean query latent shift by %s: %.4g", mode, float(shift.mean()))
+    return z_ref, probs_ref, z_query, probs_query, encoder_sees_batch, shift
 
-    levels = [lv for lv in s.label_levels if lv in atlas.obs.columns and lv != s.labels_key]
-    hierarchy = label_hierarchy(atlas.obs, [*levels, s.labels_key], s.labels_key)
-    probs_query.columns.name = probs_ref.columns.name = s.labels_key
-    calls_query = hierarchical_calls(probs_query, hierarchy, s.unknown_threshold)
-    calls_ref = hierarchical_calls(probs_ref, hierarchy, s.unknown_threshold)
-    if len(z_ref):
-        _, uncertainty = knn_label_uncertainty(
-            z_ref, atlas.obs[s.labels_key].astype(str).to_numpy(), z_query, s.uncertainty_neighbors
+
+def map_query(
+    query: ad.AnnData,
+    atlas: ad.AnnData | None,
+    model_dir: str | Path,
+    mode: str,
+    settings: MappingSettings = MappingSettings(),
+    where: str = "query",
+) -> MappingResult:
+    """Map ``query`` (raw counts in ``layers["counts"]``) onto the model in ``model_dir``.
+
+    ``mode`` "surgery": scArches architecture surgery, the query batches'
+    weights trained (weight decay 0) while the reference weights and the
+    classifier stay frozen. ``mode`` "embed": the reference model frozen,
+    query cells embedded and classified with no training. In both, the query
+    batches start from the mean of the reference batches' weights. Without an
+    ``atlas`` (None), embed mode maps with the model alone: no reference cells
+    in the output. The result is the embedded expanded atlas; the calls are
+    made from it by :mod:`atlasmap.calls`.
+    """
+    import scvi
+
+    if mode not in MODES:
+        raise AtlasmapInputError(f"mode must be one of {MODES}, not {mode!r}")
+    s = settings
+    info = read_model_info(model_dir)
+    check_model_matches_config(info, s.labels_key, s.batch_key)
+    check_model_transform(info, s.transform)
+    if atlas is None:
+        if mode == "surgery":
+            raise AtlasmapInputError(
+                "surgery needs the reference atlas (config key reference.atlas): the expanded "
+                "atlas and the joint embedding are made of its cells. Without it, use "
+                "mapping.modes: [embed]."
+            )
+        log.warning(
+            "no reference atlas: embed mode with the model alone; the output holds the query "
+            "cells only, and calls come from the classifier (no kNN, calibration or novelty)"
         )
-    else:
-        uncertainty = np.full(len(z_query), np.nan)
+        atlas = _empty_atlas(info, s)
+    check_atlas_columns(atlas, "reference.atlas", labels_key=s.labels_key, batch_key=s.batch_key)
+    if s.batch_key not in query.obs.columns:
+        raise AtlasmapInputError(
+            f"{where}: the query has no column {s.batch_key!r}, the model's batch key; "
+            f"its columns are {list(query.obs.columns)}. Rename one with queries.<name>.rename "
+            f"(the tutorial renames patients to {s.batch_key})."
+        )
+    scvi.settings.seed = s.seed
+    scvi.settings.verbosity = logging.WARNING  # its per-load INFO lines say nothing useful
 
-    predictions = _prediction_table(calls_query, uncertainty, query.obs, s.labels_key)
-    expanded = _expanded_atlas(
-        atlas, query, ref_aligned, q_aligned, z_ref, z_query, calls_ref, predictions, s.labels_key
+    ref_aligned, q_aligned, ref_input, q_input, q_report = align_inputs(
+        query, atlas, info, s, where
     )
-    qc = _qc_table(
-        predictions, query.obs, s.batch_key, q_report, mode, encoder_sees_batch, latent_shift
+    z_ref, probs_ref, z_query, probs_query, encoder_sees_batch, shift = run_model(
+        model_dir, ref_input, q_input, info, mode, s
     )
+    expanded = _expanded_atlas(atlas, query, ref_aligned, q_aligned, z_ref, z_query)
+    classifier_labels = [str(c) for c in probs_query.columns]
+    expanded.obsm[PROBABILITIES_KEY] = np.vstack(
+        [probs_ref.to_numpy(), probs_query.to_numpy()]
+    ).astype(np.float32)
+    qc = _qc_table(query.obs[s.batch_key].astype(str), q_report, mode, encoder_sees_batch, shift)
     run_info = {
         "mode": mode,
         "model": str(model_dir),
         "model_scvi_version": info.scvi_version,
         "scvi_version": scvi.__version__,
         "encoder_sees_batch": encoder_sees_batch,
-        "latent_shift_mean": latent_shift,
+        "latent_shift_mean": float(shift.mean()),
         "gene_alignment": q_report.as_dict(),
-        "unknown_threshold": s.unknown_threshold,
-        "reference_self_accuracy": float(
+        "labels_key": s.labels_key,
+        "batch_key": s.batch_key,
+        "label_levels": [lv for lv in s.label_levels if lv in atlas.obs.columns],
+        "classifier_labels": classifier_labels,
+        "query_columns": [c for c in expanded.obs.columns if c in _query_columns(query)],
+        "reference_classifier_accuracy": float(
             np.mean(
-                calls_ref[f"predicted_{s.labels_key}"].to_numpy()
+                np.asarray(classifier_labels)[probs_ref.to_numpy().argmax(axis=1)]
                 == atlas.obs[s.labels_key].astype(str).to_numpy()
             )
         )
@@ -316,49 +336,39 @@ def map_query(
     }
     expanded.uns["atlasmap"] = {k: v for k, v in run_info.items() if k != "gene_alignment"}
     expanded.uns["atlasmap"]["gene_alignment"] = {k: str(v) for k, v in q_report.as_dict().items()}
-    return MappingResult(expanded, predictions, qc, q_report, run_info)
+    return MappingResult(expanded, qc, q_report, run_info)
 
 
-def _prediction_table(calls: pd.DataFrame, uncertainty, query_obs: pd.DataFrame, labels_key: str):
-    table = pd.DataFrame(index=calls.index)
-    table["predicted_celltype"] = calls[f"predicted_{labels_key}"]
-    table["prediction_probability"] = calls[f"probability_{labels_key}"]
-    table["prediction_uncertainty"] = uncertainty
-    for column in calls.columns:
-        if not column.endswith(f"_{labels_key}"):
-            table[column] = calls[column]
-    metadata = query_obs.loc[calls.index]
-    clash = metadata.columns.intersection(table.columns)
-    if len(clash):
-        log.warning("query metadata columns %s renamed with prefix 'query_'", list(clash))
-        metadata = metadata.rename(columns={c: f"query_{c}" for c in clash})
-    return pd.concat([table, metadata], axis=1)
+def _query_columns(query: ad.AnnData) -> set[str]:
+    """The query's metadata columns as they appear in the expanded atlas."""
+    clash = set(CALL_COLUMNS) | {"source", "barcode"}
+    return {f"query_{c}" if c in clash else c for c in query.obs.columns}
 
 
-def _expanded_atlas(
-    atlas, query, ref_aligned, q_aligned, z_ref, z_query, calls_ref, predictions, labels_key
-):
+def _expanded_atlas(atlas, query, ref_aligned, q_aligned, z_ref, z_query):
     """Reference + query on the model's genes; every obs column of both kept (outer join)."""
     ref_obs = atlas.obs.copy()
-    ref_obs["source"] = "reference"
-    ref_obs["predicted_celltype"] = calls_ref[f"predicted_{labels_key}"].to_numpy()
-    ref_obs["prediction_probability"] = calls_ref[f"probability_{labels_key}"].to_numpy()
-    q_obs = predictions.copy()
+    ref_obs["source"] = "atlas"
+    q_obs = query.obs.copy()
+    clash = q_obs.columns.intersection(CALL_COLUMNS + ["source", "barcode"])
+    if len(clash):
+        log.warning("query metadata columns %s renamed with prefix 'query_'", list(clash))
+        q_obs = q_obs.rename(columns={c: f"query_{c}" for c in clash})
     q_obs["source"] = "query"
+    q_obs["barcode"] = query.obs_names.to_numpy()
     q_names = q_obs.index
     overlap = q_names.intersection(ref_obs.index)
     if len(overlap):
         log.warning(
             "%d query barcodes also name reference cells: suffixed with '-query'", len(overlap)
         )
-        q_names = pd.Index([f"{b}-query" if b in set(overlap) else b for b in q_names])
-    q_obs.index = q_names
-    q_obs["barcode"] = predictions.index.to_numpy()
+        overlap = set(overlap)
+        q_obs.index = pd.Index([f"{b}-query" if b in overlap else b for b in q_names])
     obs = pd.concat([ref_obs, q_obs], axis=0, join="outer", sort=False)
     for column in obs.columns:
         if obs[column].dtype == object:
             obs[column] = obs[column].astype("category")
-    obs["source"] = pd.Categorical(obs["source"], categories=["reference", "query"])
+    obs["source"] = pd.Categorical(obs["source"], categories=list(SOURCES))
     counts = sp.vstack([ref_aligned.layers["counts"], q_aligned.layers["counts"]]).tocsr()
     expanded = ad.AnnData(X=counts, obs=obs, var=q_aligned.var.copy())
     expanded.layers["counts"] = counts
@@ -366,43 +376,34 @@ def _expanded_atlas(
     return expanded
 
 
-def _qc_table(predictions, query_obs, batch_key, report, mode, encoder_sees_batch, latent_shift):
-    samples = query_obs.loc[predictions.index, batch_key].astype(str)
+def _qc_table(samples: pd.Series, report, mode, encoder_sees_batch, shift) -> pd.DataFrame:
+    """Per sample and overall: cells, gene overlap, how far the mode moved the query cells."""
+    samples = samples.to_numpy()
     rows = []
-    for sample, table in [
-        *predictions.groupby(samples.to_numpy(), sort=True),
-        ("all", predictions),
-    ]:
+    for sample in [*sorted(set(samples)), "all"]:
+        mine = np.ones(len(samples), bool) if sample == "all" else samples == sample
         rows.append(
             {
                 "sample": sample,
                 "mode": mode,
-                "cells": len(table),
+                "cells": int(mine.sum()),
                 "genes_matched": report.matched,
                 "gene_overlap": round(report.overlap_fraction, 4),
                 "genes_zero_filled": report.zero_filled,
-                "mean_probability": round(float(table["prediction_probability"].mean()), 4),
-                "share_unknown": round(float((table["predicted_celltype"] == UNKNOWN).mean()), 4),
-                "mean_uncertainty": round(float(table["prediction_uncertainty"].mean()), 4),
                 "encoder_sees_batch": encoder_sees_batch,
-                "latent_shift_mean": round(latent_shift, 4),
+                "latent_shift_mean": round(float(shift[mine].mean()), 4),
             }
         )
     return pd.DataFrame(rows)
 
 
-def write_mapping(
-    result: MappingResult, mapped: str | Path, predictions: str | Path, qc: str | Path
-):
-    """Write the expanded atlas, predictions and QC table, each whole or not at all."""
+def write_mapping(result: MappingResult, embedded: str | Path, qc: str | Path) -> None:
+    """Write the embedded expanded atlas and the mapping QC table, each whole or not at all."""
     from .io import atomic_path, write_h5ad
 
-    table = result.predictions.copy()
-    table.insert(0, "barcode", table.index)
-    for path, frame in ((predictions, table), (qc, result.qc)):
-        with atomic_path(path) as tmp:
-            frame.to_csv(tmp, sep="\t", index=False)
-    write_h5ad(result.expanded, mapped)
+    with atomic_path(qc) as tmp:
+        result.qc.to_csv(tmp, sep="\t", index=False)
+    write_h5ad(result.expanded, embedded)
 
 
 def mapping_settings(
@@ -424,21 +425,19 @@ def mapping_settings(
         inference_batch_size=mapping_config["batch_size"],
         min_gene_overlap=mapping_config["min_gene_overlap"],
         warn_gene_overlap=mapping_config["warn_gene_overlap"],
-        unknown_threshold=mapping_config["unknown_threshold"],
-        uncertainty_neighbors=mapping_config["uncertainty_neighbors"],
         seed=seed,
         accelerator=mapping_config["accelerator"],
     )
 
 
 def map_query_files(
+    *,
     query_path: str | Path,
     atlas_path: str | Path | None,
     model_dir: str | Path,
     mode: str,
     settings: MappingSettings,
-    mapped: str | Path,
-    predictions: str | Path,
+    embedded: str | Path,
     qc: str | Path,
 ) -> MappingResult:
     """:func:`map_query` from files to files (each output whole or not at all)."""
@@ -447,5 +446,5 @@ def map_query_files(
     query = ad.read_h5ad(query_path)
     atlas = read_atlas(atlas_path) if atlas_path else None
     result = map_query(query, atlas, model_dir, mode, settings, where=str(query_path))
-    write_mapping(result, mapped, predictions, qc)
+    write_mapping(result, embedded, qc)
     return result

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score, recall_score
 
-from .mapping import UNKNOWN
+from .calls import UNKNOWN
 
 
 def classification_metrics(
@@ -35,6 +35,8 @@ def classification_metrics(
     y_pred = predicted[known]
     labels = sorted(set(y_true))
     confident = y_pred != UNKNOWN
+    seen = y_true != UNKNOWN
+    seen_labels = sorted(set(y_true[seen]))
     return {
         "cells": int(known.sum()),
         "accuracy": round(float(np.mean(y_true == y_pred)), 4),
@@ -45,6 +47,22 @@ def classification_metrics(
             float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)), 4
         ),
         "share_unknown": round(float(np.mean(y_pred == UNKNOWN)), 4),
+        # On cells of labels the reference has, and on the others (a type it lacks).
+        "seen_cells": int(seen.sum()),
+        "accuracy_seen": _rounded_mean(y_true[seen] == y_pred[seen]),
+        "macro_f1_seen": round(
+            float(
+                f1_score(
+                    y_true[seen], y_pred[seen], labels=seen_labels, average="macro", zero_division=0
+                )
+            ),
+            4,
+        )
+        if seen.any()
+        else None,
+        "share_unknown_seen": _rounded_mean(y_pred[seen] == UNKNOWN),
+        "unseen_cells": int((~seen).sum()),
+        "share_unknown_unseen": _rounded_mean(y_pred[~seen] == UNKNOWN),
         "recall": {
             label: round(float(r), 4)
             for label, r in zip(
@@ -54,6 +72,54 @@ def classification_metrics(
             )
         },
     }
+
+
+def _rounded_mean(values: np.ndarray) -> float | None:
+    return round(float(np.mean(values)), 4) if len(values) else None
+
+
+def expected_calibration_error(
+    probability: np.ndarray, correct: np.ndarray, n_bins: int = 15
+) -> float | None:
+    """ECE: the cell-weighted mean gap between confidence and accuracy in equal-width bins."""
+    probability = np.asarray(probability, dtype=float)
+    correct = np.asarray(correct, dtype=float)
+    keep = np.isfinite(probability)
+    probability, correct = probability[keep], correct[keep]
+    if not len(probability):
+        return None
+    bins = np.minimum((probability * n_bins).astype(int), n_bins - 1)
+    gap = 0.0
+    for b in np.unique(bins):
+        mine = bins == b
+        gap += mine.sum() * abs(probability[mine].mean() - correct[mine].mean())
+    return round(float(gap / len(probability)), 4)
+
+
+def calibration_error(
+    truth: pd.Series, candidate: pd.Series, probability: pd.Series, reference_labels: set[str]
+) -> float | None:
+    """ECE of the probability of each cell's best label, on cells of labels the reference has."""
+    truth = truth.astype("string")
+    seen = truth.isin(list(reference_labels)).fillna(False).to_numpy()
+    correct = candidate.astype(str).to_numpy()[seen] == truth.to_numpy()[seen]
+    return expected_calibration_error(probability.to_numpy(dtype=float)[seen], correct)
+
+
+def check_truth_vocabulary(truth: pd.Series, reference_labels: set[str], where: str) -> None:
+    """Warn, naming both vocabularies, when the truth shares no label with the reference."""
+    import logging
+
+    values = set(truth.dropna().astype(str))
+    if values and not values & set(reference_labels):
+        logging.getLogger(__name__).warning(
+            "%s: the truth labels share no name with the reference's, so every cell counts as "
+            "a type the reference lacks. Truth labels: %s; reference labels: %s. Map the truth "
+            "to the reference's vocabulary (or choose another truth column).",
+            where,
+            sorted(values)[:30],
+            sorted(reference_labels)[:30],
+        )
 
 
 def level_accuracy(
@@ -98,11 +164,16 @@ def evaluate(
         )
     mapped = predictions.set_index("barcode")
     truth = mapped[truth_column]
+    check_truth_vocabulary(truth, reference_labels, f"{where}: column {truth_column!r}")
     result = {
         "truth_column": truth_column,
         "unknown_threshold": unknown_threshold,
         "mapping": classification_metrics(truth, mapped["predicted_celltype"], reference_labels),
     }
+    candidate = mapped.get("candidate_celltype", mapped["predicted_celltype"])
+    result["mapping"]["ece"] = calibration_error(
+        truth, candidate, mapped["prediction_probability"], reference_labels
+    )
     result["mapping"]["accuracy_by_level"] = level_accuracy(truth, mapped, hierarchy)
     if baseline is not None:
         base = baseline.set_index("barcode").reindex(mapped.index)
@@ -115,6 +186,9 @@ def evaluate(
         )
         result["baseline_without_unknown"] = classification_metrics(
             truth, base["predicted_celltype"], reference_labels
+        )
+        result["baseline"]["ece"] = calibration_error(
+            truth, base["predicted_celltype"], base["prediction_probability"], reference_labels
         )
     return result
 
@@ -159,8 +233,15 @@ def evaluate_files(
         where=str(predictions_path),
     )
     logger = logging.getLogger(__name__)
+    m = result["mapping"]
     logger.info(
-        "accuracy %.3f, macro-F1 %.3f", result["mapping"]["accuracy"], result["mapping"]["macro_f1"]
+        "accuracy %.3f, macro-F1 %.3f, ECE %s, Unknown: %s of seen cells, %s of %d unseen",
+        m["accuracy"],
+        m["macro_f1"],
+        m["ece"],
+        m["share_unknown_seen"],
+        m["share_unknown_unseen"],
+        m["unseen_cells"],
     )
     if "baseline" in result:
         logger.info(

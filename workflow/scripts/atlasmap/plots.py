@@ -22,8 +22,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib import colors as mcolors  # noqa: E402
 
+from .calls import UNKNOWN  # noqa: E402
 from .io import atomic_path  # noqa: E402
-from .mapping import UNKNOWN  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def umap_query_highlight(coords: np.ndarray, is_query: np.ndarray, title: str):
         size = point_size(len(coords))
         _scatter(ax, coords[~is_query], [REFERENCE_COLOUR] * int((~is_query).sum()), size)
         _scatter(ax, coords[is_query], [QUERY_COLOUR] * int(is_query.sum()), size)
-        _legend(ax, {"reference": REFERENCE_COLOUR, "query": QUERY_COLOUR}, ["reference", "query"])
+        _legend(ax, {"atlas": REFERENCE_COLOUR, "query": QUERY_COLOUR}, ["atlas", "query"])
         ax.set_title(title)
     return fig
 
@@ -376,7 +376,7 @@ def run_palette(obs: pd.DataFrame, level: str, column: str, overrides=None) -> d
     """The palette of a run: every reference label at ``level`` plus every call."""
     labels = set(obs[column].dropna().astype(str))
     if level in obs:
-        labels |= set(obs.loc[obs["source"] == "reference", level].dropna().astype(str))
+        labels |= set(obs.loc[obs["source"] == "atlas", level].dropna().astype(str))
     return label_palette(labels, overrides)
 
 

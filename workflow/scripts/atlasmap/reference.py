@@ -50,24 +50,36 @@ def atlas_counts_layer(atlas: ad.AnnData, layer: str | None, where: str) -> str 
 
 
 def label_hierarchy(obs: pd.DataFrame, levels: list[str], finest: str) -> pd.DataFrame:
-    """Table finest label -> its label at each coarser level, where each level refines the one above.
+    """Table finest label -> its label at each coarser level.
 
-    Levels that do not nest (a finest label under two parents) are left out,
-    with a warning, rather than guessed.
+    A finest label found under several parents at a level is not dropped: it
+    takes the parent most of its cells have, and the conflict is logged and
+    kept in ``table.attrs["conflicts"]`` ({level: {label: {parent: cells}}}),
+    so that a report can say which coarser calls rest on a majority.
     """
     rows = obs[[finest, *[lv for lv in levels if lv != finest]]].dropna().astype(str)
-    table = rows.drop_duplicates(subset=[finest]).set_index(finest)
-    for level in list(table.columns):
-        parents = rows.groupby(finest)[level].nunique()
-        if (parents > 1).any():
+    table = pd.DataFrame(index=pd.Index(sorted(rows[finest].unique()), name=finest))
+    conflicts: dict[str, dict[str, dict[str, int]]] = {}
+    for level in [lv for lv in levels if lv != finest and lv in rows.columns]:
+        counts = rows.groupby([finest, level]).size()
+        counts = counts[counts > 0].sort_values(ascending=False, kind="stable")
+        majority = counts.reset_index().drop_duplicates(subset=[finest]).set_index(finest)[level]
+        table[level] = majority.reindex(table.index)
+        parents = counts.groupby(level=0).size()
+        ambiguous = parents[parents > 1].index
+        if len(ambiguous):
+            conflicts[level] = {
+                str(label): {str(p): int(n) for p, n in counts.loc[label].items()}
+                for label in ambiguous
+            }
             log.warning(
-                "%s labels under several %s labels (%s): no %s prediction",
+                "%d %s labels lie under several %s labels; each takes its majority parent: %s",
+                len(ambiguous),
                 finest,
                 level,
-                list(parents[parents > 1].index[:5]),
-                level,
+                {k: v for k, v in list(conflicts[level].items())[:5]},
             )
-            table = table.drop(columns=level)
+    table.attrs["conflicts"] = conflicts
     return table
 
 
@@ -78,11 +90,25 @@ class TrainingSettings:
     n_layers: int = 2
     n_hidden: int = 128
     dropout_rate: float = 0.2
-    scvi_max_epochs: int = 50
-    scanvi_max_epochs: int = 20
+    scvi_max_epochs: int | None = None  # None: scvi-tools' rule, scaled by atlas size
+    scanvi_max_epochs: int | None = None
     early_stopping: bool = True
+    early_stopping_patience: int = 20
     batch_size: int = 128
     n_samples_per_label: int | None = None
+
+
+def max_epochs_for(n_cells: int, scvi_epochs: int | None, scanvi_epochs: int | None):
+    """Most epochs of scVI and scANVI for an atlas of ``n_cells``.
+
+    scvi-tools' own rule: about 20,000 cells x 400 epochs of data passes,
+    at most 400 epochs; scANVI a third of scVI's, between 2 and 10 (as
+    ``SCANVI.from_scvi_model`` then ``train()`` would choose). Early stopping on
+    the validation loss ends either sooner when it stops improving.
+    """
+    scvi_n = scvi_epochs or int(min(round(20_000 / max(n_cells, 1) * 400), 400))
+    scanvi_n = scanvi_epochs or int(min(10, max(2, round(scvi_n / 3.0))))
+    return max(scvi_n, 1), max(scanvi_n, 1)
 
 
 def select_genes(atlas: ad.AnnData, n_top_genes: int | None, batch_key: str, layer: str | None):
@@ -149,27 +175,55 @@ def train_reference_model(
         encode_covariates=True,
         deeply_inject_covariates=False,
     )
-    log.info("scVI: up to %d epochs", settings.scvi_max_epochs)
+    scvi_epochs, scanvi_epochs = max_epochs_for(
+        adata.n_obs, settings.scvi_max_epochs, settings.scanvi_max_epochs
+    )
+    early = {
+        "early_stopping": settings.early_stopping,
+        "early_stopping_patience": settings.early_stopping_patience,
+    }
+    log.info(
+        "scVI: up to %d epochs%s",
+        scvi_epochs,
+        f", early stopping after {settings.early_stopping_patience} epochs without a better "
+        "validation loss"
+        if settings.early_stopping
+        else "",
+    )
     vae.train(
-        max_epochs=settings.scvi_max_epochs,
+        max_epochs=scvi_epochs,
         batch_size=settings.batch_size,
-        early_stopping=settings.early_stopping,
+        **early,
         callbacks=[EpochLogger("scVI")],
         **train_kwargs(accelerator),
     )
+    _log_stop("scVI", vae, scvi_epochs)
     model = scvi.model.SCANVI.from_scvi_model(
         vae, unlabeled_category=unlabeled_category, labels_key=labels_key
     )
-    log.info("scANVI: up to %d epochs", settings.scanvi_max_epochs)
+    log.info("scANVI: up to %d epochs", scanvi_epochs)
     model.train(
-        max_epochs=settings.scanvi_max_epochs,
+        max_epochs=scanvi_epochs,
         batch_size=settings.batch_size,
         n_samples_per_label=settings.n_samples_per_label,
-        early_stopping=settings.early_stopping,
+        **early,
         callbacks=[EpochLogger("scANVI")],
         **train_kwargs(accelerator),
     )
+    _log_stop("scANVI", model, scanvi_epochs)
     return model
+
+
+def _log_stop(name: str, model, max_epochs: int) -> None:
+    history = model.history.get("elbo_validation")
+    ran = len(model.history["elbo_train"]) if "elbo_train" in model.history else max_epochs
+    best = (
+        f"; best validation ELBO {float(history.min().iloc[0]):.4g} at epoch "
+        f"{int(np.argmin(history.to_numpy().ravel())) + 1}"
+        if history is not None and len(history)
+        else ""
+    )
+    log.info("%s: trained %d of at most %d epochs%s", name, ran, max_epochs, best)
 
 
 def save_model(model, directory: str | os.PathLike) -> None:

@@ -1,0 +1,615 @@
+"""Cell-type calls from the mapped latent space: label transfer, calibration, novelty.
+
+The call is made after mapping, from the joint latent space (and the scANVI
+classifier's probabilities), so that a threshold or a method reruns in
+seconds. Everything that decides a call is fitted on the reference alone:
+
+* **label transfer** — ``knn``: a distance-weighted vote of the query cell's
+  nearest reference cells (a Gaussian kernel whose bandwidth is the
+  reference's own typical neighbour distance, so nearer cells weigh more);
+  ``classifier``: scANVI's classifier head; ``consensus``: the mean of both.
+* **calibration** — the reference is split by batch (grouped folds); each
+  held-out batch is called from the other batches, as a query from a new
+  batch would be, and an isotonic map from the raw top probability to the
+  observed share of right calls is fitted on those out-of-fold calls.
+* **novelty** — a cell's mean distance to its nearest reference cells,
+  divided by the typical out-of-fold distance of reference cells called with
+  the same label. The cut-off is the quantile of the reference's own
+  out-of-fold scores that flags ``novelty_false_positive_rate`` of them. Its
+  power is measured, still on the reference, by holding each label out in
+  turn and scoring its cells against the rest.
+
+A cell is ``Unknown`` when its calibrated probability is under
+``unknown_threshold`` or its novelty score is over the cut-off.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .errors import AtlasmapInputError
+
+log = logging.getLogger(__name__)
+
+UNKNOWN = "Unknown"
+# unknown_reason of a cell that was called (not rejected).
+CALLED = "none"
+METHODS = ("knn", "classifier", "consensus")
+
+
+@dataclass(frozen=True)
+class CallSettings:
+    method: str = "knn"
+    n_neighbors: int = 30
+    unknown_threshold: float = 0.5
+    novelty: bool = True
+    novelty_false_positive_rate: float = 0.03
+    calibrate: bool = True
+    calibration_folds: int = 5
+    calibration_cells: int = 20_000
+    seed: int = 0
+    n_jobs: int = 1
+
+
+class LatentKNN:
+    """Distance-weighted kNN label vote in a latent space.
+
+    Weights are exp(-(d² - d₀²) / h²) with d₀ the cell's nearest distance (for
+    numerical range only: it cancels in the normalisation) and h a bandwidth
+    fixed from the reference, so the vote is not blind to distance as a
+    per-cell scale would make it.
+    """
+
+    def __init__(self, latent, codes, n_labels: int, n_neighbors: int, bandwidth: float, n_jobs=1):
+        from sklearn.neighbors import NearestNeighbors
+
+        self.k = int(min(n_neighbors, len(latent)))
+        self.codes = np.asarray(codes)
+        self.n_labels = n_labels
+        self.bandwidth = float(bandwidth)
+        self.index = NearestNeighbors(n_neighbors=self.k, n_jobs=n_jobs).fit(latent)
+
+    def query(self, latent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-label vote (cells x labels, rows sum to 1) and the mean neighbour distance."""
+        distances, indices = self.index.kneighbors(latent)
+        return self.vote(distances, indices), distances.mean(axis=1)
+
+    def vote(self, distances: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        squared = distances**2
+        weights = np.exp(-(squared - squared[:, :1]) / self.bandwidth**2)
+        weights /= weights.sum(axis=1, keepdims=True)
+        n, k = indices.shape
+        rows = np.repeat(np.arange(n), k)
+        return sp.csr_matrix(
+            (weights.ravel(), (rows, self.codes[indices].ravel())), shape=(n, self.n_labels)
+        ).toarray()
+
+
+@dataclass
+class CallModel:
+    """What the calls need, fitted on the reference alone."""
+
+    labels: np.ndarray
+    knn: LatentKNN
+    distance_scale: np.ndarray  # per label: typical out-of-fold neighbour distance
+    novelty_cutoff: float
+    calibration_x: np.ndarray | None
+    calibration_y: np.ndarray | None
+    report: dict = field(default_factory=dict)
+
+    def calibrated(self, raw: np.ndarray) -> np.ndarray:
+        if self.calibration_x is None:
+            return raw
+        return np.interp(raw, self.calibration_x, self.calibration_y)
+
+
+def _folds(groups: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:
+    """Cell indices of each held-out fold: whole batches when there are several."""
+    unique = pd.unique(groups)
+    rng = np.random.default_rng(seed)
+    if len(unique) >= 2:
+        order = rng.permutation(unique)
+        n = min(n_folds, len(unique))
+        return [np.flatnonzero(np.isin(groups, order[i::n])) for i in range(n)]
+    log.warning("the reference has one batch: calibration folds are random cells, not batches")
+    cells = rng.permutation(len(groups))
+    return [np.sort(cells[i::n_folds]) for i in range(n_folds)]
+
+
+def _method_probabilities(method: str, knn_probs, classifier_probs):
+    if method == "knn":
+        return knn_probs
+    if classifier_probs is None:
+        raise AtlasmapInputError(
+            f"mapping.calls.method {method!r} needs the scANVI classifier's probabilities, "
+            "which this mapping does not hold"
+        )
+    if method == "classifier":
+        return classifier_probs
+    return 0.5 * (knn_probs + classifier_probs)
+
+
+def _isotonic(raw: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Isotonic map raw -> P(right), as knots for np.interp."""
+    from sklearn.isotonic import IsotonicRegression
+
+    iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(raw, correct)
+    return np.asarray(iso.X_thresholds_, dtype=float), np.asarray(iso.y_thresholds_, dtype=float)
+
+
+def fit_call_model(
+    latent: np.ndarray,
+    labels,
+    batches,
+    classifier_probs: np.ndarray | None = None,
+    classifier_labels=None,
+    settings: CallSettings = CallSettings(),
+) -> CallModel:
+    """Fit label transfer, calibration and novelty cut-off on the reference cells.
+
+    ``classifier_probs`` (cells x ``classifier_labels``) are the classifier's
+    probabilities for the reference cells; needed by the classifier and
+    consensus methods. Their out-of-fold calls use them as they are: the
+    classifier was trained on those cells, so its calibration is optimistic.
+    """
+    s = settings
+    if s.method not in METHODS:
+        raise AtlasmapInputError(f"mapping.calls.method must be one of {METHODS}, not {s.method!r}")
+    labels = pd.Series(np.asarray(labels)).astype(str).to_numpy()
+    codes, names = pd.factorize(labels, sort=True)
+    names = np.asarray(names, dtype=object)
+    n_labels = len(names)
+    clf = _align_probabilities(classifier_probs, classifier_labels, names)
+    rng = np.random.default_rng(s.seed)
+    k = int(min(s.n_neighbors, len(latent) - 1))
+    if k < 1:
+        raise AtlasmapInputError("the reference needs at least two cells to call labels from")
+
+    # The kernel's bandwidth: the reference's own typical distance to its k-th neighbour.
+    from sklearn.neighbors import NearestNeighbors
+
+    probe = rng.choice(len(latent), size=min(len(latent), 5000), replace=False)
+    self_knn = NearestNeighbors(n_neighbors=k + 1, n_jobs=s.n_jobs).fit(latent)
+    bandwidth = float(np.median(self_knn.kneighbors(latent[probe])[0][:, -1]))
+    bandwidth = max(bandwidth, 1e-6)
+
+    folds = _folds(np.asarray(batches).astype(str), s.calibration_folds, s.seed)
+    budget = min(len(latent), s.calibration_cells)
+    sampled = np.zeros(len(latent), dtype=bool)
+    sampled[rng.choice(len(latent), size=budget, replace=False)] = True
+    oof_cells, oof_probs, oof_dist = [], [], []
+    for held in folds:
+        train = np.setdiff1d(np.arange(len(latent)), held)
+        held = held[sampled[held]]
+        if len(train) <= k or not len(held):
+            continue
+        knn = LatentKNN(latent[train], codes[train], n_labels, k, bandwidth, s.n_jobs)
+        probs, dist = knn.query(latent[held])
+        oof_cells.append(held)
+        oof_probs.append(probs)
+        oof_dist.append(dist)
+    cells = np.concatenate(oof_cells)
+    knn_probs = np.vstack(oof_probs)
+    dist = np.concatenate(oof_dist)
+    probs = _method_probabilities(s.method, knn_probs, None if clf is None else clf[cells])
+    best = probs.argmax(axis=1)
+    raw = probs[np.arange(len(best)), best]
+    correct = (best == codes[cells]).astype(float)
+
+    # Typical distance per called label (overall median where a label is rarely called).
+    overall = float(np.median(dist))
+    scale = np.full(n_labels, overall)
+    for code in range(n_labels):
+        mine = dist[best == code]
+        if len(mine) >= 20:
+            scale[code] = float(np.median(mine))
+    scale = np.maximum(scale, 1e-9)
+    score = dist / scale[best]
+    cutoff = float(np.quantile(score, 1.0 - s.novelty_false_positive_rate)) if s.novelty else np.inf
+
+    cal_x = cal_y = None
+    if s.calibrate:
+        cal_x, cal_y = _isotonic(raw, correct)
+    model = CallModel(
+        labels=names,
+        knn=LatentKNN(latent, codes, n_labels, k, bandwidth, s.n_jobs),
+        distance_scale=scale,
+        novelty_cutoff=cutoff,
+        calibration_x=cal_x,
+        calibration_y=cal_y,
+    )
+    calibrated = model.calibrated(raw)
+    flagged = (calibrated < s.unknown_threshold) | (score > cutoff)
+    model.report = {
+        "method": s.method,
+        "n_neighbors": k,
+        "bandwidth": round(bandwidth, 6),
+        "folds": len(oof_cells),
+        "held_out_cells": int(len(cells)),
+        "held_out_accuracy": round(float(correct.mean()), 4),
+        "held_out_mean_raw_probability": round(float(raw.mean()), 4),
+        "held_out_mean_calibrated_probability": round(float(calibrated.mean()), 4),
+        "held_out_share_unknown": round(float(flagged.mean()), 4),
+        "novelty_cutoff": round(cutoff, 4) if np.isfinite(cutoff) else None,
+        "novelty_false_positive_rate": s.novelty_false_positive_rate if s.novelty else None,
+        "unknown_threshold": s.unknown_threshold,
+    }
+    if s.novelty:
+        model.report["held_out_label_detection"] = _held_out_label_detection(
+            latent, codes, names, folds, model, s, rng
+        )
+    log.info("calls fitted on the reference: %s", model.report)
+    return model
+
+
+def _held_out_label_detection(latent, codes, names, folds, model, s, rng) -> dict:
+    """Share of each label's cells flagged novel when that label is missing from the reference.
+
+    For each label in turn, cells of one held-out fold are scored against the
+    reference cells of the other folds without that label: what an unseen cell
+    type from a new batch would look like. Measured on the reference alone.
+    """
+    fold_of = np.empty(len(latent), dtype=int)
+    for i, held in enumerate(folds):
+        fold_of[held] = i
+    out = {}
+    for code, name in enumerate(names):
+        cells = np.flatnonzero(codes == code)
+        if len(cells) < 20:
+            continue
+        held = cells[fold_of[cells] == fold_of[cells][rng.integers(len(cells))]]
+        held = rng.choice(held, size=min(len(held), 300), replace=False)
+        train = np.flatnonzero((codes != code) & (fold_of != fold_of[held[0]]))
+        if len(train) <= model.knn.k:
+            continue
+        knn = LatentKNN(latent[train], codes[train], len(names), model.knn.k, model.knn.bandwidth)
+        probs, dist = knn.query(latent[held])
+        score = dist / model.distance_scale[probs.argmax(axis=1)]
+        out[str(name)] = round(float(np.mean(score > model.novelty_cutoff)), 4)
+    if out:
+        out["mean"] = round(float(np.mean(list(out.values()))), 4)
+    return out
+
+
+def _align_probabilities(probs, prob_labels, names) -> np.ndarray | None:
+    """Classifier probabilities reordered to ``names`` (labels the reference lacks dropped)."""
+    if probs is None:
+        return None
+    frame = pd.DataFrame(np.asarray(probs), columns=[str(x) for x in prob_labels])
+    frame = frame.reindex(columns=[str(x) for x in names], fill_value=0.0)
+    total = frame.to_numpy().sum(axis=1, keepdims=True)
+    return frame.to_numpy() / np.maximum(total, 1e-12)
+
+
+def call_cells(
+    model: CallModel,
+    latent: np.ndarray,
+    classifier_probs: np.ndarray | None = None,
+    classifier_labels=None,
+    hierarchy: pd.DataFrame | None = None,
+    settings: CallSettings = CallSettings(),
+    index=None,
+) -> pd.DataFrame:
+    """The calls of query cells at every level, with probability, uncertainty and novelty.
+
+    Columns: ``predicted_celltype`` (``Unknown`` when rejected),
+    ``prediction_probability`` (calibrated probability of the best label),
+    ``prediction_uncertainty`` (1 minus the distance-weighted kNN vote share of
+    the best label), ``candidate_celltype`` (the best label, also when
+    rejected), ``novelty_score``
+    (1 = as far from the reference as its own cells typically are),
+    ``unknown_reason`` (``none``, ``probability`` or ``novelty``), then
+    ``predicted_<level>``/``probability_<level>`` for each coarser level.
+    """
+    s = settings
+    knn_probs, dist = model.knn.query(latent)
+    clf = _align_probabilities(classifier_probs, classifier_labels, model.labels)
+    probs = _method_probabilities(s.method, knn_probs, clf)
+    best = probs.argmax(axis=1)
+    raw = probs[np.arange(len(best)), best]
+    probability = model.calibrated(raw)
+    novelty = dist / model.distance_scale[best]
+    reason = np.full(len(best), CALLED, dtype=object)
+    reason[probability < s.unknown_threshold] = "probability"
+    reason[novelty > model.novelty_cutoff] = "novelty"
+    candidate = model.labels[best]
+    called = np.where(reason == CALLED, candidate, UNKNOWN).astype(object)
+    out = pd.DataFrame(
+        {
+            "predicted_celltype": called,
+            "prediction_probability": probability,
+            "prediction_uncertainty": np.clip(1.0 - knn_probs.max(axis=1), 0.0, 1.0),
+            "candidate_celltype": candidate,
+            "novelty_score": novelty,
+            "unknown_reason": reason,
+        },
+        index=index,
+    )
+    if hierarchy is not None and len(hierarchy.columns):
+        coarse = coarser_calls(probs, model.labels, called, probability, reason, hierarchy, s)
+        coarse.index = out.index
+        out = pd.concat([out, coarse], axis=1)
+    return out
+
+
+def coarser_calls(probs, labels, called, probability, reason, hierarchy, settings) -> pd.DataFrame:
+    """Calls at each coarser level, consistent with the finest call for any threshold.
+
+    A known finest call fixes every coarser call to its ancestors, with the
+    probability of that ancestor (its children's summed probability, and never
+    below the finest call's). A finest call rejected for low probability may
+    still be confident one level up; a novel cell is Unknown at every level.
+    """
+    out = {}
+    labels = pd.Index([str(x) for x in labels])
+    for level in hierarchy.columns:
+        parent = hierarchy[level].reindex(labels)
+        groups = pd.Index(sorted(parent.dropna().unique()))
+        member = sp.csr_matrix(
+            (
+                np.ones(parent.notna().sum()),
+                (np.flatnonzero(parent.notna()), groups.get_indexer(parent.dropna())),
+            ),
+            shape=(len(labels), len(groups)),
+        )
+        grouped = np.asarray(probs @ member)
+        top = grouped.argmax(axis=1)
+        top_p = grouped[np.arange(len(top)), top]
+        level_call = np.where(top_p >= settings.unknown_threshold, groups[top], UNKNOWN).astype(
+            object
+        )
+        level_p = top_p.copy()
+        known = reason == CALLED
+        fixed_parent = parent.reindex(pd.Index(called[known])).to_numpy()
+        level_call[known] = np.where(pd.isna(fixed_parent), UNKNOWN, fixed_parent)
+        parent_code = groups.get_indexer(pd.Index(fixed_parent))
+        summed = np.where(
+            parent_code >= 0, grouped[np.flatnonzero(known), np.maximum(parent_code, 0)], 0.0
+        )
+        level_p[known] = np.maximum(summed, probability[known])
+        level_call[reason == "novelty"] = UNKNOWN
+        out[f"predicted_{level}"] = level_call
+        out[f"probability_{level}"] = level_p
+    return pd.DataFrame(out)
+
+
+def call_settings(mapping_config: dict, seed: int = 0, n_jobs: int = 1) -> CallSettings:
+    """CallSettings from the config's mapping section."""
+    calls = mapping_config["calls"]
+    return CallSettings(
+        method=calls["method"],
+        n_neighbors=calls["n_neighbors"],
+        unknown_threshold=mapping_config["unknown_threshold"],
+        novelty=calls["novelty"],
+        novelty_false_positive_rate=calls["novelty_false_positive_rate"],
+        calibrate=calls["calibrate"],
+        calibration_folds=calls["calibration_folds"],
+        calibration_cells=calls["calibration_cells"],
+        seed=seed,
+        n_jobs=n_jobs,
+    )
+
+
+def read_embedded(path) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict]:
+    """obs, obsm and run record of map_query's embedded.h5ad, without its count matrix."""
+    import anndata as ad
+
+    adata = ad.read_h5ad(path, backed="r")
+    try:
+        obs = adata.obs.copy()
+        obsm = {k: np.asarray(v) for k, v in adata.obsm.items()}
+        uns = dict(adata.uns.get("atlasmap", {}))
+    finally:
+        adata.file.close()
+    return obs, obsm, uns
+
+
+def call_embedded(
+    obs: pd.DataFrame,
+    obsm: dict[str, np.ndarray],
+    run: dict,
+    settings: CallSettings = CallSettings(),
+) -> tuple[pd.DataFrame, dict]:
+    """Calls of the query cells of an embedded expanded atlas, fitted on its atlas cells.
+
+    Returns the prediction table (one row per query cell, indexed by barcode,
+    the query's metadata after the call columns) and the fit report.
+    """
+    from .mapping import CALL_COLUMNS, EMBEDDING_KEY, PROBABILITIES_KEY
+    from .reference import label_hierarchy
+
+    labels_key = run["labels_key"]
+    is_query = (obs["source"] == "query").to_numpy()
+    is_atlas = ~is_query
+    latent = obsm[EMBEDDING_KEY]
+    probs = obsm.get(PROBABILITIES_KEY)
+    prob_labels = list(run.get("classifier_labels", []))
+    s = settings
+    if not is_atlas.any():
+        if s.method != "classifier":
+            log.warning(
+                "no atlas cells (mapping with the model alone): calls from the classifier, "
+                "uncalibrated and without novelty, instead of mapping.calls.method %r",
+                s.method,
+            )
+        s = CallSettings(**{**s.__dict__, "method": "classifier"})
+        names = np.asarray([x for x in prob_labels], dtype=object)
+        model = CallModel(
+            labels=names,
+            knn=_NoNeighbours(len(names)),
+            distance_scale=np.ones(len(names)),
+            novelty_cutoff=np.inf,
+            calibration_x=None,
+            calibration_y=None,
+            report={"method": "classifier", "calibrated": False, "novelty": False},
+        )
+        hierarchy = None
+    else:
+        atlas_obs = obs.loc[is_atlas]
+        model = fit_call_model(
+            latent[is_atlas],
+            atlas_obs[labels_key].astype(str).to_numpy(),
+            atlas_obs[run["batch_key"]].astype(str).to_numpy(),
+            None if probs is None else probs[is_atlas],
+            prob_labels,
+            s,
+        )
+        levels = [lv for lv in run.get("label_levels", []) if lv != labels_key]
+        hierarchy = label_hierarchy(atlas_obs, [*levels, labels_key], labels_key)
+        hierarchy = hierarchy[[lv for lv in levels if lv in hierarchy.columns]]
+        model.report["hierarchy_conflicts"] = hierarchy.attrs.get("conflicts", {})
+    query_obs = obs.loc[is_query]
+    barcodes = pd.Index(query_obs["barcode"].astype(str).to_numpy(), name="barcode")
+    calls = call_cells(
+        model,
+        latent[is_query],
+        None if probs is None else probs[is_query],
+        prob_labels,
+        hierarchy,
+        s,
+        index=barcodes,
+    )
+    if model.knn.k == 0:
+        calls["prediction_uncertainty"] = np.nan
+        calls["novelty_score"] = np.nan
+    # The query's own metadata columns, not the atlas-only ones the outer join added.
+    own = run.get("query_columns")
+    metadata = query_obs[list(own)] if own is not None else query_obs.drop(columns=["source"])
+    metadata = metadata.drop(columns=["barcode", *CALL_COLUMNS], errors="ignore")
+    metadata.index = barcodes
+    table = pd.concat([calls, metadata], axis=1)
+    return table, model.report
+
+
+class _NoNeighbours:
+    """Stands in for the kNN when there are no atlas cells: no vote, no distance."""
+
+    k = 0
+
+    def __init__(self, n_labels: int) -> None:
+        self.n_labels = n_labels
+
+    def query(self, latent):
+        n = len(latent)
+        return np.full((n, self.n_labels), 1.0 / max(self.n_labels, 1)), np.zeros(n)
+
+
+def call_qc(table: pd.DataFrame, mapping_qc: pd.DataFrame, batch_key: str) -> pd.DataFrame:
+    """map_query's per-sample QC with the calls' own: probability, Unknown, novelty."""
+    samples = table[batch_key].astype(str).to_numpy() if batch_key in table else None
+    rows = []
+    for sample in mapping_qc["sample"].astype(str):
+        mine = (
+            np.ones(len(table), bool) if sample == "all" or samples is None else (samples == sample)
+        )
+        part = table.loc[mine]
+        novelty = part["novelty_score"].astype(float)
+        rows.append(
+            {
+                "sample": sample,
+                "mean_probability": round(float(part["prediction_probability"].mean()), 4),
+                "share_unknown": round(float((part["predicted_celltype"] == UNKNOWN).mean()), 4),
+                "share_unknown_probability": round(
+                    float((part["unknown_reason"] == "probability").mean()), 4
+                ),
+                "share_unknown_novelty": round(
+                    float((part["unknown_reason"] == "novelty").mean()), 4
+                ),
+                "mean_uncertainty": round(float(part["prediction_uncertainty"].mean()), 4),
+                "novelty_median": round(float(novelty.median()), 4),
+                "novelty_q90": round(float(novelty.quantile(0.9)), 4),
+                "novelty_q99": round(float(novelty.quantile(0.99)), 4),
+            }
+        )
+    extra = pd.DataFrame(rows)
+    return mapping_qc.assign(sample=mapping_qc["sample"].astype(str)).merge(
+        extra, on="sample", how="left"
+    )
+
+
+def call_celltypes_files(
+    *,
+    embedded_path,
+    mapping_qc_path,
+    settings: CallSettings,
+    predictions_path,
+    qc_path,
+    report_path,
+) -> pd.DataFrame:
+    """:func:`call_embedded` from map_query's files to the prediction table, QC and fit report."""
+    import json
+
+    from .io import atomic_path
+
+    obs, obsm, run = read_embedded(embedded_path)
+    table, report = call_embedded(obs, obsm, run, settings)
+    qc = call_qc(table, pd.read_csv(mapping_qc_path, sep="\t"), run["batch_key"])
+    log.info(
+        "%d query cells: %.1f%% Unknown (%.1f%% for low probability, %.1f%% novel)",
+        len(table),
+        100 * float((table["predicted_celltype"] == UNKNOWN).mean()),
+        100 * float((table["unknown_reason"] == "probability").mean()),
+        100 * float((table["unknown_reason"] == "novelty").mean()),
+    )
+    with atomic_path(predictions_path) as tmp:
+        table.reset_index().to_csv(tmp, sep="\t", index=False)
+    with atomic_path(qc_path) as tmp:
+        qc.to_csv(tmp, sep="\t", index=False)
+    with atomic_path(report_path) as tmp:
+        tmp.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    return table
+
+
+def attach_calls(adata, predictions: pd.DataFrame) -> None:
+    """Put the call columns of ``predictions`` into the expanded atlas's obs, in place.
+
+    Query cells get their calls; atlas cells their own labels at every level
+    (the tutorial colours the atlas by its labels and the query by its calls),
+    with no probability, uncertainty or novelty.
+    """
+    run = adata.uns["atlasmap"]
+    labels_key = run["labels_key"]
+    obs = adata.obs
+    is_query = (obs["source"] == "query").to_numpy()
+    table = predictions.set_index("barcode").reindex(obs.loc[is_query, "barcode"].astype(str))
+    if table["predicted_celltype"].isna().any():
+        raise AtlasmapInputError(
+            f"predictions: {int(table['predicted_celltype'].isna().sum())} query cells of the "
+            "embedded atlas have no call: the predictions come from another mapping"
+        )
+    levels = [c.removeprefix("predicted_") for c in table if c.startswith("predicted_")]
+    levels = [lv for lv in levels if lv != "celltype"]
+    columns = [
+        "predicted_celltype",
+        "candidate_celltype",
+        "prediction_probability",
+        "prediction_uncertainty",
+        "novelty_score",
+        "unknown_reason",
+    ]
+    columns += [f"{kind}_{lv}" for lv in levels for kind in ("predicted", "probability")]
+    for column in columns:
+        numeric = pd.api.types.is_numeric_dtype(table[column])
+        values = pd.Series(
+            np.nan if numeric else None, index=obs.index, dtype=float if numeric else object
+        )
+        values[is_query] = table[column].to_numpy()
+        if not numeric:
+            own = labels_key if column in ("predicted_celltype", "candidate_celltype") else None
+            if column.startswith("predicted_") and column != "predicted_celltype":
+                own = column.removeprefix("predicted_")
+            if own is not None and own in obs:
+                values[~is_query] = obs.loc[~is_query, own].astype(str).to_numpy()
+            values = values.astype("category")
+        obs[column] = values
+
+
+def call_mapping(result, settings: CallSettings = CallSettings()) -> tuple[pd.DataFrame, dict]:
+    """:func:`call_embedded` on a :class:`~atlasmap.mapping.MappingResult` in memory."""
+    expanded = result.expanded
+    return call_embedded(expanded.obs, dict(expanded.obsm), expanded.uns["atlasmap"], settings)
