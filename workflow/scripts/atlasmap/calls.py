@@ -379,17 +379,10 @@ def coarser_calls(probs, labels, called, probability, reason, hierarchy, setting
 
 
 def call_settings(mapping_config: dict, seed: int = 0, n_jobs: int = 1) -> CallSettings:
-    """CallSettings from the config's mapping section."""
-    calls = mapping_config["calls"]
+    """CallSettings from the config's mapping section (mapping.calls keys are its fields)."""
     return CallSettings(
-        method=calls["method"],
-        n_neighbors=calls["n_neighbors"],
+        **mapping_config["calls"],
         unknown_threshold=mapping_config["unknown_threshold"],
-        novelty=calls["novelty"],
-        novelty_false_positive_rate=calls["novelty_false_positive_rate"],
-        calibrate=calls["calibrate"],
-        calibration_folds=calls["calibration_folds"],
-        calibration_cells=calls["calibration_cells"],
         seed=seed,
         n_jobs=n_jobs,
     )
