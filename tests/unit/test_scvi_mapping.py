@@ -121,7 +121,7 @@ def test_predictions_have_confidence_at_every_level(called, query):
         assert table["prediction_probability"].between(0, 1).all()
         assert table["prediction_uncertainty"].between(0, 1).all()
         unknown = table["predicted_celltype"] == "Unknown"
-        low = table["prediction_probability"] < 0.5
+        low = table["prediction_probability"] < CALLS.unknown_threshold
         novel = table["unknown_reason"] == "novelty"
         assert (unknown == (low | novel)).all()
         assert (

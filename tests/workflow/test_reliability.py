@@ -65,7 +65,7 @@ AFTER_THE_CALLS = [
 @pytest.mark.parametrize(
     "edit",
     [
-        lambda c: c["mapping"].update(unknown_threshold=0.3),
+        lambda c: c["mapping"].update(unknown_threshold=0.45),
         lambda c: c["mapping"].update(calls={"method": "consensus"}),
         lambda c: c["mapping"].update(calls={"novelty_false_positive_rate": 0.05}),
     ],

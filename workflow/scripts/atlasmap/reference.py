@@ -117,14 +117,16 @@ def select_genes(atlas: ad.AnnData, n_top_genes: int | None, batch_key: str, lay
 
     if n_top_genes is None or n_top_genes >= atlas.n_vars:
         return atlas.var_names
-    hvg = sc.pp.highly_variable_genes(
-        atlas,
-        n_top_genes=n_top_genes,
-        flavor="seurat_v3",
-        layer=layer,
-        batch_key=batch_key,
-        inplace=False,
-    )
+    kwargs = {"n_top_genes": n_top_genes, "flavor": "seurat_v3", "layer": layer, "inplace": False}
+    try:
+        hvg = sc.pp.highly_variable_genes(atlas, batch_key=batch_key, **kwargs)
+    except ValueError as err:
+        # seurat_v3's loess fit fails on a batch of a few hundred cells ("near
+        # singularities"): rank the genes over all cells instead, and say so.
+        log.warning(
+            "highly variable genes per batch failed (%s): ranked over all cells instead", err
+        )
+        hvg = sc.pp.highly_variable_genes(atlas, **kwargs)
     return atlas.var_names[hvg["highly_variable"].to_numpy()]
 
 
