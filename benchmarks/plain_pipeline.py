@@ -24,6 +24,7 @@ sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 def run(config_path: Path, out: Path, threads: int = 2) -> None:
     import torch
     from atlasmap.baseline import baseline_files
+    from atlasmap.calls import call_celltypes_files, call_settings
     from atlasmap.download import DownloadSettings, fetch, resolve_sources
     from atlasmap.embedding import embedding_settings, neighbors_umap_files
     from atlasmap.mapping import map_query_files, mapping_settings
@@ -69,14 +70,22 @@ def run(config_path: Path, out: Path, threads: int = 2) -> None:
         torch.set_num_threads(threads if mode == "surgery" else 1)
         map_settings = {k: v for k, v in mapping.items() if k != "modes"}
         map_query_files(
-            subset,
-            atlas,
-            model,
-            mode,
-            mapping_settings(reference, map_settings, seed),
-            mapped=folder / "embedded.h5ad",
-            predictions=folder / "predictions.tsv",
-            qc=folder / "qc.tsv",
+            query_path=subset,
+            atlas_path=atlas,
+            model_dir=model,
+            mode=mode,
+            settings=mapping_settings(reference, map_settings, seed),
+            embedded=folder / "embedded.h5ad",
+            qc=folder / "mapping_qc.tsv",
+        )
+        # The threads call_celltypes's job gets (mapping.smk: threads 2).
+        call_celltypes_files(
+            embedded_path=folder / "embedded.h5ad",
+            mapping_qc_path=folder / "mapping_qc.tsv",
+            settings=call_settings(mapping, seed=seed, n_jobs=threads),
+            predictions_path=folder / "predictions.tsv",
+            qc_path=folder / "qc.tsv",
+            report_path=folder / "calls.json",
         )
         evaluate_files(
             folder / "predictions.tsv",
@@ -89,9 +98,10 @@ def run(config_path: Path, out: Path, threads: int = 2) -> None:
             folder / "metrics.json",
         )
         neighbors_umap_files(
-            folder / "embedded.h5ad",
-            folder / "mapped.h5ad",
-            embedding_settings(config["neighbors"], config["umap"], seed, n_jobs=threads),
+            embedded=folder / "embedded.h5ad",
+            predictions=folder / "predictions.tsv",
+            mapped=folder / "mapped.h5ad",
+            settings=embedding_settings(config["neighbors"], config["umap"], seed, n_jobs=threads),
         )
         figures = ["umap_celltype", "umap_query", "umap_sample", "umap_uncertainty"]
         figures += ["label_distribution"] + (["umap_query_alone"] * config["umap"]["query_alone"])
