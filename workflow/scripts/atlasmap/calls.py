@@ -578,14 +578,9 @@ def attach_calls(adata, predictions: pd.DataFrame) -> None:
         )
     levels = [c.removeprefix("predicted_") for c in table if c.startswith("predicted_")]
     levels = [lv for lv in levels if lv != "celltype"]
-    columns = [
-        "predicted_celltype",
-        "candidate_celltype",
-        "prediction_probability",
-        "prediction_uncertainty",
-        "novelty_score",
-        "unknown_reason",
-    ]
+    from .mapping import CALL_COLUMNS
+
+    columns = [*CALL_COLUMNS]
     columns += [f"{kind}_{lv}" for lv in levels for kind in ("predicted", "probability")]
     for column in columns:
         numeric = pd.api.types.is_numeric_dtype(table[column])
