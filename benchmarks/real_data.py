@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -589,7 +590,32 @@ def celltypist_baseline(atlas: ad.AnnData, query: ad.AnnData) -> dict:
 
 MODES = ("surgery", "embed")
 METHODS = ("knn", "classifier", "consensus")
-DEFAULT_CALLS = {"n_neighbors": 30, "unknown_threshold": 0.5, "novelty_false_positive_rate": 0.03}
+# The batch correction of the novelty score as the tuning grid and the tables name it.
+OFF = "off"
+
+
+def library_defaults() -> dict:
+    """The call settings a user gets without touching the config (atlasmap.calls.CallSettings)."""
+    from atlasmap.calls import CallSettings
+
+    d = CallSettings()
+    return {
+        "method": d.method,
+        "n_neighbors": d.n_neighbors,
+        "unknown_threshold": d.unknown_threshold,
+        "novelty_false_positive_rate": d.novelty_false_positive_rate,
+        "novelty_batch_quantile": d.novelty_batch_quantile,
+    }
+
+
+def quantile_name(quantile) -> str:
+    return OFF if quantile is None else f"{float(quantile):g}"
+
+
+def quantile_value(name: str):
+    return None if name == OFF else float(name)
+
+
 TUNING_DROP = "NK"  # the label held out of the training batch in the novelty folds (not B: see md)
 QUERY_B_DROP = "B"
 
@@ -608,6 +634,7 @@ def plan_for(quick: bool) -> dict:
                 "method": list(METHODS),
                 "n_neighbors": [15, 30],
                 "novelty_false_positive_rate": [0.03, 0.05],
+                "novelty_batch_quantile": [None, 0.5],
                 "unknown_threshold": [0.3, 0.5],
             },
         }
@@ -624,7 +651,8 @@ def plan_for(quick: bool) -> dict:
         "grid": {
             "method": list(METHODS),
             "n_neighbors": [15, 30, 50],
-            "novelty_false_positive_rate": [0.01, 0.02, 0.03, 0.05],
+            "novelty_false_positive_rate": [0.01, 0.02, 0.03, 0.05, 0.1],
+            "novelty_batch_quantile": [None, 0.5],
             "unknown_threshold": [0.3, 0.4, 0.5],
         },
     }
@@ -672,12 +700,15 @@ def run_tuning_fold(data, plan, run_dir: Path, fold: dict) -> str:
         start = time.time()
         for method in grid["method"]:
             for k in grid["n_neighbors"]:
-                for fpr in grid["novelty_false_positive_rate"]:
+                for fpr, quantile in itertools.product(
+                    grid["novelty_false_positive_rate"], grid["novelty_batch_quantile"]
+                ):
                     table, report, _ = call_table(
                         result,
                         method=method,
                         n_neighbors=k,
                         novelty_false_positive_rate=fpr,
+                        novelty_batch_quantile=quantile,
                         seed=0,
                     )
                     for threshold in grid["unknown_threshold"]:
@@ -692,6 +723,7 @@ def run_tuning_fold(data, plan, run_dir: Path, fold: dict) -> str:
                                 "method": method,
                                 "n_neighbors": k,
                                 "novelty_false_positive_rate": fpr,
+                                "novelty_batch_quantile": quantile_name(quantile),
                                 "unknown_threshold": threshold,
                                 **metrics,
                             }
@@ -708,7 +740,13 @@ def tuning_summary(run_dir: Path) -> pd.DataFrame:
         rows += json.loads((run_dir / "tuning" / f"{fold['name']}.json").read_text())["rows"]
     frame = pd.DataFrame(rows)
     frame["novelty_fold"] = frame["fold"].str.contains("_without_")
-    keys = ["method", "n_neighbors", "novelty_false_positive_rate", "unknown_threshold"]
+    keys = [
+        "method",
+        "n_neighbors",
+        "novelty_false_positive_rate",
+        "novelty_batch_quantile",
+        "unknown_threshold",
+    ]
     out = []
     for setting, group in frame.groupby(keys):
         novel = group[group["novelty_fold"]]
@@ -735,6 +773,7 @@ def choose_settings(summary: pd.DataFrame) -> dict:
         "method": str(best["method"]),
         "n_neighbors": int(best["n_neighbors"]),
         "novelty_false_positive_rate": float(best["novelty_false_positive_rate"]),
+        "novelty_batch_quantile": quantile_value(best["novelty_batch_quantile"]),
         "unknown_threshold": float(best["unknown_threshold"]),
     }
 
@@ -777,7 +816,10 @@ def run_query(data, plan, run_dir: Path, chosen: dict, name: str, seed: int) -> 
             "map_seconds": mapped,
             "calls": {},
         }
-        settings = {f"default_{m}": {"method": m, **DEFAULT_CALLS} for m in METHODS}
+        defaults = library_defaults()
+        settings = {f"default_{m}": {**defaults, "method": m} for m in METHODS}
+        # What the batch correction of the novelty score changes, all else the defaults.
+        settings["no_batch_correction"] = {**defaults, "novelty_batch_quantile": None}
         settings["tuned"] = chosen
         for label, s in settings.items():
             table, report, seconds = call_table(result, **s, seed=seed)
@@ -894,15 +936,16 @@ def result_rows(run_dir: Path, query: str) -> list[tuple[str, list[dict]]]:
         json.loads(p.read_text()) for p in sorted((run_dir / "queries").glob(f"{query}_seed*.json"))
     ]
     rows = []
-    for label in ("tuned", *[f"default_{m}" for m in METHODS]):
+    names = {"tuned": "tuned calls", "no_batch_correction": "defaults without batch correction"}
+    for label in ("tuned", *[f"default_{m}" for m in METHODS], "no_batch_correction"):
         for mode in MODES:
-            mine = [r["calls"][label]["metrics"] for r in runs if r["mode"] == mode]
+            mine = [
+                r["calls"][label]["metrics"]
+                for r in runs
+                if r["mode"] == mode and label in r["calls"]
+            ]
             if mine:
-                what = (
-                    "tuned calls"
-                    if label == "tuned"
-                    else label.replace("default_", "") + ", defaults"
-                )
+                what = names.get(label) or label.replace("default_", "") + ", defaults"
                 rows.append((f"atlasmap {mode}, {what}", mine))
     base_path = run_dir / "baselines" / f"{query}.json"
     if base_path.is_file():
@@ -999,6 +1042,7 @@ def tuning_tables(run_dir: Path, chosen: dict) -> str:
         "method",
         "n_neighbors",
         "novelty_false_positive_rate",
+        "novelty_batch_quantile",
         "unknown_threshold",
         "macro_f1_seen",
         "accuracy_seen",
@@ -1013,6 +1057,7 @@ def tuning_tables(run_dir: Path, chosen: dict) -> str:
         "method",
         "k",
         "novelty FPR",
+        "batch quantile",
         "unknown threshold",
         "macro-F1 seen",
         "accuracy seen",
@@ -1029,7 +1074,7 @@ def tuning_tables(run_dir: Path, chosen: dict) -> str:
         for _, r in frame.iterrows():
             cells = [
                 str(r[c])
-                if c in ("method", "n_neighbors")
+                if c in ("method", "n_neighbors", "novelty_batch_quantile")
                 else f"{float(r[c]):.3g}"
                 if c in ("novelty_false_positive_rate", "unknown_threshold")
                 else f"{float(r[c]):.3f}"
@@ -1038,26 +1083,33 @@ def tuning_tables(run_dir: Path, chosen: dict) -> str:
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
+    defaults = library_defaults()
     default = summary[
-        (summary["n_neighbors"] == DEFAULT_CALLS["n_neighbors"])
-        & (summary["novelty_false_positive_rate"] == DEFAULT_CALLS["novelty_false_positive_rate"])
-        & (summary["unknown_threshold"] == DEFAULT_CALLS["unknown_threshold"])
+        (summary["n_neighbors"] == defaults["n_neighbors"])
+        & (summary["novelty_false_positive_rate"] == defaults["novelty_false_positive_rate"])
+        & (summary["novelty_batch_quantile"] == quantile_name(defaults["novelty_batch_quantile"]))
+        & (summary["unknown_threshold"] == defaults["unknown_threshold"])
     ]
     per_method = summary.groupby("method", sort=False).head(1)
     same = summary[
         (summary["method"] == chosen["method"]) & (summary["n_neighbors"] == chosen["n_neighbors"])
-    ].sort_values(["novelty_false_positive_rate", "unknown_threshold"])
+    ].sort_values(["novelty_batch_quantile", "novelty_false_positive_rate", "unknown_threshold"])
     by_k = summary[
         (summary["method"] == chosen["method"])
         & (summary["novelty_false_positive_rate"] == chosen["novelty_false_positive_rate"])
+        & (summary["novelty_batch_quantile"] == quantile_name(chosen.get("novelty_batch_quantile")))
         & (summary["unknown_threshold"] == chosen["unknown_threshold"])
     ].sort_values("n_neighbors")
     parts = [
         f"The {len(summary)} call settings ranked by H; the ten best:\n\n"
         + table(summary.head(10)),
-        "The library's defaults (k 30, FPR 0.03, threshold 0.5), each method:\n\n" + table(default),
+        "The library's defaults ({}), each method:\n\n".format(
+            ", ".join(f"{k} {v}" for k, v in defaults.items() if k != "method")
+        )
+        + table(default),
         "The best setting of each method:\n\n" + table(per_method),
-        f"{chosen['method']}, k {chosen['n_neighbors']}: every FPR × threshold:\n\n" + table(same),
+        f"{chosen['method']}, k {chosen['n_neighbors']}: every FPR × batch correction × "
+        "threshold:\n\n" + table(same),
         f"{chosen['method']}, FPR {chosen['novelty_false_positive_rate']}, threshold "
         f"{chosen['unknown_threshold']}: each k:\n\n" + table(by_k),
     ]
@@ -1069,10 +1121,11 @@ def tuning_fold_table(run_dir: Path, chosen: dict) -> str:
         "| fold | mode | accuracy seen | macro-F1 seen | Unknown seen | NK detected | ECE |",
         "|---|---|---|---|---|---|---|",
     ]
+    wanted = {**chosen, "novelty_batch_quantile": quantile_name(chosen["novelty_batch_quantile"])}
     for fold in tuning_folds():
         rows = json.loads((run_dir / "tuning" / f"{fold['name']}.json").read_text())["rows"]
         for r in rows:
-            if all(r[k] == v for k, v in chosen.items()):
+            if all(r[k] == v for k, v in wanted.items()):
                 unseen = (
                     "–" if r["share_unknown_unseen"] is None else f"{r['share_unknown_unseen']:.3f}"
                 )
@@ -1167,7 +1220,7 @@ def write_tables(run_dir: Path, results: Path) -> None:
         date=meta.get("finished", meta.get("started", "")),
         minutes=meta.get("minutes", float("nan")),
         rescored="".join(
-            f"; then the calls and baselines re-scored with the saved models and tuning in "
+            f"; then the tuning and the calls rerun on the saved models in "
             f"{r['minutes']:.0f} min ({r['finished']})"
             for r in meta.get("invocations", [])[1:]
         ),
@@ -1175,9 +1228,11 @@ def write_tables(run_dir: Path, results: Path) -> None:
         clustering=info["pbmc3k"]["clustering"],
         min_score=info["pbmc3k"]["min_score"],
         seeds=len(seeds),
+        defaults=", ".join(f"{k} {v}" for k, v in library_defaults().items() if k != "method"),
         chosen=", ".join(f"{k} = {v}" for k, v in chosen.items()),
         tuning=tuning_tables(run_dir, chosen),
         folds=tuning_fold_table(run_dir, chosen),
+        default_folds=tuning_fold_table(run_dir, library_defaults()),
         query_a=results_table(run_dir, "A", unseen=False),
         query_b=results_table(run_dir, "B", unseen=True),
         recall_a=recall_table(run_dir, "A", picks),
@@ -1295,6 +1350,10 @@ The chosen setting fold by fold:
 
 {folds}
 
+The library's defaults (knn) fold by fold:
+
+{default_folds}
+
 ## Results
 
 Metrics from `atlasmap.metrics.classification_metrics` and
@@ -1303,8 +1362,9 @@ whose derived label the reference has (a call of Unknown counts as wrong); the
 share of seen and of unseen (query B: B) cells called Unknown; ECE (15 bins) of
 the probability of the best label on seen cells. atlasmap rows: mean ± sd over
 {seeds} reference models (seeds); surgery 10 epochs; "defaults" = the library's
-CallSettings (k 30, FPR 0.03, threshold 0.5), "tuned calls" = the chosen
-setting. Logistic regression (sklearn, max_iter 1000, on log-normalised counts
+CallSettings ({defaults}), with each method; "defaults without batch
+correction" = the same with `novelty_batch_quantile` None; "tuned calls" = the
+setting the tuning chose by H. Logistic regression (sklearn, max_iter 1000, on log-normalised counts
 of the reference's 2,000 HVGs) and CellTypist ({celltypist}, trained with
 `celltypist.train` on the reference's log1p counts per 10k, all genes, default
 settings; predicted with majority_voting=False, its sigmoid probability of the

@@ -14,8 +14,10 @@ seconds. Everything that decides a call is fitted on the reference alone:
   observed share of right calls is fitted on those out-of-fold calls.
 * **novelty** — a cell's mean distance to its nearest reference cells,
   divided by the typical out-of-fold distance of reference cells called with
-  the same label. The cut-off is the quantile of the reference's own
-  out-of-fold scores that flags ``novelty_false_positive_rate`` of them. Its
+  the same label, and by its batch's shift from the reference (a quantile of
+  the batch's scores, never below 1: see ``batch_shift``). The cut-off is the
+  quantile of the reference's own out-of-fold scores, treated alike, that
+  flags ``novelty_false_positive_rate`` of them. Its
   power is measured, still on the reference, by holding each label out in
   turn and scoring its cells against the rest.
 
@@ -50,6 +52,9 @@ class CallSettings:
     unknown_threshold: float = 0.3
     novelty: bool = True
     novelty_false_positive_rate: float = 0.05
+    # Quantile of a batch's novelty scores taken as that batch's shift from the
+    # reference (None: no correction); see batch_shift.
+    novelty_batch_quantile: float | None = 0.5
     calibrate: bool = True
     calibration_folds: int = 5
     calibration_cells: int = 20_000
@@ -99,6 +104,7 @@ class CallModel:
     knn: LatentKNN
     distance_scale: np.ndarray  # per label: typical out-of-fold neighbour distance
     novelty_cutoff: float
+    novelty_batch_quantile: float | None
     calibration_x: np.ndarray | None
     calibration_y: np.ndarray | None
     report: dict = field(default_factory=dict)
@@ -120,6 +126,28 @@ def _folds(groups: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:
     log.warning("the reference has one batch: calibration folds are random cells, not batches")
     cells = rng.permutation(len(groups))
     return [np.sort(cells[i::n_folds]) for i in range(n_folds)]
+
+
+def batch_shift(score: np.ndarray, batches, quantile: float | None) -> np.ndarray:
+    """Per cell, its batch's shift from the reference: a quantile of the batch's scores, >= 1.
+
+    A batch from another lab or condition sits farther from the reference as a
+    whole, seen types included; scores divided by that shift keep the cut-off's
+    false-positive rate, fitted on the reference's own batches, on a new one.
+    A type the reference lacks stays far from its batch's bulk and is still
+    flagged. Never below 1, so a batch close to the reference is not made to
+    look novel; the median tolerates up to half of a batch being novel.
+    """
+    score = np.asarray(score, dtype=float)
+    if quantile is None or not len(score):
+        return np.ones(len(score))
+    groups = pd.Series(np.asarray(batches).astype(str))
+    shift = (
+        pd.Series(score)
+        .groupby(groups.to_numpy())
+        .transform(lambda part: np.nanquantile(part, quantile))
+    )
+    return np.maximum(shift.to_numpy(dtype=float), 1.0)
 
 
 def _method_probabilities(method: str, knn_probs, classifier_probs):
@@ -183,6 +211,7 @@ def fit_call_model(
     budget = min(len(latent), s.calibration_cells)
     sampled = np.zeros(len(latent), dtype=bool)
     sampled[rng.choice(len(latent), size=budget, replace=False)] = True
+    batches = np.asarray(batches).astype(str)
     oof_cells, oof_probs, oof_dist = [], [], []
     for held in folds:
         train = np.setdiff1d(np.arange(len(latent)), held)
@@ -210,7 +239,8 @@ def fit_call_model(
         if len(mine) >= 20:
             scale[code] = float(np.median(mine))
     scale = np.maximum(scale, 1e-9)
-    score = dist / scale[best]
+    shift = batch_shift(dist / scale[best], batches[cells], s.novelty_batch_quantile)
+    score = dist / scale[best] / shift
     cutoff = float(np.quantile(score, 1.0 - s.novelty_false_positive_rate)) if s.novelty else np.inf
 
     cal_x = cal_y = None
@@ -221,6 +251,7 @@ def fit_call_model(
         knn=LatentKNN(latent, codes, n_labels, k, bandwidth, s.n_jobs),
         distance_scale=scale,
         novelty_cutoff=cutoff,
+        novelty_batch_quantile=s.novelty_batch_quantile if s.novelty else None,
         calibration_x=cal_x,
         calibration_y=cal_y,
     )
@@ -238,22 +269,31 @@ def fit_call_model(
         "held_out_share_unknown": round(float(flagged.mean()), 4),
         "novelty_cutoff": round(cutoff, 4) if np.isfinite(cutoff) else None,
         "novelty_false_positive_rate": s.novelty_false_positive_rate if s.novelty else None,
+        "novelty_batch_quantile": model.novelty_batch_quantile,
+        "held_out_batch_shift": {
+            str(b): round(float(v), 4)
+            for b, v in pd.Series(shift).groupby(batches[cells]).first().items()
+        },
         "unknown_threshold": s.unknown_threshold,
     }
     if s.novelty:
+        shift_of_batch = pd.Series(shift).groupby(batches[cells]).first()
+        cell_shift = pd.Series(batches).map(shift_of_batch).fillna(1.0).to_numpy(dtype=float)
         model.report["held_out_label_detection"] = _held_out_label_detection(
-            latent, codes, names, folds, model, s, rng
+            latent, codes, names, folds, model, rng, cell_shift
         )
     log.info("calls fitted on the reference: %s", model.report)
     return model
 
 
-def _held_out_label_detection(latent, codes, names, folds, model, s, rng) -> dict:
+def _held_out_label_detection(latent, codes, names, folds, model, rng, cell_shift) -> dict:
     """Share of each label's cells flagged novel when that label is missing from the reference.
 
     For each label in turn, cells of one held-out fold are scored against the
     reference cells of the other folds without that label: what an unseen cell
-    type from a new batch would look like. Measured on the reference alone.
+    type from a new batch would look like. Measured on the reference alone;
+    scores are divided by the shift of each cell's batch measured with every
+    label present (``cell_shift``), as a query batch's would be.
     """
     fold_of = np.empty(len(latent), dtype=int)
     for i, held in enumerate(folds):
@@ -270,7 +310,7 @@ def _held_out_label_detection(latent, codes, names, folds, model, s, rng) -> dic
             continue
         knn = LatentKNN(latent[train], codes[train], len(names), model.knn.k, model.knn.bandwidth)
         probs, dist = knn.query(latent[held])
-        score = dist / model.distance_scale[probs.argmax(axis=1)]
+        score = dist / model.distance_scale[probs.argmax(axis=1)] / cell_shift[held]
         out[str(name)] = round(float(np.mean(score > model.novelty_cutoff)), 4)
     if out:
         out["mean"] = round(float(np.mean(list(out.values()))), 4)
@@ -295,6 +335,7 @@ def call_cells(
     hierarchy: pd.DataFrame | None = None,
     settings: CallSettings = CallSettings(),
     index=None,
+    batches=None,
 ) -> pd.DataFrame:
     """The calls of query cells at every level, with probability, uncertainty and novelty.
 
@@ -303,7 +344,8 @@ def call_cells(
     ``prediction_uncertainty`` (1 minus the distance-weighted kNN vote share of
     the best label), ``candidate_celltype`` (the best label, also when
     rejected), ``novelty_score``
-    (1 = as far from the reference as its own cells typically are),
+    (1 = as far from the reference as its own cells typically are, after
+    dividing by the shift of the cell's batch, ``batches``, from the reference),
     ``unknown_reason`` (``none``, ``probability`` or ``novelty``), then
     ``predicted_<level>``/``probability_<level>`` for each coarser level.
     """
@@ -315,6 +357,10 @@ def call_cells(
     raw = probs[np.arange(len(best)), best]
     probability = model.calibrated(raw)
     novelty = dist / model.distance_scale[best]
+    if batches is None:
+        batches = np.zeros(len(best))
+    shift = batch_shift(novelty, batches, model.novelty_batch_quantile)
+    novelty = novelty / shift
     reason = np.full(len(best), CALLED, dtype=object)
     reason[probability < s.unknown_threshold] = "probability"
     reason[novelty > model.novelty_cutoff] = "novelty"
@@ -335,6 +381,11 @@ def call_cells(
         coarse = coarser_calls(probs, model.labels, called, probability, reason, hierarchy, s)
         coarse.index = out.index
         out = pd.concat([out, coarse], axis=1)
+    # Each query batch's shift from the atlas, for the run record.
+    out.attrs["batch_shift"] = {
+        str(b): round(float(v), 4)
+        for b, v in pd.Series(shift).groupby(np.asarray(batches)).first().items()
+    }
     return out
 
 
@@ -438,6 +489,7 @@ def call_embedded(
             knn=_NoNeighbours(len(names)),
             distance_scale=np.ones(len(names)),
             novelty_cutoff=np.inf,
+            novelty_batch_quantile=None,
             calibration_x=None,
             calibration_y=None,
             report={"method": "classifier", "calibrated": False, "novelty": False},
@@ -467,7 +519,9 @@ def call_embedded(
         hierarchy,
         s,
         index=barcodes,
+        batches=query_obs[run["batch_key"]].astype(str).to_numpy(),
     )
+    model.report["query_batch_shift"] = calls.attrs.get("batch_shift", {})
     if model.knn.k == 0:
         calls["prediction_uncertainty"] = np.nan
         calls["novelty_score"] = np.nan
