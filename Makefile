@@ -10,8 +10,10 @@ TORCH_PIN := $(shell grep -E '^torch==' requirements.txt)
 
 .PHONY: demo test lint format clean slurm-profile
 
+# profiles/local: all cores, commands and failed jobs' logs printed. Not named
+# profiles/default, which Snakemake would read on every run, cluster runs too.
 demo: $(STAMP)
-	$(BIN)/snakemake --cores all
+	$(BIN)/snakemake --profile profiles/local
 
 test: $(STAMP)
 	$(BIN)/pytest
@@ -34,9 +36,10 @@ $(STAMP): requirements.txt
 	$(BIN)/pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
-# `snakemake --profile slurm` finds profiles by name in ~/.config/snakemake:
+# `snakemake --profile slurm` finds profiles by name in Snakemake's user config
+# folder, $XDG_CONFIG_HOME/snakemake (~/.config/snakemake when that is unset):
 # link this repository's profile there (re-run after moving the clone).
-SNAKEMAKE_PROFILES ?= $(HOME)/.config/snakemake
+SNAKEMAKE_PROFILES ?= $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/snakemake
 slurm-profile:
 	mkdir -p $(SNAKEMAKE_PROFILES)
 	ln -sfn $(CURDIR)/profiles/slurm $(SNAKEMAKE_PROFILES)/slurm

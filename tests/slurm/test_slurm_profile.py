@@ -5,14 +5,17 @@ made small, runs through a copy of the repository's profile that differs only
 where this machine must: no conda (no channel is reachable here; the venv runs
 the jobs), job status by squeue (no slurmdbd), small memory requests and two
 threads (one 2-core node). What is asserted comes from SLURM's own records
-(`scontrol show job`): every torch rule ran in the gpu partition with a GPU,
-every other cluster job in cpu, the fetching rules on the head node; and the
+(`scontrol show job`): the training jobs (train_reference, surgery-mode
+map_query) ran in the gpu partition with a GPU, every other cluster job
+(embed-mode map_query included) in cpu without one, as the plugin chose from the
+profile's partitions.yaml; the fetching rules ran on the head node; and the
 results equal a local run's.
 """
 
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +28,8 @@ from conftest import REPO, copy_workflow
 pytestmark = pytest.mark.slurm
 
 HERE = Path(__file__).parent
-TORCH_RULES = {"train_reference", "map_query"}
+# The jobs that ask for a GPU (workflow/rules/common.smk, gpu_request): (rule, wildcards).
+GPU_JOBS = {("train_reference", ""), ("map_query", "demo_surgery")}
 LOCAL_RULES = {"download_query", "obtain_atlas", "fetch_model_package"}
 SMALL = {
     "demo": {"reference_cells": 1200, "query_cells": 400, "genes": 400},
@@ -72,10 +76,12 @@ def adapted_profile(workdir: Path) -> Path:
         "plot_mapping",
         "compare_modes",
     ):
-        profile["set-resources"].setdefault(rule, {})["mem_mb"] = 3000
+        profile.setdefault("set-resources", {}).setdefault(rule, {})["mem_mb"] = 3000
     folder = workdir / "test-profile"
     folder.mkdir()
     (folder / "config.yaml").write_text(yaml.safe_dump(profile))
+    # setup_slurm.sh's partitions are the shipped ones: cpu, and gpu with one GPU.
+    shutil.copy2(REPO / "profiles" / "slurm" / "partitions.yaml", folder / "partitions.yaml")
     return folder
 
 
@@ -139,36 +145,38 @@ def runs(slurm, tmp_path_factory):
     return cluster, local, jobs
 
 
-def rule_of(job: dict) -> str:
-    match = re.match(r"rule_(\w+?)(_wildcards_.*)?$", job.get("Comment", ""))
+def rule_of(job: dict) -> tuple[str, str]:
+    """(rule, wildcard values joined by _) from the comment the plugin gives each job."""
+    match = re.match(r"rule_(\w+?)(?:_wildcards_(.*))?$", job.get("Comment", ""))
     assert match, f"SLURM job {job['JobId']} has no rule in its comment: {job.get('Comment')}"
-    return match[1]
+    return match[1], match[2] or ""
 
 
-def test_torch_rules_ran_on_the_gpu_partition_with_a_gpu_and_the_rest_on_cpu(runs):
+def test_training_ran_on_the_gpu_partition_with_a_gpu_and_the_rest_on_cpu(runs):
     _, _, jobs = runs
     assert jobs, "no SLURM job of this run was recorded"
-    by_rule: dict[str, list[dict]] = {}
+    by_job: dict[tuple[str, str], list[dict]] = {}
     for job in jobs:
-        by_rule.setdefault(rule_of(job), []).append(job)
-    assert set(by_rule) >= TORCH_RULES, by_rule.keys()
+        by_job.setdefault(rule_of(job), []).append(job)
+    by_rule = {rule for rule, _ in by_job}
+    assert set(by_job) >= GPU_JOBS | {("map_query", "demo_embed")}, by_job.keys()
     assert not LOCAL_RULES & set(by_rule), "fetching rules must run on the head node"
-    assert {"generate_demo", "load_query", "subset_query", "neighbors_umap", "plot_mapping"} <= set(
+    assert {"generate_demo", "load_query", "subset_query", "neighbors_umap", "plot_mapping"} <= (
         by_rule
     )
-    for rule, rule_jobs in by_rule.items():
-        for job in rule_jobs:
-            assert job["JobState"] == "COMPLETED", (rule, job["JobState"])
+    for key, key_jobs in by_job.items():
+        for job in key_jobs:
+            assert job["JobState"] == "COMPLETED", (key, job["JobState"])
             gpus = "gpu" in job.get("TresPerJob", "") or "gres/gpu" in job.get("TRES", "")
-            if rule in TORCH_RULES:
+            if key in GPU_JOBS:
                 assert job["Partition"] == "gpu" and gpus, (
-                    rule,
+                    key,
                     job["Partition"],
                     job.get("TresPerJob"),
                 )
             else:
                 assert job["Partition"] == "cpu" and not gpus, (
-                    rule,
+                    key,
                     job["Partition"],
                     job.get("TresPerJob"),
                 )
@@ -211,5 +219,6 @@ def test_make_slurm_profile_lets_users_type_profile_slurm(tmp_path):
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Using profiles slurm" in result.stdout + result.stderr
+    # The profile alone: no workflow profile (profiles/default) overrides its settings.
+    assert "Using profile slurm for" in result.stdout + result.stderr
     assert "rule train_reference:" in result.stdout

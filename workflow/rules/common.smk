@@ -144,6 +144,20 @@ def mapping_threads(wildcards):
     return 4 if wildcards.mode == "surgery" else 1
 
 
+def gpu_request(wildcards):
+    """GPUs a torch job asks the scheduler for; on SLURM the profile's partitions.yaml
+    sends a job with one to a GPU partition. Training (train_reference, surgery) pays
+    for its GPU: one, unless mapping.accelerator is cpu. A frozen embedding is a
+    forward pass (seconds on a CPU at 200k cells), where a GPU queue wait is pure
+    loss: none, unless mapping.accelerator is gpu."""
+    accelerator = config["mapping"]["accelerator"]
+    if accelerator == "cpu":
+        return 0
+    if getattr(wildcards, "mode", None) == "embed":
+        return int(accelerator == "gpu")
+    return 1
+
+
 def mapping_figure_outputs():
     """Named outputs of plot_mapping: a PNG in the report and a vector file per figure."""
     outputs = {}

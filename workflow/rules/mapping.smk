@@ -21,7 +21,7 @@ rule map_query:
     resources:
         mem_mb=lambda wildcards, attempt: 16000 * attempt,
         runtime=120,
-        gpu=1,
+        gpu=gpu_request,
     conda:
         "../envs/scvi.yaml"
     script:

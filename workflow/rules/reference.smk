@@ -65,7 +65,7 @@ rule train_reference:
     resources:
         mem_mb=lambda wildcards, attempt: 16000 * attempt,
         runtime=240,
-        gpu=1,
+        gpu=gpu_request,
     conda:
         "../envs/scvi.yaml"
     script:
