@@ -7,13 +7,21 @@ module adds is exactly that: retries with exponential backoff, a timeout,
 resume where the server honours ``Range``, optional sha256/md5 checksums, a
 gzip integrity check, progress in the log, and a file that appears only when
 complete and verified. Every error names the URL and what went wrong.
+
+Unfinished bytes wait in ``.partial/`` beside the destination with a record of
+the object they belong to (URL, ETag, Last-Modified, length), outside the
+rule's output, which Snakemake deletes when a job fails: a ``retries:`` attempt
+or a rerun asks only for the rest, and starts again if the object changed or
+the server ignores ``Range``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import http.client
+import json
 import logging
 import os
 import re
@@ -34,6 +42,7 @@ log = logging.getLogger(__name__)
 DEPOSIT_ROLES = ("matrix", "features", "barcodes", "metadata")
 GEO_MIRROR = "https://ftp.ncbi.nlm.nih.gov/geo"
 _CHUNK = 1 << 20
+PARTIAL_DIR = ".partial"  # beside each destination: where unfinished downloads wait
 
 
 @dataclass(frozen=True)
@@ -133,33 +142,154 @@ def check_gzip(path: Path) -> bool:
     return True
 
 
-def _http_attempt(url: str, part: Path, timeout: float) -> None:
-    """One request: continue ``part`` with a Range request, or start it afresh."""
-    have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+def _strong(etag: str | None) -> bool:
+    return bool(etag) and not etag.startswith("W/")
+
+
+@dataclass(frozen=True)
+class Partial:
+    """A download in progress, kept where a failed job does not lose it.
+
+    The bytes (``<name>.part``) and what object they are the start of
+    (``<name>.part.json``: URL, ETag, Last-Modified, total length) live in a
+    ``.partial/`` folder beside the destination, never at the rule's output
+    path, which Snakemake deletes when a job fails. The next attempt, in the
+    same job, a ``retries:`` attempt or a rerun, asks only for the rest, and
+    only when the server still serves the same object.
+    """
+
+    data: Path
+    meta: Path
+
+    @classmethod
+    def beside(cls, dest: Path) -> Partial:
+        folder = dest.parent / PARTIAL_DIR
+        return cls(folder / f"{dest.name}.part", folder / f"{dest.name}.part.json")
+
+    def size(self) -> int:
+        return self.data.stat().st_size if self.data.exists() else 0
+
+    def held(self, url: str) -> dict | None:
+        """The record of the bytes held for ``url``; None (and nothing kept) otherwise."""
+        try:
+            record = json.loads(self.meta.read_text())
+        except (OSError, ValueError):
+            record = None
+        length = record.get("length") if isinstance(record, dict) else None
+        if (
+            not isinstance(record, dict)
+            or record.get("url") != url
+            or not self.data.exists()
+            or (length is not None and self.size() > length)
+        ):
+            if self.data.exists() or self.meta.exists():
+                log.info("%s: discarding a partial download of another object", self.data)
+            self.discard()
+            return None
+        return record
+
+    def start(self, record: dict) -> None:
+        """Record what the bytes to come are of, and empty the data file."""
+        self.data.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.meta.with_name(self.meta.name + ".tmp")
+        tmp.write_text(json.dumps(record))
+        self.data.write_bytes(b"")
+        os.replace(tmp, self.meta)
+
+    def discard(self, only_if_empty: bool = False) -> None:
+        if only_if_empty and self.size():
+            return
+        self.data.unlink(missing_ok=True)
+        self.meta.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # other downloads' partials may share it
+            self.data.parent.rmdir()
+
+
+def _changed(held: dict, record: dict) -> str | None:
+    """What tells that the server's object is not the one the partial bytes are of."""
+    for key in ("etag", "last_modified", "length"):
+        if held.get(key) is not None and record.get(key) != held[key]:
+            return f"{key} {held[key]!r} is now {record.get(key)!r}"
+    return None
+
+
+def _content_range(header: str | None) -> tuple[int | None, int | None]:
+    """(first byte, total length) of a ``Content-Range: bytes a-b/total`` header."""
+    match = re.fullmatch(r"bytes\s+(\d+)-\d+/(\d+|\*)", (header or "").strip())
+    if not match:
+        return None, None
+    return int(match[1]), None if match[2] == "*" else int(match[2])
+
+
+def _open(url: str, headers: dict, timeout: float):
+    request = urllib.request.Request(url, headers=headers)
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)
+        return urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as err:
-        if err.code == 416 and have:  # nothing left to send: the part may be whole
-            raise TransientError(f"HTTP 416 with {have} bytes held; starting again") from err
+        if err.code == 416 and "Range" in headers:
+            raise
         if err.code in (408, 429) or err.code >= 500:
             raise TransientError(f"HTTP {err.code} {err.reason}") from err
         raise AtlasmapInputError(f"{url}: HTTP {err.code} {err.reason}") from err
     except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
         reason = getattr(err, "reason", err)
         raise TransientError(f"{type(reason).__name__}: {reason}") from err
+
+
+def _http_attempt(url: str, partial: Partial, timeout: float) -> None:
+    """One request: continue ``partial`` with a Range request, or start it afresh."""
+    held = partial.held(url)
+    have = partial.size() if held else 0
+    if held and have and have == held.get("length"):
+        log.info("%s: the %d bytes held are the whole file", url, have)
+        return
+    headers = {}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+        # If-Range: a server that knows the object changed sends all of the new one.
+        validator = held["etag"] if _strong(held.get("etag")) else held.get("last_modified")
+        if validator:
+            headers["If-Range"] = validator
+    try:
+        response = _open(url, headers, timeout)
+    except urllib.error.HTTPError as err:  # 416: the range is past the object's end
+        partial.discard()
+        raise TransientError(f"HTTP 416 with {have} bytes held; starting again") from err
+    restart = False
     with response:
-        resumed = have and response.status == 206
-        if have and not resumed:
-            log.info("%s: server ignores ranges; downloading from the start", url)
-            have = 0
-        elif resumed:
-            log.info("%s: resuming at byte %d", url, have)
+        record = {
+            "url": url,
+            "etag": response.headers.get("ETag"),
+            "last_modified": response.headers.get("Last-Modified"),
+        }
         length = response.headers.get("Content-Length")
-        total = have + int(length) if length is not None else None
+        resumed = False
+        if have and response.status == 206:
+            first, record["length"] = _content_range(response.headers.get("Content-Range"))
+            changed = _changed(held, record)
+            if first != have or changed:
+                reason = changed or f"the server sent from byte {first}, not {have}"
+                log.warning(
+                    "%s: the object changed on the server (%s); starting again", url, reason
+                )
+                partial.discard()
+                restart = True
+            else:
+                resumed = True
+                log.info("%s: resuming at byte %d", url, have)
+        else:
+            if have:
+                log.info("%s: server ignores ranges; downloading from the start", url)
+            have = 0
+            record["length"] = int(length) if length is not None else None
+            partial.start(record)
+        if restart:  # the bytes held are of another object: ask for the new one whole
+            response.close()
+            return _http_attempt(url, partial, timeout)
+        total = record["length"]
         done, last_report, started = have, time.monotonic(), time.monotonic()
         try:
-            with open(part, "ab" if resumed else "wb") as out:
+            with open(partial.data, "ab" if resumed else "wb") as out:
                 while chunk := response.read(_CHUNK):
                     out.write(chunk)
                     done += len(chunk)
@@ -180,21 +310,29 @@ def _http_attempt(url: str, part: Path, timeout: float) -> None:
         raise TransientError(f"truncated: {done} of {total} bytes")
 
 
-def _download_with_retries(url: str, part: Path, settings: DownloadSettings) -> None:
-    """Fill ``part`` with the whole body of ``url``: retried with backoff, resumed by
-    range where the server allows, a gzip body checked end to end."""
+def _download_with_retries(url: str, partial: Partial, settings: DownloadSettings) -> None:
+    """Fill ``partial`` with the whole body of ``url``: retried with backoff, resumed by
+    range where the server allows, a gzip body checked end to end. When the retries
+    give up, the bytes fetched stay in ``partial`` for the next attempt or rerun."""
     for attempt in range(1, settings.retries + 2):
         try:
             log.info("%s: attempt %d of %d", url, attempt, settings.retries + 1)
-            _http_attempt(url, part, settings.timeout)
-            if is_gzip(part) and not check_gzip(part):
-                part.unlink()
+            _http_attempt(url, partial, settings.timeout)
+            if is_gzip(partial.data) and not check_gzip(partial.data):
+                partial.discard()
                 raise TransientError("incomplete or corrupt gzip data")
             return
         except TransientError as err:
             if attempt > settings.retries:
+                partial.discard(only_if_empty=True)
+                kept = (
+                    f"; the {partial.size()} bytes fetched are kept in {partial.data}, "
+                    "and a rerun asks only for the rest"
+                    if partial.size()
+                    else ""
+                )
                 raise AtlasmapInputError(
-                    f"{url}: failed after {attempt} attempts, the last: {err}"
+                    f"{url}: failed after {attempt} attempts, the last: {err}{kept}"
                 ) from err
             wait = min(settings.max_backoff, settings.backoff * 2 ** (attempt - 1))
             log.warning("%s: %s; retrying in %.1f s", url, err, wait)
@@ -202,14 +340,16 @@ def _download_with_retries(url: str, part: Path, settings: DownloadSettings) -> 
 
 
 def _download(url: str, dest: Path, settings: DownloadSettings, checksum: str | None) -> None:
-    part = dest.with_name(f".{dest.name}.part")
+    partial = Partial.beside(dest)
+    _download_with_retries(url, partial, settings)
     try:
-        _download_with_retries(url, part, settings)
-        verify_checksum(part, checksum, url)
-        log.info("%s: complete, %d bytes", url, part.stat().st_size)
-        _store(part, dest)
-    finally:
-        part.unlink(missing_ok=True)
+        verify_checksum(partial.data, checksum, url)
+    except AtlasmapInputError:
+        partial.discard()  # the bytes are wrong: nothing worth resuming
+        raise
+    log.info("%s: complete, %d bytes", url, partial.size())
+    _store(partial.data, dest)
+    partial.discard()
 
 
 def _store(src: Path, dest: Path) -> None:
@@ -302,10 +442,13 @@ def fetch_atlas(
         )
     if urllib.parse.urlparse(url).scheme not in {"http", "https"}:
         raise AtlasmapInputError(f"reference.atlas_url: {url!r} is not an http(s) URL")
-    part = dest.with_name(f".{dest.name}.part")
+    partial = Partial.beside(dest)
+    _download_with_retries(url, partial, settings)
     try:
-        _download_with_retries(url, part, settings)
-        verify_checksum(part, checksum, url)
-        os.replace(part, dest)
-    finally:
-        part.unlink(missing_ok=True)
+        verify_checksum(partial.data, checksum, url)
+    except AtlasmapInputError:
+        partial.discard()
+        raise
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(partial.data, dest)
+    partial.discard()
