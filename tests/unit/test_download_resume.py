@@ -11,7 +11,7 @@ import logging
 import random
 
 import pytest
-from atlasmap.download import DownloadSettings, Partial, fetch
+from atlasmap.download import DownloadSettings, Partial, fetch, fetch_atlas
 from atlasmap.errors import AtlasmapInputError
 from fault_server import CUT_BYTES, running_fault_server
 
@@ -108,3 +108,16 @@ def test_a_wrong_checksum_after_a_resume_discards_the_partial(server, tmp_path):
     with pytest.raises(AtlasmapInputError, match="checksum mismatch"):
         fetch(url, dest, TRIES, checksum="sha256:" + "0" * 64)
     assert list(dest.parent.iterdir()) == []
+
+
+def test_the_atlas_download_resumes_across_calls_too(server, tmp_path):
+    dest = tmp_path / "reference" / "atlas.h5ad"
+    url = server.serve("/atlas.h5ad", BODY, "cut-range-always", etag='"a"')
+    with pytest.raises(AtlasmapInputError, match="a rerun asks only for the rest"):
+        fetch_atlas(url, dest, TRIES)
+    assert not dest.exists() and Partial.beside(dest).size() == 3 * CUT_BYTES
+    server.serve("/atlas.h5ad", BODY, "ok", etag='"a"')
+    fetch_atlas(url, dest, TRIES)
+    assert dest.read_bytes() == BODY
+    assert server.sent["/atlas.h5ad"] == len(BODY)
+    assert [p.name for p in dest.parent.iterdir()] == ["atlas.h5ad"]
