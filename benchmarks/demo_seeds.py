@@ -44,7 +44,10 @@ def run_seed(seed: int, cores: int) -> Path:
     """
     workdir = RUNS / f"seed_{seed}"
     workdir.mkdir(parents=True, exist_ok=True)
-    for name in ("Snakefile", "config", "workflow"):
+    # A Snakefile at the top, left by a copy from before workflow/Snakefile, would
+    # be the one Snakemake runs.
+    (workdir / "Snakefile").unlink(missing_ok=True)
+    for name in ("config", "workflow"):
         target = workdir / name
         if target.exists():
             shutil.rmtree(target) if target.is_dir() else target.unlink()

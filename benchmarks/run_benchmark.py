@@ -39,7 +39,10 @@ SMOKE = {"sizes": [5_000], "atlas": 5_000, "genes": 3_000}
 
 def workflow_copy(dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("Snakefile", "config", "workflow", "profiles"):
+    # A Snakefile at the top, left by a copy from before workflow/Snakefile, would
+    # be the one Snakemake runs.
+    (dest / "Snakefile").unlink(missing_ok=True)
+    for name in ("config", "workflow", "profiles"):
         src = REPO / name
         target = dest / name
         if target.exists():

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from atlasmap.contract import DEPOSIT_FILES
 from atlasmap.demo import make_demo_study, write_10x_deposit
-from atlasmap.query import DEPOSIT_FILES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,9 +44,9 @@ def tree_digest(directory: Path) -> dict[str, str]:
 
 
 def copy_workflow(dest: Path) -> Path:
-    """Copy what a user clones (Snakefile, config, workflow, profiles) into ``dest``."""
+    """Copy what a user clones (config, workflow with its Snakefile, profiles) into ``dest``."""
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("Snakefile", "config", "workflow", "profiles"):
+    for name in ("config", "workflow", "profiles"):
         src = REPO / name
         if src.is_dir():
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))

@@ -15,7 +15,9 @@ from snakemake.settings.types import OutputSettings, ResourceSettings
 def main() -> None:
     with SnakemakeApi(OutputSettings(quiet=True)) as api:
         workflow_api = api.workflow(
-            resource_settings=ResourceSettings(), snakefile=Path("Snakefile"), workdir=Path(".")
+            resource_settings=ResourceSettings(),
+            snakefile=Path("workflow/Snakefile"),
+            workdir=Path("."),
         )
         rules = []
         for rule in workflow_api._workflow.rules:

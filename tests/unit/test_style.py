@@ -26,5 +26,5 @@ def test_python_is_ruff_formatted():
 
 
 def test_snakemake_files_are_snakefmt_formatted():
-    result = run("snakefmt", "--check", "Snakefile", "workflow/rules")
+    result = run("snakefmt", "--check", "workflow/Snakefile", "workflow/rules")
     assert result.returncode == 0, result.stdout + result.stderr

@@ -11,11 +11,18 @@ from snakemake.utils import validate
 validate(config, "../schemas/config.schema.yaml", set_default=False)
 validate(config, "../schemas/config.schema.yaml")
 
-# The atlasmap library, for input functions that need it (rule scripts get it
-# on their path from Snakemake).
-sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
-from atlasmap.download import resolve_sources, is_url  # noqa: E402
-from atlasmap.query import DEPOSIT_FILES  # noqa: E402
+# The workflow's contract (deposit files, modes, figures) and the config's source
+# helpers, from the light module of the atlasmap library: it imports the standard
+# library alone, so that parsing the workflow needs nothing but Snakemake. The path
+# is this file's own, so that it holds when the workflow is a module of another.
+sys.path.insert(0, str(Path(workflow.current_basedir).parent / "scripts"))
+from atlasmap.contract import (  # noqa: E402
+    DEPOSIT_FILES,
+    MODES as ALL_MODES,
+    is_url,
+    mapping_figure_names,
+    resolve_sources,
+)
 
 QUERIES = list(config["queries"])
 MODES = config["mapping"]["modes"]
@@ -31,16 +38,8 @@ if config["reference"]["model_package"] and not config["reference"]["model"]:
         "to extract the model into (e.g. resources/models/scpdac_human)"
     )
 VECTOR_FORMAT = config["plots"]["vector_format"]
-# Each figure of plot_mapping, with the caption of its place in the report.
-MAPPING_FIGURES = {
-    "umap_celltype": "umap_celltype.rst",
-    "umap_query": "umap_query.rst",
-    "umap_sample": "umap_sample.rst",
-    "umap_uncertainty": "umap_uncertainty.rst",
-    "label_distribution": "label_distribution.rst",
-}
-if config["umap"]["query_alone"]:
-    MAPPING_FIGURES["umap_query_alone"] = "umap_query_alone.rst"
+# Each figure of plot_mapping; its caption in the report is report/<name>.rst.
+MAPPING_FIGURES = mapping_figure_names(config["umap"]["query_alone"])
 
 
 # Fetching runs where the network is: on the head node under a cluster executor.
@@ -53,7 +52,7 @@ localrules:
 wildcard_constraints:
     # Names become folders: no separators, no dots, no spaces.
     query="|".join(QUERIES),
-    mode="surgery|embed",
+    mode="|".join(ALL_MODES),
     file="|".join(re.escape(name) for name in DEPOSIT_FILES.values()),
 
 
@@ -161,10 +160,10 @@ def gpu_request(wildcards):
 def mapping_figure_outputs():
     """Named outputs of plot_mapping: a PNG in the report and a vector file per figure."""
     outputs = {}
-    for name, caption in MAPPING_FIGURES.items():
+    for name in MAPPING_FIGURES:
         outputs[name] = report(
             f"results/{{query}}/{{mode}}/plots/{name}.png",
-            caption=f"../report/{caption}",
+            caption=f"../report/{name}.rst",
             category="{query}",
             subcategory="{mode}",
         )

@@ -24,7 +24,6 @@ import http.client
 import json
 import logging
 import os
-import re
 import time
 import urllib.error
 import urllib.parse
@@ -34,13 +33,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .contract import (  # noqa: F401 - the URL helpers are part of this module's API
+    DEPOSIT_ROLES,
+    GEO_MIRROR,
+    geo_supplementary_url,
+    is_url,
+    resolve_sources,
+)
 from .errors import AtlasmapInputError
 from .io import copy_as_gzip, is_gzip
 
 log = logging.getLogger(__name__)
 
-DEPOSIT_ROLES = ("matrix", "features", "barcodes", "metadata")
-GEO_MIRROR = "https://ftp.ncbi.nlm.nih.gov/geo"
 _CHUNK = 1 << 20
 PARTIAL_DIR = ".partial"  # beside each destination: where unfinished downloads wait
 
@@ -56,53 +60,6 @@ class DownloadSettings:
 
 class TransientError(Exception):
     """A failure worth another try (5xx, cut connection, timeout, bad gzip)."""
-
-
-def geo_supplementary_url(accession: str, filename: str, mirror: str = GEO_MIRROR) -> str:
-    """URL of a GEO series' supplementary file, as GEO lays them out.
-
-    GSE278688 + GSE278688_sc_matrix.mtx.gz ->
-    <mirror>/series/GSE278nnn/GSE278688/suppl/GSE278688_sc_matrix.mtx.gz
-    """
-    match = re.fullmatch(r"GSE(\d+)", accession)
-    if not match:
-        raise AtlasmapInputError(f"source.geo: {accession!r} is not a GEO series accession (GSE…)")
-    digits = match[1]
-    stub = f"GSE{digits[:-3]}nnn" if len(digits) > 3 else "GSEnnn"
-    quoted = urllib.parse.quote(filename)
-    return f"{mirror.rstrip('/')}/series/{stub}/{accession}/suppl/{quoted}"
-
-
-def resolve_sources(
-    source: Mapping, where: str = "source", geo_mirror: str = GEO_MIRROR
-) -> dict[str, str]:
-    """Map each deposit role to a path or URL, from a config ``source`` entry.
-
-    ``{"geo": GSE, "files": {role: name}}`` gives GEO supplementary URLs;
-    ``{"dir": D, "files": {role: name}}`` local paths ``D/name``;
-    ``{"urls": {role: url}}`` URLs (or paths) as they are.
-    """
-    if "urls" in source:
-        locations = dict(source["urls"])
-    elif "geo" in source:
-        files = source.get("files") or {}
-        locations = {
-            role: geo_supplementary_url(source["geo"], name, geo_mirror)
-            for role, name in files.items()
-        }
-    elif "dir" in source:
-        files = source.get("files") or {}
-        locations = {role: str(Path(source["dir"]) / name) for role, name in files.items()}
-    else:
-        raise AtlasmapInputError(f"{where}: give 'geo' with 'files', 'dir' with 'files', or 'urls'")
-    missing = [role for role in DEPOSIT_ROLES if role not in locations]
-    if missing:
-        raise AtlasmapInputError(f"{where}: no file given for {missing}")
-    return {role: locations[role] for role in DEPOSIT_ROLES}
-
-
-def is_url(location: str) -> bool:
-    return urllib.parse.urlparse(location).scheme in {"http", "https", "file"}
 
 
 def _digest(path: Path, algorithm: str) -> str:

@@ -12,8 +12,8 @@ import numpy as np
 from scipy.sparse import csr_matrix
 from sklearn_ann.kneighbors.annoy import AnnoyTransformer
 
+from .contract import EMBEDDING_KEY
 from .errors import AtlasmapInputError
-from .mapping import EMBEDDING_KEY
 
 log = logging.getLogger(__name__)
 

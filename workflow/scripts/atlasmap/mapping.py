@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .contract import CALL_COLUMNS, EMBEDDING_KEY, MODES, SOURCES
 from .errors import AtlasmapInputError
 from .genes import GeneAlignment, align_to_genes, apply_transform, id_to_symbol_table
 from .reference import (
@@ -28,21 +29,8 @@ from .reference import (
 
 log = logging.getLogger(__name__)
 
-MODES = ("surgery", "embed")
-EMBEDDING_KEY = "X_scANVI_emb"
 # The scANVI classifier's probabilities of every cell; labels in uns["atlasmap"].
 PROBABILITIES_KEY = "scanvi_probabilities"
-# obs["source"] of the expanded atlas, as the tutorial's extend_atlas writes it.
-SOURCES = ("atlas", "query")
-# Columns the call step writes for query cells (query metadata may not clash with them).
-CALL_COLUMNS = [
-    "predicted_celltype",
-    "candidate_celltype",
-    "prediction_probability",
-    "prediction_uncertainty",
-    "novelty_score",
-    "unknown_reason",
-]
 
 
 @dataclass(frozen=True)

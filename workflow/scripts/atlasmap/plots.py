@@ -23,6 +23,7 @@ import pandas as pd  # noqa: E402
 from matplotlib import colors as mcolors  # noqa: E402
 
 from .calls import UNKNOWN  # noqa: E402
+from .contract import MAPPING_FIGURES  # noqa: E402, F401 - figure names, with the figures
 from .io import atomic_path  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -346,15 +347,6 @@ def save_figure(fig, paths: Iterable[str | os.PathLike], dpi: int = 300) -> None
 
 
 # --- The figures of the workflow, from its files --------------------------------
-
-MAPPING_FIGURES = (
-    "umap_celltype",
-    "umap_query",
-    "umap_sample",
-    "umap_uncertainty",
-    "umap_query_alone",
-    "label_distribution",
-)
 
 
 def prediction_column(level: str | None, labels_key: str) -> str:

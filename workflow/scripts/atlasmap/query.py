@@ -15,18 +15,11 @@ import pandas as pd
 import scanpy as sc
 import scipy.sparse as sp
 
+from .contract import DEPOSIT_FILES
 from .errors import AtlasmapInputError
 from .io import atomic_path, is_gzip, write_h5ad
 
 log = logging.getLogger(__name__)
-
-# File names that download_query gives the deposit files (scanpy's 10x v3 names).
-DEPOSIT_FILES = {
-    "matrix": "matrix.mtx.gz",
-    "features": "features.tsv.gz",
-    "barcodes": "barcodes.tsv.gz",
-    "metadata": "metadata.csv.gz",
-}
 
 
 def _examples(values, n: int = 5) -> str:

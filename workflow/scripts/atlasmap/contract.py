@@ -1,0 +1,118 @@
+"""The workflow's contract with its config and its users: names, modes, file roles.
+
+Snakemake reads this module while it parses the workflow (``common.smk``), where
+only the standard library and Snakemake may be installed (a login node building
+the DAG for a cluster executor): it imports the standard library alone, never
+scanpy, anndata, numpy or torch. The library's modules take their constants
+from here, so that each has one definition.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from collections.abc import Mapping
+from pathlib import Path
+
+from .errors import AtlasmapInputError
+
+# --- Query deposits ---------------------------------------------------------------
+
+# The files of a query deposit, each named by its role in the config's source entry.
+DEPOSIT_ROLES = ("matrix", "features", "barcodes", "metadata")
+# File names that download_query gives the deposit files (scanpy's 10x v3 names).
+DEPOSIT_FILES = {
+    "matrix": "matrix.mtx.gz",
+    "features": "features.tsv.gz",
+    "barcodes": "barcodes.tsv.gz",
+    "metadata": "metadata.csv.gz",
+}
+GEO_MIRROR = "https://ftp.ncbi.nlm.nih.gov/geo"
+
+# --- Mapping and its outputs ------------------------------------------------------
+
+# The {mode} wildcard: scArches surgery or a frozen embedding.
+MODES = ("surgery", "embed")
+# obsm key of the scANVI latent space in mapped.h5ad.
+EMBEDDING_KEY = "X_scANVI_emb"
+# obs["source"] of the expanded atlas, as the tutorial's extend_atlas writes it.
+SOURCES = ("atlas", "query")
+# Columns the call step writes for query cells (query metadata may not clash with them).
+CALL_COLUMNS = [
+    "predicted_celltype",
+    "candidate_celltype",
+    "prediction_probability",
+    "prediction_uncertainty",
+    "novelty_score",
+    "unknown_reason",
+]
+
+# --- Figures ----------------------------------------------------------------------
+
+# Every per-mode figure of plot_mapping, in the report's order; its caption is
+# workflow/report/<name>.rst.
+MAPPING_FIGURES = (
+    "umap_celltype",
+    "umap_query",
+    "umap_sample",
+    "umap_uncertainty",
+    "umap_query_alone",
+    "label_distribution",
+)
+# Drawn only when the config asks for it (umap.query_alone).
+QUERY_ALONE_FIGURE = "umap_query_alone"
+
+
+def mapping_figure_names(query_alone: bool) -> tuple[str, ...]:
+    """The per-mode figures a run draws: all, less the query-alone UMAP unless asked for."""
+    return tuple(name for name in MAPPING_FIGURES if query_alone or name != QUERY_ALONE_FIGURE)
+
+
+# --- Where a query's deposit files are, from its config ---------------------------
+
+
+def geo_supplementary_url(accession: str, filename: str, mirror: str = GEO_MIRROR) -> str:
+    """URL of a GEO series' supplementary file, as GEO lays them out.
+
+    GSE278688 + GSE278688_sc_matrix.mtx.gz ->
+    <mirror>/series/GSE278nnn/GSE278688/suppl/GSE278688_sc_matrix.mtx.gz
+    """
+    match = re.fullmatch(r"GSE(\d+)", accession)
+    if not match:
+        raise AtlasmapInputError(f"source.geo: {accession!r} is not a GEO series accession (GSE…)")
+    digits = match[1]
+    stub = f"GSE{digits[:-3]}nnn" if len(digits) > 3 else "GSEnnn"
+    quoted = urllib.parse.quote(filename)
+    return f"{mirror.rstrip('/')}/series/{stub}/{accession}/suppl/{quoted}"
+
+
+def resolve_sources(
+    source: Mapping, where: str = "source", geo_mirror: str = GEO_MIRROR
+) -> dict[str, str]:
+    """Map each deposit role to a path or URL, from a config ``source`` entry.
+
+    ``{"geo": GSE, "files": {role: name}}`` gives GEO supplementary URLs;
+    ``{"dir": D, "files": {role: name}}`` local paths ``D/name``;
+    ``{"urls": {role: url}}`` URLs (or paths) as they are.
+    """
+    if "urls" in source:
+        locations = dict(source["urls"])
+    elif "geo" in source:
+        files = source.get("files") or {}
+        locations = {
+            role: geo_supplementary_url(source["geo"], name, geo_mirror)
+            for role, name in files.items()
+        }
+    elif "dir" in source:
+        files = source.get("files") or {}
+        locations = {role: str(Path(source["dir"]) / name) for role, name in files.items()}
+    else:
+        raise AtlasmapInputError(f"{where}: give 'geo' with 'files', 'dir' with 'files', or 'urls'")
+    missing = [role for role in DEPOSIT_ROLES if role not in locations]
+    if missing:
+        raise AtlasmapInputError(f"{where}: no file given for {missing}")
+    return {role: locations[role] for role in DEPOSIT_ROLES}
+
+
+def is_url(location: str) -> bool:
+    return urllib.parse.urlparse(location).scheme in {"http", "https", "file"}
