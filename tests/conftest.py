@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -122,3 +124,15 @@ def assert_valid_figure(path: Path) -> None:
             image.verify()
     else:
         assert path.read_bytes()[:5] == b"%PDF-", path
+
+
+def rules_info() -> list[dict]:
+    """Every rule of the workflow as tests/rules_info.py reports it (parsed by Snakemake)."""
+    out = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "rules_info.py")],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(out)

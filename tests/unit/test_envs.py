@@ -15,13 +15,12 @@ import functools
 import importlib.metadata
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, rules_info
 
 ENVS = REPO / "workflow" / "envs"
 LIBRARY = REPO / "workflow" / "scripts" / "atlasmap"
@@ -286,14 +285,7 @@ def requirement_pins() -> dict[str, str | None]:
 
 @pytest.fixture(scope="module")
 def rules():
-    out = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "rules_info.py")],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return [r for r in json.loads(out) if r["script"]]
+    return [r for r in rules_info() if r["script"]]
 
 
 def missing_from_env(rule: dict) -> list[str]:

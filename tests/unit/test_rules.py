@@ -1,24 +1,14 @@
 """Every rule logs and runs a script in a conda env (the envs' contents: test_envs.py)."""
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, rules_info
 
 
 @pytest.fixture(scope="module")
 def rules():
-    out = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "rules_info.py")],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return [r for r in json.loads(out) if r["outputs"]]  # "all" only gathers targets
+    return [r for r in rules_info() if r["outputs"]]  # "all" only gathers targets
 
 
 def pip_pins():
