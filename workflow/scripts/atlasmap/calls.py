@@ -150,6 +150,15 @@ def batch_shift(score: np.ndarray, batches, quantile: float | None) -> np.ndarra
     return np.maximum(shift.to_numpy(dtype=float), 1.0)
 
 
+def _per_batch(shift: np.ndarray, batches) -> pd.Series:
+    """One value per batch of a per-cell shift (constant within each batch)."""
+    return pd.Series(shift).groupby(np.asarray(batches).astype(str)).first()
+
+
+def _rounded(per_batch: pd.Series) -> dict[str, float]:
+    return {str(b): round(float(v), 4) for b, v in per_batch.items()}
+
+
 def _method_probabilities(method: str, knn_probs, classifier_probs):
     if method == "knn":
         return knn_probs
@@ -257,6 +266,7 @@ def fit_call_model(
     )
     calibrated = model.calibrated(raw)
     flagged = (calibrated < s.unknown_threshold) | (score > cutoff)
+    shift_of_batch = _per_batch(shift, batches[cells])
     model.report = {
         "method": s.method,
         "n_neighbors": k,
@@ -270,14 +280,10 @@ def fit_call_model(
         "novelty_cutoff": round(cutoff, 4) if np.isfinite(cutoff) else None,
         "novelty_false_positive_rate": s.novelty_false_positive_rate if s.novelty else None,
         "novelty_batch_quantile": model.novelty_batch_quantile,
-        "held_out_batch_shift": {
-            str(b): round(float(v), 4)
-            for b, v in pd.Series(shift).groupby(batches[cells]).first().items()
-        },
+        "held_out_batch_shift": _rounded(shift_of_batch),
         "unknown_threshold": s.unknown_threshold,
     }
     if s.novelty:
-        shift_of_batch = pd.Series(shift).groupby(batches[cells]).first()
         cell_shift = pd.Series(batches).map(shift_of_batch).fillna(1.0).to_numpy(dtype=float)
         model.report["held_out_label_detection"] = _held_out_label_detection(
             latent, codes, names, folds, model, rng, cell_shift
@@ -382,10 +388,7 @@ def call_cells(
         coarse.index = out.index
         out = pd.concat([out, coarse], axis=1)
     # Each query batch's shift from the atlas, for the run record.
-    out.attrs["batch_shift"] = {
-        str(b): round(float(v), 4)
-        for b, v in pd.Series(shift).groupby(np.asarray(batches)).first().items()
-    }
+    out.attrs["batch_shift"] = _rounded(_per_batch(shift, batches))
     return out
 
 
