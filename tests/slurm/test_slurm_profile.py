@@ -1,15 +1,19 @@
-"""`snakemake --profile profiles/slurm` on a real one-node SLURM.
+"""`snakemake --profile slurm`, as users type it, on a real one-node SLURM.
 
-setup_slurm.sh starts SLURM (partitions cpu and gpu, one fake GPU). The demo,
-made small, runs through a copy of the repository's profile that differs only
-where this machine must: no conda (no channel is reachable here; the venv runs
-the jobs), job status by squeue (no slurmdbd), small memory requests and two
-threads (one 2-core node). What is asserted comes from SLURM's own records
-(`scontrol show job`): the training jobs (train_reference, surgery-mode
-map_query) ran in the gpu partition with a GPU, every other cluster job
-(embed-mode map_query included) in cpu without one, as the plugin chose from the
-profile's partitions.yaml; the fetching rules ran on the head node; and the
-results equal a local run's.
+setup_slurm.sh starts SLURM as a site runs it (partitions cpu and gpu, one fake
+GPU, accounting in slurmdbd, associations and memory requests enforced).
+`make slurm-profile` installs the shipped profile under the test's
+XDG_CONFIG_HOME and the small demo runs with `--profile slurm`; the command
+line adds only what this machine needs (THIS_CLUSTER, each with its reason)
+and one job that runs out of memory on its first attempt (FAIL_ONCE). What is
+asserted comes from SLURM's own records (`scontrol show job`, `sacct`): the
+training jobs (train_reference, surgery-mode map_query) ran in the gpu
+partition with a GPU, every other cluster job (embed-mode map_query included)
+in cpu without one, as the plugin chose from the profile's partitions.yaml;
+the job killed for memory was retried, with more; the fetching rules ran on
+the head node; and the results equal a local run's. Bad site settings (a
+partition or an account the cluster does not have) stop at once with SLURM's
+or the plugin's message naming them.
 """
 
 import json
@@ -36,6 +40,22 @@ SMALL = {
     "training": {"n_top_genes": 300, "scvi_max_epochs": 8, "scanvi_max_epochs": 4},
     "surgery": {"max_epochs": 3},
 }
+# What this test machine needs beyond the user's command, and why.
+THIS_CLUSTER = [
+    # No conda channel is reachable here: the jobs run in the venv instead.
+    "--sdm",
+    "env-modules",
+    # The one node has 2 CPUs; train_reference asks for 4.
+    "--max-threads",
+    "2",
+    # Jobs here take seconds, not the hours the profile's 20 s first wait suits.
+    "--slurm-init-seconds-before-status-checks",
+    "2",
+]
+# subset_query asks for 64 MB on its first attempt (less than Python itself),
+# so SLURM kills it for memory; the profile's retry asks again with 3000 MB.
+FAILING_RULE = "subset_query"
+FAIL_ONCE = ["--set-resources", f"{FAILING_RULE}:mem_mb=64 if attempt == 1 else 3000"]
 
 
 def small_config(workdir: Path) -> str:
@@ -45,44 +65,6 @@ def small_config(workdir: Path) -> str:
     config["mapping"]["surgery"].update(SMALL["surgery"])
     (workdir / "config" / "small.yaml").write_text(yaml.safe_dump(config))
     return "config/small.yaml"
-
-
-def adapted_profile(workdir: Path) -> Path:
-    """profiles/slurm as shipped, adapted only where this test machine differs."""
-    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
-    for key in ("software-deployment-method", "conda-prefix", "conda-frontend"):
-        profile.pop(key)
-    profile.update(
-        {
-            "jobs": 4,
-            "max-threads": 2,
-            "latency-wait": 5,
-            "retries": 0,
-            "keep-going": False,
-            "slurm-status-command": "squeue",
-            "slurm-init-seconds-before-status-checks": 2,
-            "slurm-keep-successful-logs": True,
-        }
-    )
-    profile["default-resources"].update(mem_mb=1500, runtime=20)
-    for rule in (
-        "train_reference",
-        "map_query",
-        "load_query",
-        "subset_query",
-        "generate_demo",
-        "predict_baseline",
-        "neighbors_umap",
-        "plot_mapping",
-        "compare_modes",
-    ):
-        profile.setdefault("set-resources", {}).setdefault(rule, {})["mem_mb"] = 3000
-    folder = workdir / "test-profile"
-    folder.mkdir()
-    (folder / "config.yaml").write_text(yaml.safe_dump(profile))
-    # setup_slurm.sh's partitions are the shipped ones: cpu, and gpu with one GPU.
-    shutil.copy2(REPO / "profiles" / "slurm" / "partitions.yaml", folder / "partitions.yaml")
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -95,23 +77,48 @@ def slurm():
     subprocess.run(["bash", str(HERE / "teardown_slurm.sh")], timeout=60)
 
 
-def run_snakemake(workdir, *args, timeout=900):
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    # INT, not TERM, stops a hung Snakemake; -k kills it if that fails too.
-    command = [
-        "timeout",
-        "-s",
-        "INT",
-        "-k",
-        "30",
-        str(timeout),
-        sys.executable,
-        "-m",
-        "snakemake",
-        *args,
-    ]
-    result = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, f"{args}:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
+def user_env(xdg: Path) -> dict:
+    """The environment of a user whose Snakemake config folder is ``xdg``/snakemake."""
+    return dict(
+        os.environ,
+        XDG_CONFIG_HOME=str(xdg),
+        PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    )
+
+
+def make_slurm_profile(xdg: Path) -> dict:
+    """`make slurm-profile` for a user whose config folder is ``xdg``; their environment."""
+    env = user_env(xdg)
+    subprocess.run(
+        ["make", "-s", "slurm-profile", f"SNAKEMAKE_PROFILES={xdg / 'snakemake'}"],
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return env
+
+
+def edited_profile(xdg: Path, edit) -> dict:
+    """A user's own copy of the profile as profile "slurm", changed by ``edit(folder)``."""
+    folder = xdg / "snakemake" / "slurm"
+    shutil.copytree(REPO / "profiles" / "slurm", folder)
+    edit(folder)
+    return user_env(xdg)
+
+
+def snakemake(workdir, *args, env=None, timeout=900) -> subprocess.CompletedProcess:
+    """Snakemake as the user runs it, stopped (INT, then KILL) should it hang."""
+    env = env or user_env(workdir / "no-user-config")
+    command = ["timeout", "-s", "INT", "-k", "30", str(timeout), sys.executable, "-m", "snakemake"]
+    return subprocess.run([*command, *args], cwd=workdir, env=env, capture_output=True, text=True)
+
+
+def succeeded(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, (
+        f"{result.args}:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
+    )
     return result
 
 
@@ -127,22 +134,47 @@ def slurm_jobs() -> list[dict]:
     return jobs
 
 
+def sacct_jobs(job_ids) -> dict[str, dict]:
+    """The accounting records (allocation lines) of ``job_ids``, by job id."""
+    fields = ["JobID", "State", "ReqMem", "Partition", "Account", "Comment"]
+    out = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-j", ",".join(job_ids), "-o", ",".join(fields)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    records = [dict(zip(fields, line.split("|"), strict=True)) for line in out.splitlines() if line]
+    return {record["JobID"]: record for record in records}
+
+
 @pytest.fixture(scope="module")
 def runs(slurm, tmp_path_factory):
-    """The same small demo on SLURM through the profile, and locally."""
+    """The small demo by `snakemake --profile slurm` after `make slurm-profile`, and locally."""
+    env = make_slurm_profile(tmp_path_factory.mktemp("xdg"))
     cluster = copy_workflow(tmp_path_factory.mktemp("slurm"))
     config = small_config(cluster)
-    profile = adapted_profile(cluster)
     before = {job["JobId"] for job in slurm_jobs()}
-    run_snakemake(cluster, "--profile", str(profile), "--configfile", config)
+    result = succeeded(
+        snakemake(
+            cluster,
+            "--profile",
+            "slurm",
+            "--configfile",
+            config,
+            *THIS_CLUSTER,
+            *FAIL_ONCE,
+            env=env,
+        )
+    )
     jobs = [
         job
         for job in slurm_jobs()
         if job["JobId"] not in before and job.get("WorkDir") == str(cluster)
     ]
     local = copy_workflow(tmp_path_factory.mktemp("local"))
-    run_snakemake(local, "--cores", "2", "--configfile", small_config(local))
-    return cluster, local, jobs
+    succeeded(snakemake(local, "--cores", "2", "--configfile", small_config(local)))
+    return cluster, local, jobs, result.stdout + result.stderr
 
 
 def rule_of(job: dict) -> tuple[str, str]:
@@ -152,38 +184,62 @@ def rule_of(job: dict) -> tuple[str, str]:
     return match[1], match[2] or ""
 
 
-def test_training_ran_on_the_gpu_partition_with_a_gpu_and_the_rest_on_cpu(runs):
-    _, _, jobs = runs
-    assert jobs, "no SLURM job of this run was recorded"
+def jobs_by_rule(jobs: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """Each (rule, wildcards)'s SLURM jobs, in submission order."""
     by_job: dict[tuple[str, str], list[dict]] = {}
-    for job in jobs:
+    for job in sorted(jobs, key=lambda job: int(job["JobId"])):
         by_job.setdefault(rule_of(job), []).append(job)
+    return by_job
+
+
+def test_training_ran_on_the_gpu_partition_with_a_gpu_and_the_rest_on_cpu(runs):
+    _, _, jobs, _ = runs
+    assert jobs, "no SLURM job of this run was recorded"
+    by_job = jobs_by_rule(jobs)
     by_rule = {rule for rule, _ in by_job}
     assert set(by_job) >= GPU_JOBS | {("map_query", "demo_embed")}, by_job.keys()
-    assert not LOCAL_RULES & set(by_rule), "fetching rules must run on the head node"
     assert {"generate_demo", "load_query", "subset_query", "neighbors_umap", "plot_mapping"} <= (
         by_rule
     )
     for key, key_jobs in by_job.items():
+        assert key_jobs[-1]["JobState"] == "COMPLETED", (key, key_jobs[-1]["JobState"])
         for job in key_jobs:
-            assert job["JobState"] == "COMPLETED", (key, job["JobState"])
             gpus = "gpu" in job.get("TresPerJob", "") or "gres/gpu" in job.get("TRES", "")
+            where = (key, job["Partition"], job.get("TresPerJob"))
             if key in GPU_JOBS:
-                assert job["Partition"] == "gpu" and gpus, (
-                    key,
-                    job["Partition"],
-                    job.get("TresPerJob"),
-                )
+                assert job["Partition"] == "gpu" and gpus, where
             else:
-                assert job["Partition"] == "cpu" and not gpus, (
-                    key,
-                    job["Partition"],
-                    job.get("TresPerJob"),
-                )
+                assert job["Partition"] == "cpu" and not gpus, where
+
+
+def test_a_job_killed_for_memory_is_retried_with_more(runs):
+    _, _, jobs, _ = runs
+    by_job = jobs_by_rule(jobs)
+    (key,) = [key for key in by_job if key[0] == FAILING_RULE]
+    first, retry = by_job[key]  # one failure, one retry (the profile's retries: 1)
+    records = sacct_jobs([first["JobId"], retry["JobId"]])
+    assert records[first["JobId"]]["State"] in {"OUT_OF_MEMORY", "FAILED"}, records
+    assert records[first["JobId"]]["ReqMem"] == "64M", records
+    assert records[retry["JobId"]]["State"] == "COMPLETED", records
+    assert records[retry["JobId"]]["ReqMem"] == "3000M", records
+    # No other job failed: the retried one is the only rule with two jobs.
+    assert [k for k, key_jobs in by_job.items() if len(key_jobs) > 1] == [key]
+    # Accounting has every job under an account the cluster knows (the plugin's guess).
+    accounts = {record["Account"] for record in sacct_jobs([j["JobId"] for j in jobs]).values()}
+    assert accounts and accounts <= {"root", "atlasmap"}, accounts
+
+
+def test_fetching_rules_ran_on_the_head_node(runs):
+    cluster, _, jobs, log = runs
+    assert not LOCAL_RULES & {rule for rule, _ in jobs_by_rule(jobs)}
+    # They ran, all the same: Snakemake ran them itself, and their outputs are there.
+    assert "localrule download_query:" in log
+    for name in ("matrix.mtx.gz", "features.tsv.gz", "barcodes.tsv.gz", "metadata.csv.gz"):
+        assert (cluster / "resources" / "queries" / "demo" / name).stat().st_size > 0
 
 
 def test_slurm_results_equal_a_local_run(runs):
-    cluster, local, _ = runs
+    cluster, local, _, _ = runs
     for mode in ("surgery", "embed"):
         a = pd.read_csv(cluster / "results" / "demo" / mode / "predictions.tsv", sep="\t")
         b = pd.read_csv(local / "results" / "demo" / mode / "predictions.tsv", sep="\t")
@@ -194,31 +250,58 @@ def test_slurm_results_equal_a_local_run(runs):
     assert list((cluster / "logs" / "slurm").iterdir()), "SLURM job logs go to logs/slurm"
 
 
+def rename_cpu_partition(folder: Path) -> None:
+    partitions = yaml.safe_load((folder / "partitions.yaml").read_text())
+    partitions["partitions"]["our_cpu"] = partitions["partitions"].pop("cpu")
+    (folder / "partitions.yaml").write_text(yaml.safe_dump(partitions))
+
+
+def set_account(folder: Path) -> None:
+    profile = yaml.safe_load((folder / "config.yaml").read_text())
+    profile["default-resources"]["slurm_account"] = "other_lab"
+    (folder / "config.yaml").write_text(yaml.safe_dump(profile))
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (rename_cpu_partition, "invalid partition specified: our_cpu"),
+        (set_account, "The given account other_lab appears to be invalid"),
+    ],
+    ids=["partition the cluster lacks", "account the cluster refuses"],
+)
+def test_a_site_setting_the_cluster_refuses_stops_the_run_with_its_message(
+    slurm, tmp_path, edit, message
+):
+    env = edited_profile(tmp_path / "xdg", edit)
+    workdir = copy_workflow(tmp_path / "run")
+    result = snakemake(
+        workdir,
+        "--profile",
+        "slurm",
+        *THIS_CLUSTER,
+        "--until",
+        "generate_demo",
+        env=env,
+        timeout=300,
+    )
+    log = result.stdout + result.stderr
+    assert result.returncode == 1, log[-4000:]  # an error, neither success nor a timeout
+    assert message in log, log[-4000:]
+    assert not (workdir / "resources" / "synthetic").exists()
+
+
 def test_make_slurm_profile_lets_users_type_profile_slurm(tmp_path):
     """`make slurm-profile` links the profile where Snakemake looks for one by name."""
-    env = dict(os.environ, XDG_CONFIG_HOME=str(tmp_path / "xdg"))
-    subprocess.run(
-        ["make", "-s", "slurm-profile", f"SNAKEMAKE_PROFILES={tmp_path / 'xdg' / 'snakemake'}"],
-        cwd=REPO,
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    env = make_slurm_profile(tmp_path / "xdg")
     assert (tmp_path / "xdg" / "snakemake" / "slurm").resolve() == (
         REPO / "profiles" / "slurm"
     ).resolve()
     workdir = copy_workflow(tmp_path / "run")
     # No conda here: plan with another deployment method; the profile is what is tested.
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--profile", "slurm", "-n", "--sdm", "env-modules"],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = succeeded(
+        snakemake(workdir, "--profile", "slurm", "-n", "--sdm", "env-modules", env=env, timeout=120)
     )
-    assert result.returncode == 0, result.stdout + result.stderr
     # The profile alone: no workflow profile (profiles/default) overrides its settings.
     assert "Using profile slurm for" in result.stdout + result.stderr
     assert "rule train_reference:" in result.stdout

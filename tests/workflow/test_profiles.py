@@ -9,6 +9,7 @@ where profiles are found and merged, and where a workflow profile
 import dataclasses
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -184,3 +185,16 @@ def test_partitions_yaml_sends_gpu_jobs_to_the_gpu_partition_and_the_rest_to_cpu
     assert get_best_partition(partitions, job(gpu=1), logger) == "gpu"
     assert get_best_partition(partitions, job(gpu=0), logger) == "cpu"
     assert get_best_partition(partitions, job(gpu=0, threads=1), logger) == "cpu"
+
+
+def test_a_mistyped_key_in_a_users_profile_stops_snakemake_naming_it(tmp_path, capsys):
+    """A typo (`slurm-acount`) is refused by name, not silently ignored as a comment would be."""
+    profile = tmp_path / "slurm"
+    shutil.copytree(SLURM_PROFILE, profile)
+    settings = yaml.safe_load((profile / "config.yaml").read_text())
+    settings["slurm-acount"] = "my_lab"
+    (profile / "config.yaml").write_text(yaml.safe_dump(settings))
+    with pytest.raises(SystemExit) as stopped:
+        parse_args(["--profile", str(profile), "-n"])
+    assert stopped.value.code == 2
+    assert "unrecognized arguments: --slurm-acount=my_lab" in capsys.readouterr().err
