@@ -245,3 +245,28 @@ def test_a_cut_mtx_body_is_a_clear_error(deposit, tmp_path):
     matrix.write_bytes(gzip.compress(b"".join(lines[: len(lines) // 2])))  # valid gzip, short body
     out = tmp_path / "out" / "loaded.h5ad"
     assert_fails_cleanly(lambda: load(deposit, out), deposit, out, "cannot be read")
+
+
+def test_matrix_reader_equals_scanpys_in_any_entry_order(deposit, tmp_path):
+    """read_10x_matrix gives scanpy's matrix (as float32 CSR), also from a file not cell-sorted."""
+    import scanpy as sc
+    from atlasmap.query import read_10x_matrix
+
+    path = deposit / DEPOSIT_FILES["matrix"]
+    expected = sp.csr_matrix(sc.read_10x_mtx(deposit, gex_only=False).X)
+    lines = gzip.decompress(path.read_bytes()).decode().splitlines()
+    body = [i for i, line in enumerate(lines) if not line.startswith("%")][1:]
+    shuffled = [lines[i] for i in np.random.default_rng(0).permutation(body)]
+    unsorted = tmp_path / "unsorted.mtx.gz"
+    unsorted.write_bytes(gzip.compress("\n".join(lines[: body[0]] + shuffled + [""]).encode()))
+    for source in (path, unsorted):
+        matrix = read_10x_matrix(source)
+        assert matrix.format == "csr" and matrix.dtype == np.float32
+        assert matrix.has_sorted_indices
+        assert matrix.shape == expected.shape
+        assert (matrix != expected).nnz == 0
+
+
+def test_loaded_counts_are_held_once(deposit, tmp_path):
+    adata = load(deposit, tmp_path / "out" / "loaded.h5ad")
+    assert adata.layers["counts"] is adata.X  # one matrix in memory, not two copies

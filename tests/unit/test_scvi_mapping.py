@@ -183,6 +183,26 @@ def test_embed_is_truly_frozen_whatever_the_seed(query, reference):
     assert (calls[0]["predicted_celltype"] == calls[1]["predicted_celltype"]).all()
 
 
+def test_one_encoder_pass_gives_scvi_tools_own_latent_and_probabilities(query, reference):
+    """_predict's single pass equals get_latent_representation + predict(soft=True)."""
+    from atlasmap.mapping import _predict, _predict_by_scvi, align_inputs
+
+    atlas, model_dir = reference
+    info = read_model_info(model_dir)
+    _, _, ref_input, q_input, _ = align_inputs(query, atlas, info, SETTINGS, "query")
+    model = scvi.model.SCANVI.load_query_data(q_input, str(model_dir), freeze_dropout=True)
+    model.is_trained = True
+    model.module.train()  # the pass itself must switch dropout off, as scvi-tools does
+    for cells in (q_input, ref_input):  # new (query) batches and the model's own
+        latent, probs = _predict(model, cells, batch_size=97)  # blocks not dividing n
+        expected_latent, expected_probs = _predict_by_scvi(model, cells, batch_size=128)
+        np.testing.assert_allclose(latent, expected_latent, rtol=1e-4, atol=1e-5)
+        assert list(probs.columns) == list(expected_probs.columns)
+        assert list(probs.index) == list(cells.obs_names)
+        np.testing.assert_allclose(probs.to_numpy(), expected_probs.to_numpy(), atol=1e-5)
+    assert model.module.training  # left as it was found
+
+
 def as_query(cells):
     """Reference cells stripped of their labels, shaped as a loaded query."""
     truth = cells.obs["Level_4"].astype(str).to_numpy()

@@ -83,10 +83,80 @@ def _model_input(
     return adata
 
 
-def _predict(model, adata, batch_size) -> tuple[np.ndarray, pd.DataFrame]:
+def _predict_by_scvi(model, adata, batch_size) -> tuple[np.ndarray, pd.DataFrame]:
+    """scvi-tools' own latent and soft prediction: two passes of the encoder."""
     latent = model.get_latent_representation(adata, batch_size=batch_size)
     probs = model.predict(adata, soft=True, batch_size=batch_size)
     probs = pd.DataFrame(np.asarray(probs), index=adata.obs_names, columns=probs.columns)
+    return latent, probs
+
+
+def _one_pass_applies(model, manager) -> bool:
+    """Whether the model is the plain SCANVI that _predict's single pass reproduces."""
+    from scvi import REGISTRY_KEYS
+
+    module = model.module
+    registry = manager.data_registry
+    return (
+        REGISTRY_KEYS.CAT_COVS_KEY not in registry
+        and REGISTRY_KEYS.CONT_COVS_KEY not in registry
+        and getattr(module, "batch_representation", "one-hot") == "one-hot"
+        and getattr(module, "latent_distribution", "normal") == "normal"
+    )
+
+
+def _predict(model, adata, batch_size) -> tuple[np.ndarray, pd.DataFrame]:
+    """Latent means and classifier probabilities of every cell of ``adata``.
+
+    scvi-tools computes the two by two passes of the encoder, each through its
+    data loader; both are the same encoder's posterior mean (the classifier
+    reads ``qz.loc``), so one pass over row blocks of the registered matrix gives
+    both, equal to scvi-tools' own (tests/unit/test_scvi_mapping.py). Models
+    with extra covariates, a batch embedding or a log-normal latent take
+    scvi-tools' path.
+    """
+    import torch
+    from scvi import REGISTRY_KEYS
+
+    adata = model._validate_anndata(adata)
+    manager = model.get_anndata_manager(adata, required=True)
+    if not _one_pass_applies(model, manager):
+        return _predict_by_scvi(model, adata, batch_size)
+    module = model.module
+    matrix = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+    if sp.issparse(matrix):
+        matrix = sp.csr_matrix(matrix)
+    batches = np.asarray(manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).reshape(-1, 1)
+    latents, probabilities = [], []
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, adata.n_obs, batch_size):
+                rows = matrix[start : start + batch_size]
+                rows = rows.toarray() if sp.issparse(rows) else np.asarray(rows)
+                x = torch.as_tensor(rows, dtype=torch.float32, device=module.device)
+                batch = torch.as_tensor(
+                    batches[start : start + batch_size], dtype=torch.long, device=module.device
+                )
+                if module.log_variational:
+                    x = torch.log1p(x)
+                qz, _ = module.z_encoder(x, batch)
+                scores = module.classify_helper(qz.loc)
+                if module.classifier.logits:
+                    scores = torch.nn.functional.softmax(scores, dim=-1)
+                latents.append(qz.loc.cpu().numpy())
+                probabilities.append(scores.cpu().numpy())
+    finally:
+        module.train(was_training)
+    labels = model._label_mapping[: probabilities[0].shape[1]] if probabilities else []
+    n_latent = module.n_latent
+    latent = np.concatenate(latents) if latents else np.zeros((0, n_latent), np.float32)
+    probs = pd.DataFrame(
+        np.concatenate(probabilities) if probabilities else np.zeros((0, len(labels))),
+        index=adata.obs_names,
+        columns=labels,
+    )
     return latent, probs
 
 
@@ -207,7 +277,7 @@ def run_model(model_dir, ref_input, q_input, info: ModelInfo, mode: str, s: Mapp
     _start_new_batches_at_the_reference_mean(model, Path(model_dir), len(info.batches))
     encoder_sees_batch = bool(getattr(model.module, "encode_covariates", False))
     model.is_trained = True
-    z_before, _ = _predict(model, q_input, s.inference_batch_size)
+    z_before, probs_before = _predict(model, q_input, s.inference_batch_size)
     if mode == "surgery":
         if not encoder_sees_batch:
             log.warning(
@@ -228,7 +298,10 @@ def run_model(model_dir, ref_input, q_input, info: ModelInfo, mode: str, s: Mapp
     else:
         log.info("embed: reference model frozen, no training")
     with torch.inference_mode():
-        z_query, probs_query = _predict(model, q_input, s.inference_batch_size)
+        if mode == "surgery":
+            z_query, probs_query = _predict(model, q_input, s.inference_batch_size)
+        else:  # frozen: the embedding made before is the embedding
+            z_query, probs_query = z_before, probs_before
         if ref_input.n_obs:
             z_ref, probs_ref = _predict(model, ref_input, s.inference_batch_size)
         else:

@@ -12,7 +12,6 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scanpy as sc
 import scipy.sparse as sp
 
 from .contract import DEPOSIT_FILES
@@ -28,53 +27,97 @@ def _examples(values, n: int = 5) -> str:
     return shown + (f", … ({len(values)} in all)" if len(values) > n else "")
 
 
+def read_10x_matrix(path: str | os.PathLike) -> sp.csr_matrix:
+    """A 10x ``matrix.mtx[.gz]`` (genes x cells) as a cells x genes float32 CSR matrix.
+
+    Read by scipy's threaded Matrix Market parser straight into int32 indices
+    (scipy.io.mmread and anndata's reader make further copies on the way). 10x
+    writes the entries cell by cell, so the gene indices and values already are
+    the CSR arrays: only the row pointer is made, and the cell indices are freed
+    before the values become float32. Peak: 16 bytes per stored count. A file in
+    another order is sorted once.
+    """
+    from scipy.io import _fast_matrix_market as fmm
+
+    cursor, stream = fmm._get_read_cursor(os.fspath(path))
+    try:
+        header = cursor.header
+        if header.format != "coordinate" or header.symmetry != "general":
+            raise ValueError(
+                f"not a general coordinate matrix ({header.format}, {header.symmetry})"
+            )
+        if header.field not in ("integer", "real"):
+            raise ValueError(f"counts must be integer or real, the file holds {header.field}")
+        if max(header.nrows, header.ncols) >= 2**31 or header.nnz >= 2**31:
+            raise ValueError(f"too large for 32-bit indices: {header.shape}, {header.nnz} entries")
+        genes = np.empty(header.nnz, dtype=np.int32)
+        cells = np.empty(header.nnz, dtype=np.int32)
+        # The parser fills only arrays of its own types (int64 or float64 values).
+        raw = np.empty(header.nnz, dtype=np.int64 if header.field == "integer" else np.float64)
+        fmm._fmm_core.read_body_coo(cursor, genes, cells, raw)
+    finally:
+        if stream is not None:
+            stream.close()
+    n_genes, n_cells = header.shape
+    if cells.size and (np.diff(cells) < 0).any():
+        order = np.argsort(cells, kind="stable")
+        genes, cells, raw = genes[order], cells[order], raw[order]
+    indptr = np.zeros(n_cells + 1, dtype=np.int64)
+    np.cumsum(np.bincount(cells, minlength=n_cells), out=indptr[1:])
+    del cells
+    values = raw.astype(np.float32)
+    del raw
+    matrix = sp.csr_matrix((values, genes, indptr), shape=(n_cells, n_genes), copy=False)
+    if not matrix.has_sorted_indices:
+        matrix.sort_indices()
+    return matrix
+
+
 def read_10x_deposit(directory: str | os.PathLike) -> ad.AnnData:
     """Read a 10x v3 matrix (``matrix.mtx.gz``, ``features.tsv.gz``, ``barcodes.tsv.gz``).
 
     Genes are indexed by symbol (made unique, as scanpy does); ``var`` keeps
-    ``gene_ids``, the original ``gene_symbols`` and ``feature_types``, so that
-    later steps can match a model on either.
+    ``gene_ids``, the original ``gene_symbols`` and ``feature_types`` (when the
+    features file has them), so that later steps can match a model on either.
     """
     directory = Path(directory)
     features_path = directory / DEPOSIT_FILES["features"]
-    features = pd.read_csv(features_path, sep="\t", header=None, nrows=1)
-    if features.shape[1] < 2:
-        raise AtlasmapInputError(
-            f"{features_path}: expected a 10x features file with columns gene id, "
-            f"gene symbol[, feature type]; found {features.shape[1]} column(s)"
-        )
+    barcodes_path = directory / DEPOSIT_FILES["barcodes"]
+    matrix_path = directory / DEPOSIT_FILES["matrix"]
     try:
-        try:
-            adata = sc.read_10x_mtx(
-                directory, var_names="gene_symbols", make_unique=True, gex_only=False
-            )
-        except KeyError:
-            # Two-column (id, symbol) features: scanpy wants a third, feature type.
-            adata = _read_two_column_features(directory)
-    except (OSError, EOFError, ValueError, IndexError) as err:
-        # A cut download or a damaged file: say which file, not scipy's internals.
+        features = pd.read_csv(features_path, sep="\t", header=None, dtype=str)
+        barcodes = pd.read_csv(barcodes_path, sep="\t", header=None, dtype=str, usecols=[0])[0]
+        matrix = read_10x_matrix(matrix_path)
+    except (OSError, EOFError, ValueError, IndexError, RuntimeError) as err:
+        # A cut download or a damaged file: say which file, not the parser's internals.
         raise AtlasmapInputError(
             f"{directory}: the 10x files cannot be read ({type(err).__name__}: {err}); "
             f"is {DEPOSIT_FILES['matrix']} or another file truncated? Delete it and rerun "
             "to fetch it again."
         ) from err
-    symbols = pd.read_csv(features_path, sep="\t", header=None, usecols=[1])[1].astype(str)
-    adata.var["gene_symbols"] = symbols.to_numpy()
+    if features.shape[1] < 2:
+        raise AtlasmapInputError(
+            f"{features_path}: expected a 10x features file with columns gene id, "
+            f"gene symbol[, feature type]; found {features.shape[1]} column(s)"
+        )
+    if matrix.shape != (len(barcodes), len(features)):
+        raise AtlasmapInputError(
+            f"{matrix_path}: the matrix is {matrix.shape[1]} genes x {matrix.shape[0]} cells, "
+            f"but {features_path.name} lists {len(features)} genes and {barcodes_path.name} "
+            f"{len(barcodes)} barcodes; is one of them from another deposit?"
+        )
+    var = pd.DataFrame({"gene_ids": features[0].to_numpy()})
+    if features.shape[1] > 2:
+        var["feature_types"] = features[2].to_numpy()
+    var["gene_symbols"] = features[1].to_numpy()
+    var.index = ad.utils.make_index_unique(pd.Index(features[1].to_numpy()))
+    adata = ad.AnnData(X=matrix, obs=pd.DataFrame(index=barcodes.to_numpy()), var=var)
     if "feature_types" in adata.var:
         gex = (adata.var["feature_types"] == "Gene Expression").to_numpy()
         if not gex.all():
             log.info("keeping %d Gene Expression features of %d", gex.sum(), adata.n_vars)
             adata = adata[:, gex].copy()
     return adata
-
-
-def _read_two_column_features(directory: Path) -> ad.AnnData:
-    matrix = ad.io.read_mtx(directory / DEPOSIT_FILES["matrix"]).T
-    genes = pd.read_csv(directory / DEPOSIT_FILES["features"], sep="\t", header=None)
-    matrix.var_names = ad.utils.make_index_unique(pd.Index(genes[1].astype(str)))
-    matrix.var["gene_ids"] = genes[0].to_numpy()
-    matrix.obs_names = pd.read_csv(directory / DEPOSIT_FILES["barcodes"], header=None)[0].to_numpy()
-    return matrix
 
 
 def check_unique_barcodes(barcodes: pd.Index, where: str) -> None:
@@ -210,7 +253,6 @@ def load_query(
     matrix_path = deposit_dir / DEPOSIT_FILES["matrix"]
     adata = read_10x_deposit(deposit_dir)
     check_unique_barcodes(adata.obs_names, str(deposit_dir / DEPOSIT_FILES["barcodes"]))
-    adata.X = sp.csr_matrix(adata.X)
     check_counts(adata.X, str(matrix_path))
     log.info("read %d cells x %d genes from %s", adata.n_obs, adata.n_vars, deposit_dir)
 
@@ -220,8 +262,8 @@ def load_query(
     if rename:
         adata.obs = rename_columns(adata.obs, rename, where=str(metadata_path))
         log.info("renamed metadata columns %s", dict(rename))
-    adata.X = adata.X.astype(np.float32)
-    adata.layers["counts"] = adata.X.copy()
+    # One matrix for both: nothing downstream modifies the counts in place.
+    adata.layers["counts"] = adata.X
     return adata
 
 
