@@ -33,3 +33,35 @@ def test_copy_as_gzip_compresses_plain_files_and_copies_gzip_ones(tmp_path):
     assert gzip.decompress((tmp_path / "a.tsv.gz").read_bytes()) == b"a\tb\n"
     copy_as_gzip(tmp_path / "a.tsv.gz", tmp_path / "b.tsv.gz")
     assert (tmp_path / "b.tsv.gz").read_bytes() == (tmp_path / "a.tsv.gz").read_bytes()
+
+
+def test_counts_that_are_x_are_stored_once_and_read_back_by_any_reader(tmp_path):
+    import anndata as ad
+    import h5py
+    import numpy as np
+    import pandas as pd
+    import scipy.sparse as sp
+    from atlasmap.io import read_h5ad, write_h5ad
+
+    counts = sp.random(300, 200, density=0.3, format="csr", dtype=np.float32, random_state=0)
+    counts.data = np.ceil(counts.data * 10)
+    obs = pd.DataFrame({"Sample_ID": ["PA01", "PA02"] * 150}, index=[f"c{i}" for i in range(300)])
+    adata = ad.AnnData(X=counts, obs=obs)
+    adata.layers["counts"] = adata.X
+    adata.layers["other"] = counts * 2
+    write_h5ad(adata, tmp_path / "shared.h5ad")
+    assert adata.layers["counts"] is adata.X  # the caller's object is left as it was
+    with h5py.File(tmp_path / "shared.h5ad") as f:
+        assert f["layers"].get("counts", getlink=True).path == "/X"
+    twice = adata.copy()  # the same data, counts a copy of X: written twice
+    write_h5ad(twice, tmp_path / "twice.h5ad")
+    assert (tmp_path / "shared.h5ad").stat().st_size < 0.8 * (
+        tmp_path / "twice.h5ad"
+    ).stat().st_size
+    ours = read_h5ad(tmp_path / "shared.h5ad")
+    assert ours.layers["counts"] is ours.X
+    anndatas = ad.read_h5ad(tmp_path / "shared.h5ad")  # any anndata reader follows the link
+    for read in (ours, anndatas, ad.read_h5ad(tmp_path / "shared.h5ad", backed="r")):
+        assert (sp.csr_matrix(read.layers["counts"][:]) != counts).nnz == 0
+        assert (sp.csr_matrix(read.layers["other"][:]) != counts * 2).nnz == 0
+        assert list(read.obs["Sample_ID"]) == list(obs["Sample_ID"])

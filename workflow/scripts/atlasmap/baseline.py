@@ -10,6 +10,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .genes import align_to_genes
+from .io import read_h5ad
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def baseline_files(
     from .reference import read_atlas, read_model_info
 
     atlas = read_atlas(atlas_path)
-    query = ad.read_h5ad(query_path)
+    query = read_h5ad(query_path)
     table = logistic_baseline(
         atlas,
         query,

@@ -153,9 +153,9 @@ def neighbors_umap_files(
     import pandas as pd
 
     from .calls import attach_calls
-    from .io import write_h5ad
+    from .io import read_h5ad, write_h5ad
 
-    adata = ad.read_h5ad(embedded)
+    adata = read_h5ad(embedded)
     attach_calls(adata, pd.read_csv(predictions, sep="\t", dtype={"barcode": str}))
     adata = neighbors_umap(adata, settings)
     write_h5ad(adata, mapped)

@@ -150,7 +150,7 @@ def align_to_genes(
     var = pd.DataFrame(index=pd.Index([str(g) for g in model_genes]))
     var["in_query"] = np.isin(np.arange(len(model_index)), position[keep])
     out = ad.AnnData(X=aligned, obs=adata.obs.copy(), var=var)
-    out.layers["counts"] = aligned.copy()
+    out.layers["counts"] = aligned  # one matrix: nothing modifies it in place
     return out, report
 
 

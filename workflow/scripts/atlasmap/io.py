@@ -37,10 +37,58 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def layers_that_are_x(adata: ad.AnnData) -> list[str]:
+    """The layers that are ``X`` itself (one matrix, two names: raw counts loaded once)."""
+    return [key for key, value in adata.layers.items() if value is adata.X]
+
+
 def write_h5ad(adata: ad.AnnData, path: str | os.PathLike) -> None:
-    """Write ``adata`` to ``path`` atomically (gzip-free, fast to reread)."""
+    """Write ``adata`` to ``path`` atomically (gzip-free, fast to reread).
+
+    A layer that is ``X`` itself is stored once: as an HDF5 soft link to
+    ``/X``, which anndata, scanpy and h5py read as the matrix it points to.
+    """
+    import h5py
+
+    shared = layers_that_are_x(adata)
     with atomic_path(path) as tmp:
-        adata.write_h5ad(tmp)
+        for key in shared:
+            del adata.layers[key]
+        try:
+            adata.write_h5ad(tmp)
+        finally:
+            for key in shared:
+                adata.layers[key] = adata.X
+        if shared:
+            with h5py.File(tmp, "a") as f:
+                for key in shared:
+                    f.require_group("layers")[key] = h5py.SoftLink("/X")
+
+
+def read_h5ad(path: str | os.PathLike) -> ad.AnnData:
+    """Read an h5ad file whole; a layer stored as a link to ``/X`` becomes ``X`` itself.
+
+    (anndata would read the linked matrix twice, doubling the memory.)
+    """
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        layers = f.get("layers", {})
+        linked = [
+            key for key in layers if getattr(layers.get(key, getlink=True), "path", None) == "/X"
+        ]
+        if not linked or "raw" in f:
+            return ad.read_h5ad(path)
+        parts = {
+            key: ad.io.read_elem(f[key])
+            for key in ("X", "obs", "var", "uns", "obsm", "varm", "obsp", "varp")
+            if key in f
+        }
+        parts["layers"] = {key: ad.io.read_elem(layers[key]) for key in layers if key not in linked}
+    adata = ad.AnnData(**parts)
+    for key in linked:
+        adata.layers[key] = adata.X
+    return adata
 
 
 def is_gzip(path: str | os.PathLike) -> bool:

@@ -20,6 +20,7 @@ import scipy.sparse as sp
 from .contract import CALL_COLUMNS, EMBEDDING_KEY, MODES, SOURCES
 from .errors import AtlasmapInputError
 from .genes import GeneAlignment, align_to_genes, apply_transform, id_to_symbol_table
+from .io import read_h5ad
 from .reference import (
     ModelInfo,
     check_atlas_columns,
@@ -504,7 +505,7 @@ def map_query_files(
     """:func:`map_query` from files to files (each output whole or not at all)."""
     from .reference import read_atlas
 
-    query = ad.read_h5ad(query_path)
+    query = read_h5ad(query_path)
     atlas = read_atlas(atlas_path) if atlas_path else None
     result = map_query(query, atlas, model_dir, mode, settings, where=str(query_path))
     write_mapping(result, embedded, qc)

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 
 from .contract import DEPOSIT_FILES
 from .errors import AtlasmapInputError
-from .io import atomic_path, is_gzip, write_h5ad
+from .io import atomic_path, is_gzip, layers_that_are_x, read_h5ad, write_h5ad
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +299,12 @@ def subset_cells(
         raise AtlasmapInputError(
             f"{where}: the subset {dict(selection)} leaves no cells (config key subset)"
         )
+    shared = layers_that_are_x(adata)  # subset once, not once per name
+    layers = {key: adata.layers.pop(key) for key in shared}
     subset = adata[keep].copy()
+    adata.layers.update(layers)
+    for key in shared:
+        subset.layers[key] = subset.X
     for column in subset.obs.columns:
         if isinstance(subset.obs[column].dtype, pd.CategoricalDtype):
             subset.obs[column] = subset.obs[column].cat.remove_unused_categories()
@@ -334,4 +339,4 @@ def subset_query_h5ad(
             shutil.copyfile(input, tmp)
         log.info("no subset configured: all cells kept, %s copied to %s", input, output)
         return
-    write_h5ad(subset_cells(ad.read_h5ad(input), selection, where=str(input)), output)
+    write_h5ad(subset_cells(read_h5ad(input), selection, where=str(input)), output)
