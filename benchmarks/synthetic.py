@@ -59,6 +59,14 @@ def _draw(rng, log_weights, types, shift, umis) -> sp.csr_matrix:
     return counts
 
 
+def _draw_chunk(job) -> tuple[np.ndarray, sp.csr_matrix]:
+    """One chunk of cells from its own seed: a worker's share of :meth:`Study._parts`."""
+    log_weights, share, shift, umis, n, seed = job
+    rng = np.random.default_rng(seed)
+    types = rng.choice(len(share), n, p=share)
+    return types, _draw(rng, log_weights, types, shift, umis)
+
+
 class Study:
     """One synthetic study: a gene table and cell-type distributions, from a seed."""
 
@@ -77,15 +85,41 @@ class Study:
             types = self.rng.choice(len(CELL_TYPES), len(cells), p=self.share)
             yield types, _draw(self.rng, self.log_weights, types, shift, self.umis)
 
-    def write_atlas(self, path: str | os.PathLike, n_cells: int, n_donors: int = 8) -> Path:
+    def _parts(self, groups, processes: int = 1):
+        """(group, types, counts) per chunk of cells, for ``groups`` yielding (cells, shift).
+
+        One process draws everything from the study's own stream (what the files
+        written by :meth:`write_atlas` and :meth:`write_query` hold). More
+        processes draw each chunk from a seed of its own taken from that stream:
+        the same distributions, other cells, ``processes`` times as fast.
+        """
+        if processes <= 1:
+            for g, (n, shift) in enumerate(groups):
+                for types, counts in self._cells(n, shift):
+                    yield g, types, counts
+            return
+        import multiprocessing
+
+        jobs, owner = [], []
+        for g, (n, shift) in enumerate(groups):
+            for cells in np.array_split(np.arange(n), max(1, n // self.chunk)):
+                seed = int(self.rng.integers(2**63))
+                jobs.append((self.log_weights, self.share, shift, self.umis, len(cells), seed))
+                owner.append(g)
+        with multiprocessing.get_context("fork").Pool(processes) as pool:
+            for g, (types, counts) in zip(owner, pool.imap(_draw_chunk, jobs), strict=True):
+                yield g, types, counts
+
+    def atlas(self, n_cells: int, n_donors: int = 8, processes: int = 1) -> ad.AnnData:
+        """The atlas in memory: raw counts in X and layers["counts"], Level_1-4 and Sample_ID."""
+        sizes = np.array_split(np.arange(n_cells), n_donors)
+        groups = ((len(size), self.rng.normal(0, 0.25, self.n_genes)) for size in sizes)
         parts, obs = [], []
-        for d, size in enumerate(np.array_split(np.arange(n_cells), n_donors)):
-            shift = self.rng.normal(0, 0.25, self.n_genes)
-            for types, counts in self._cells(len(size), shift):
-                parts.append(counts)
-                frame = pd.DataFrame(self.labels[types], columns=list(LEVELS))
-                frame["Sample_ID"] = f"ATLAS_D{d + 1:02d}"
-                obs.append(frame)
+        for d, types, counts in self._parts(groups, processes):
+            parts.append(counts)
+            frame = pd.DataFrame(self.labels[types], columns=list(LEVELS))
+            frame["Sample_ID"] = f"ATLAS_D{d + 1:02d}"
+            obs.append(frame)
         obs = pd.concat(obs, ignore_index=True).astype("category")
         obs.index = [f"atlas_{i:07d}" for i in range(len(obs))]
         counts = sp.vstack(parts).tocsr()
@@ -93,32 +127,44 @@ class Study:
         var.index.name = None
         atlas = ad.AnnData(X=counts, obs=obs, var=var)
         atlas.layers["counts"] = counts
+        return atlas
+
+    def write_atlas(self, path: str | os.PathLike, n_cells: int, n_donors: int = 8) -> Path:
+        atlas = self.atlas(n_cells, n_donors)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         atlas.write_h5ad(path)
         return Path(path)
+
+    def query(self, n_cells: int, n_samples: int = 14, processes: int = 1) -> ad.AnnData:
+        """The query in memory: raw counts in X; patients, tissue and author_cell_type
+        (the truth, Level_4) per cell; var as the deposit's features file has it."""
+        tech = self.rng.normal(0, 0.4, self.n_genes)
+        sizes = np.array_split(np.arange(n_cells), n_samples)
+        groups = ((len(size), tech + self.rng.normal(0, 0.2, self.n_genes)) for size in sizes)
+        parts, meta = [], []
+        for s, types, counts in self._parts(groups, processes):
+            parts.append(counts)
+            meta.append(
+                pd.DataFrame(
+                    {
+                        "patients": f"PA{s + 1:02d}",
+                        "tissue": "tumour",
+                        "author_cell_type": self.labels[types, 3],
+                    }
+                )
+            )
+        meta = pd.concat(meta, ignore_index=True)
+        meta.index = [f"BC{i:09d}-1" for i in range(len(meta))]
+        var = self.genes.set_index("gene_symbols", drop=False)
+        var.index.name = None
+        return ad.AnnData(X=sp.vstack(parts).tocsr(), obs=meta, var=var)
 
     def write_query(self, folder: str | os.PathLike, n_cells: int, n_samples: int = 14) -> dict:
         """A GEO-shaped deposit (BENCH_sc_*) of ``n_cells`` over ``n_samples`` patients."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        tech = self.rng.normal(0, 0.4, self.n_genes)
-        parts, meta = [], []
-        for s, size in enumerate(np.array_split(np.arange(n_cells), n_samples)):
-            shift = tech + self.rng.normal(0, 0.2, self.n_genes)
-            for types, counts in self._cells(len(size), shift):
-                parts.append(counts)
-                meta.append(
-                    pd.DataFrame(
-                        {
-                            "patients": f"PA{s + 1:02d}",
-                            "tissue": "tumour",
-                            "author_cell_type": self.labels[types, 3],
-                        }
-                    )
-                )
-        meta = pd.concat(meta, ignore_index=True)
-        meta.index = [f"BC{i:09d}-1" for i in range(len(meta))]
-        counts = sp.vstack(parts).tocsr()
+        query = self.query(n_cells, n_samples)
+        meta, counts = query.obs, query.X
         names = deposit_names("BENCH_sc")
         paths = {k: folder / v for k, v in names.items()}
         with gzip.open(paths["matrix"], "wb", compresslevel=1) as fh:
