@@ -464,8 +464,26 @@ def write_results(path: Path, summary: dict) -> None:
             f"{pct('atlasmap_unknown_fraction', 1)} | {pct('argmax_agreement_all_cells')} | "
             f"{'—' if latent is None else f'{latent:.1e}'} |"
         )
-    if summary.get("notes"):
-        lines += ["", *summary["notes"]]
+    lines += [
+        "",
+        "Reading the agreement columns:",
+        "",
+        "- *same label where atlasmap calls one*: frozen, atlasmap's classifier call against "
+        "scpdac's; surgery, atlasmap's calls are kNN votes over the synthetic atlas, whose "
+        "Level_4 labels are one arbitrary model label per synthetic type, so they are not "
+        "comparable with scpdac's classifier labels there: read *same argmax* instead.",
+        "- *atlasmap Unknown*: scpdac always names the classifier's argmax; atlasmap says "
+        "Unknown below the chen2025 config's threshold (0.5). Synthetic cells resemble no PDAC "
+        "type, so most classifier probabilities are low.",
+        "- *same argmax, all cells*: atlasmap's classifier argmax against scpdac's label, on "
+        "every cell. Surgery cannot move the latent of this model (its encoder does not read "
+        "the batch), but scvi-tools' `load_query_data` leaves the classifier's BatchNorm scale "
+        "and shift trainable (the parameter name `classifier.classifier.0.fc_layers.Layer 0.1.*` "
+        "matches its `.0.` first-layer rule), so each tool's 10 epochs move the classifier a "
+        "little, differently (their minibatches, scpdac's 90% train split and weight decay).",
+    ]
+    for note in summary.get("notes", []):
+        lines += ["", note]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     path.with_suffix(".json").write_text(json.dumps(summary, indent=1, default=str))
