@@ -86,3 +86,27 @@ def test_frozen_mapping_gives_scpdacs_latent_and_labels(scpdac_and_model, query)
     called = ours != "Unknown"
     assert called.any()  # below the 0.5 threshold atlasmap says Unknown; scpdac never does
     assert (ours[called] == their_labels[called]).all()
+
+
+def test_surgery_leaves_the_classifier_frozen(scpdac_and_model, query):
+    """The scPDAC model's classifier has a BatchNorm that load_query_data leaves trainable.
+
+    Its encoder ignores the batch, so surgery cannot move a cell in the latent
+    space; with the classifier frozen too, every probability is the frozen one.
+    """
+    from dataclasses import replace
+
+    _, model = scpdac_and_model
+    info = read_model_info(model)
+    panel = vs_scpdac.Panel(info.genes)
+    atlas = panel.atlas(400, info.batches, info.labels, seed=5)
+    mapping, _ = vs_scpdac._settings("surgery")
+    mapping = replace(mapping, surgery_max_epochs=3)
+    embedded = map_query(query, atlas, model, "embed", mapping)
+    adapted = map_query(query, atlas, model, "surgery", mapping)
+    np.testing.assert_allclose(
+        adapted.expanded.obsm[PROBABILITIES_KEY],
+        embedded.expanded.obsm[PROBABILITIES_KEY],
+        rtol=0,
+        atol=1e-6,
+    )

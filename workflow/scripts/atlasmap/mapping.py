@@ -276,6 +276,12 @@ def run_model(model_dir, ref_input, q_input, info: ModelInfo, mode: str, s: Mapp
         q_input, str(model_dir), freeze_dropout=True, accelerator=s.accelerator
     )
     _start_new_batches_at_the_reference_mean(model, Path(model_dir), len(info.batches))
+    # load_query_data leaves the classifier's first-layer norm trainable (its
+    # parameter names match scvi-tools' ".0." first-layer rule): freeze it all,
+    # so surgery cannot move the labels' decision boundaries.
+    for name, parameter in model.module.named_parameters():
+        if name.startswith("classifier."):
+            parameter.requires_grad = False
     encoder_sees_batch = bool(getattr(model.module, "encode_covariates", False))
     model.is_trained = True
     z_before, probs_before = _predict(model, q_input, s.inference_batch_size)
