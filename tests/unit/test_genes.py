@@ -97,14 +97,16 @@ def reference_bins(row: np.ndarray, n_bins: int) -> np.ndarray:
     return out
 
 
+@pytest.mark.parametrize("block", [20_000, 7])  # one block, and cells binned in blocks
 @pytest.mark.parametrize("n_bins", [2, 5, 50])
-def test_quantile_bins_match_the_per_cell_definition(n_bins):
+def test_quantile_bins_match_the_per_cell_definition(n_bins, block):
     rng = np.random.default_rng(3)
     counts = sp.random(60, 80, density=0.3, random_state=3, format="csr")
     counts.data = rng.negative_binomial(2, 0.2, counts.nnz).astype(float) + 1
     counts[5] = 0  # an empty cell
     counts.eliminate_zeros()
-    binned = quantile_bins(counts, n_bins)
+    binned = quantile_bins(counts, n_bins, block=block)
+    assert binned.shape == counts.shape and binned.format == "csr"
     expected = np.stack([reference_bins(r, n_bins) for r in counts.toarray()])
     np.testing.assert_array_equal(binned.toarray(), expected)
     assert binned.max() <= n_bins - 1 and binned.min() == 0

@@ -154,7 +154,7 @@ def align_to_genes(
     return out, report
 
 
-def quantile_bins(counts: sp.spmatrix, n_bins: int = 50) -> sp.csr_matrix:
+def quantile_bins(counts: sp.spmatrix, n_bins: int = 50, block: int = 20_000) -> sp.csr_matrix:
     """Per-cell quantile binning of counts (as scGPT-style models read them).
 
     Zeros stay 0. In each cell, the non-zero counts are cut at ``n_bins - 1``
@@ -165,6 +165,21 @@ def quantile_bins(counts: sp.spmatrix, n_bins: int = 50) -> sp.csr_matrix:
     """
     if n_bins < 2:
         raise ValueError(f"n_bins must be at least 2 (got {n_bins})")
+    counts = sp.csr_matrix(counts)
+    if counts.shape[0] > block:
+        # Cells are binned independently: blocks of cells bound the working memory
+        # (about 50 bytes per stored count inside a block) whatever the query's size.
+        return sp.vstack(
+            [
+                _quantile_bins_block(counts[start : start + block], n_bins)
+                for start in range(0, counts.shape[0], block)
+            ],
+            format="csr",
+        )
+    return _quantile_bins_block(counts, n_bins)
+
+
+def _quantile_bins_block(counts: sp.csr_matrix, n_bins: int) -> sp.csr_matrix:
     csr = sp.csr_matrix(counts, dtype=np.float64, copy=True)
     csr.eliminate_zeros()
     n_cells = csr.shape[0]
