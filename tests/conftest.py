@@ -107,6 +107,19 @@ def run_snakemake(workdir, *args, check=True, timeout=900):
     return result
 
 
+def run_benchmark_script(name: str, *args, timeout: int) -> None:
+    """Run ``benchmarks/<name>`` with this Python; fail with the end of its output if it fails."""
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / name), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
 @pytest.fixture(scope="session")
 def small_run(tmp_path_factory):
     """The whole demo on the SMALL config, run once for every test that reads it."""

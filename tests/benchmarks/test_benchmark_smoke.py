@@ -1,32 +1,24 @@
 """The benchmark script at 5k cells: it runs, times every stage and measures each ratio."""
 
 import json
-import subprocess
-import sys
 
 import pytest
-from conftest import REPO
+from conftest import run_benchmark_script
 
 pytestmark = pytest.mark.workflow
 
 
 def test_smoke_benchmark_times_every_stage_and_measures_the_ratios(tmp_path):
     results = tmp_path / "results.md"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "run_benchmark.py"),
-            "--smoke",
-            "--out",
-            str(tmp_path / "runs"),
-            "--results",
-            str(results),
-        ],
-        capture_output=True,
-        text=True,
+    run_benchmark_script(
+        "run_benchmark.py",
+        "--smoke",
+        "--out",
+        tmp_path / "runs",
+        "--results",
+        results,
         timeout=1200,
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     text = results.read_text()
     for rule in (
         "download_query",

@@ -1,32 +1,18 @@
 """benchmarks/vs_scpdac.py at its smoke size: both tools run, the ratios are measured."""
 
 import json
-import subprocess
-import sys
 
 import pytest
-from conftest import REPO
+from conftest import run_benchmark_script
 
 pytestmark = pytest.mark.workflow
 
 
 def test_smoke_benchmark_against_scpdac_reports_ratios_and_agreement(tmp_path):
     results = tmp_path / "vs_scpdac.md"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "vs_scpdac.py"),
-            "--smoke",
-            "--work",
-            str(tmp_path / "work"),
-            "--results",
-            str(results),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
+    run_benchmark_script(
+        "vs_scpdac.py", "--smoke", "--work", tmp_path / "work", "--results", results, timeout=900
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     text = results.read_text()
     assert "| path | cells | tool | seconds |" in text and "## Ratios" in text
     runs = json.loads(results.with_suffix(".json").read_text())["runs"]
