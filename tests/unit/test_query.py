@@ -247,6 +247,21 @@ def test_a_cut_mtx_body_is_a_clear_error(deposit, tmp_path):
     assert_fails_cleanly(lambda: load(deposit, out), deposit, out, "cannot be read")
 
 
+def test_a_features_file_from_another_deposit_is_named(deposit, tmp_path):
+    features = deposit / DEPOSIT_FILES["features"]
+    lines = gzip.decompress(features.read_bytes()).splitlines(keepends=True)
+    features.write_bytes(gzip.compress(b"".join(lines[:-10])))  # ten genes fewer than the matrix
+    out = tmp_path / "out" / "loaded.h5ad"
+    assert_fails_cleanly(
+        lambda: load(deposit, out),
+        deposit,
+        out,
+        str(deposit / DEPOSIT_FILES["matrix"]),
+        f"{DEPOSIT_FILES['features']} lists {len(lines) - 10} genes",
+        "another deposit",
+    )
+
+
 def test_matrix_reader_equals_scanpys_in_any_entry_order(deposit, tmp_path):
     """read_10x_matrix gives scanpy's matrix (as float32 CSR), also from a file not cell-sorted."""
     import scanpy as sc
