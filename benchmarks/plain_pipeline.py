@@ -26,8 +26,12 @@ def run(config_path: Path, out: Path, threads: int = 2) -> None:
     from atlasmap.baseline import baseline_files
     from atlasmap.calls import call_celltypes_files, call_settings
     from atlasmap.download import DownloadSettings, fetch, resolve_sources
-    from atlasmap.embedding import embedding_settings, neighbors_umap_files
-    from atlasmap.mapping import map_query_files, mapping_settings
+    from atlasmap.embedding import (
+        embedding_settings,
+        layout_reference_files,
+        neighbors_umap_files,
+    )
+    from atlasmap.mapping import embed_reference_files, map_query_files, mapping_settings
     from atlasmap.metrics import evaluate_files
     from atlasmap.plots import compare_figures, confusion_figure, mapping_figures
     from atlasmap.query import DEPOSIT_FILES, load_query_h5ad, subset_query_h5ad
@@ -64,11 +68,24 @@ def run(config_path: Path, out: Path, threads: int = 2) -> None:
     subset_query_h5ad(loaded, subset, query["subset"])
     baseline = results / "baseline" / "predictions.tsv"
     baseline_files(subset, atlas, model, reference, config["baseline"], seed, baseline)
+    # The reference side, once for both modes (rules embed_reference, layout_reference).
+    reference_dir = out / "results" / "reference"
+    latent = reference_dir / "latent.h5ad"
+    map_settings = {k: v for k, v in mapping.items() if k != "modes"}
+    embed_reference_files(
+        atlas_path=atlas,
+        model_dir=model,
+        settings=mapping_settings(reference, map_settings, seed),
+        latent=latent,
+    )
+    layout = {"coords": reference_dir / "umap.h5ad", "index": reference_dir / "annoy_index.ann"}
+    layout_settings = embedding_settings(config["neighbors"], config["umap"], seed, n_jobs=threads)
+    if config["umap"]["layout"] == "reference":
+        layout_reference_files(latent=latent, settings=layout_settings, **layout)
     for mode in modes:
         folder = results / mode
         # The threads map_query's job gets (common.smk: mapping_threads), on 2 cores.
         torch.set_num_threads(threads if mode == "surgery" else 1)
-        map_settings = {k: v for k, v in mapping.items() if k != "modes"}
         map_query_files(
             query_path=subset,
             atlas_path=atlas,
@@ -77,6 +94,7 @@ def run(config_path: Path, out: Path, threads: int = 2) -> None:
             settings=mapping_settings(reference, map_settings, seed),
             embedded=folder / "embedded.h5ad",
             qc=folder / "mapping_qc.tsv",
+            reference_latent=latent,
         )
         # The threads call_celltypes's job gets (mapping.smk: threads 2).
         call_celltypes_files(
@@ -101,7 +119,12 @@ def run(config_path: Path, out: Path, threads: int = 2) -> None:
             embedded=folder / "embedded.h5ad",
             predictions=folder / "predictions.tsv",
             mapped=folder / "mapped.h5ad",
-            settings=embedding_settings(config["neighbors"], config["umap"], seed, n_jobs=threads),
+            settings=layout_settings,
+            **(
+                {"reference_coords": layout["coords"], "reference_index": layout["index"]}
+                if config["umap"]["layout"] == "reference"
+                else {}
+            ),
         )
         figures = ["umap_celltype", "umap_query", "umap_sample", "umap_uncertainty"]
         figures += ["label_distribution"] + (["umap_query_alone"] * config["umap"]["query_alone"])

@@ -18,8 +18,10 @@ from atlasmap.mapping import (
     EMBEDDING_KEY,
     PROBABILITIES_KEY,
     MappingSettings,
+    embed_reference_files,
     map_query,
     map_query_files,
+    read_reference_latent,
 )
 from atlasmap.reference import (
     TrainingSettings,
@@ -150,6 +152,45 @@ def test_surgery_moves_query_cells_but_leaves_reference_and_classifier_alone(map
     assert mapped["surgery"].info["latent_shift_mean"] > 1e-3
     assert mapped["embed"].info["latent_shift_mean"] == 0.0
     assert mapped["surgery"].qc["encoder_sees_batch"].all()
+
+
+def test_reference_embedded_once_is_what_every_mode_gives_the_atlas(
+    mapped, query, reference, tmp_path
+):
+    """embed_reference's latent is the atlas's in both modes (surgery and the classifier
+    leave reference cells alone), so reusing it changes no output."""
+    atlas, model_dir = reference
+    latent_file = tmp_path / "latent.h5ad"
+    once = embed_reference_files(
+        atlas_path=_written(atlas, tmp_path / "atlas.h5ad"),
+        model_dir=model_dir,
+        settings=SETTINGS,
+        latent=latent_file,
+    )
+    assert once.cells.equals(atlas.obs_names)
+    for result in mapped.values():
+        is_atlas = (result.expanded.obs["source"] == "atlas").to_numpy()
+        np.testing.assert_allclose(
+            result.expanded.obsm[EMBEDDING_KEY][is_atlas], once.latent, atol=1e-5
+        )
+        np.testing.assert_allclose(
+            result.expanded.obsm[PROBABILITIES_KEY][is_atlas], once.probabilities, atol=1e-5
+        )
+    reused = map_query(
+        query, atlas, model_dir, "surgery", SETTINGS, reference=read_reference_latent(latent_file)
+    )
+    for key in (EMBEDDING_KEY, PROBABILITIES_KEY):
+        np.testing.assert_allclose(
+            reused.expanded.obsm[key], mapped["surgery"].expanded.obsm[key], atol=1e-5
+        )
+    # A latent of other atlas cells is refused, not joined to the wrong cells.
+    with pytest.raises(AtlasmapInputError, match="another atlas; rerun embed_reference"):
+        map_query(query, atlas[:-1].copy(), model_dir, "embed", SETTINGS, reference=once)
+
+
+def _written(adata, path):
+    adata.write_h5ad(path)
+    return path
 
 
 def test_qc_table_per_sample(mapped, called, query):

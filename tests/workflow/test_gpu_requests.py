@@ -1,7 +1,8 @@
 """GPUs only where they pay, from Snakemake's own plan (dry runs).
 
 Training (train_reference, surgery-mode map_query) asks for a GPU; a frozen
-embedding (embed-mode map_query) does not, unless mapping.accelerator says gpu;
+embedding (embed-mode map_query, embed_reference) does not, unless
+mapping.accelerator says gpu;
 with mapping.accelerator: cpu no job does. On SLURM the profile routes by that
 request (profiles/slurm/partitions.yaml), so it must survive the profile.
 """
@@ -15,6 +16,7 @@ pytestmark = pytest.mark.workflow
 
 JOBS = {
     ("train_reference", ""),
+    ("embed_reference", ""),
     ("map_query", "query=demo, mode=surgery"),
     ("map_query", "query=demo, mode=embed"),
 }
@@ -46,6 +48,7 @@ def test_through_the_slurm_profile_training_asks_for_a_gpu_and_embedding_does_no
     gpus = planned_gpus(workdir, "--profile", "profiles/slurm", "--sdm", "env-modules")
     assert gpus == {
         ("train_reference", ""): 1,
+        ("embed_reference", ""): 0,
         ("map_query", "query=demo, mode=surgery"): 1,
         ("map_query", "query=demo, mode=embed"): 0,
     }

@@ -143,18 +143,44 @@ def mapping_threads(wildcards):
     return 4 if wildcards.mode == "surgery" else 1
 
 
+def embed_reference_params(wildcards):
+    """What embed_reference reads of the mapping section: not the modes, the calls
+    or surgery, whose edits leave the reference's latent as it is."""
+    keys = ("batch_size", "min_gene_overlap", "warn_gene_overlap", "accelerator")
+    return {key: config["mapping"][key] for key in keys}
+
+
+def reference_latent(wildcards):
+    """The atlas cells' latent, computed once: none when mapping with the model alone."""
+    return rules.embed_reference.output.latent if HAS_ATLAS else []
+
+
+def reference_layout(key):
+    """An input function for layout_reference's output ``key``, where the expanded
+    atlas is laid out on the reference's own UMAP (umap.layout: reference)."""
+
+    def layout_file(wildcards):
+        if HAS_ATLAS and config["umap"]["layout"] == "reference":
+            return getattr(rules.layout_reference.output, key)
+        return []
+
+    return layout_file
+
+
+def inference_gpu_request(wildcards):
+    """A forward pass (seconds on a CPU at 200k cells), where a GPU queue wait is pure
+    loss: no GPU, unless mapping.accelerator is gpu."""
+    return int(config["mapping"]["accelerator"] == "gpu")
+
+
 def gpu_request(wildcards):
     """GPUs a torch job asks the scheduler for; on SLURM the profile's partitions.yaml
     sends a job with one to a GPU partition. Training (train_reference, surgery) pays
     for its GPU: one, unless mapping.accelerator is cpu. A frozen embedding is a
-    forward pass (seconds on a CPU at 200k cells), where a GPU queue wait is pure
-    loss: none, unless mapping.accelerator is gpu."""
-    accelerator = config["mapping"]["accelerator"]
-    if accelerator == "cpu":
-        return 0
+    forward pass: see inference_gpu_request."""
     if getattr(wildcards, "mode", None) == "embed":
-        return int(accelerator == "gpu")
-    return 1
+        return inference_gpu_request(wildcards)
+    return int(config["mapping"]["accelerator"] != "cpu")
 
 
 def mapping_figure_outputs():

@@ -6,6 +6,7 @@ rule map_query:
         query=rules.subset_query.output.h5ad,
         atlas=reference_atlas,
         model=reference_model,
+        reference_latent=reference_latent,
     output:
         embedded="results/{query}/{mode}/embedded.h5ad",
         qc="results/{query}/{mode}/mapping_qc.tsv",

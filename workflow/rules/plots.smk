@@ -5,6 +5,8 @@ rule neighbors_umap:
     input:
         embedded=rules.map_query.output.embedded,
         predictions=rules.call_celltypes.output.predictions,
+        reference_coords=reference_layout("coords"),
+        reference_index=reference_layout("index"),
     output:
         mapped="results/{query}/{mode}/mapped.h5ad",
     log:

@@ -70,3 +70,54 @@ rule train_reference:
         "../envs/scvi.yaml"
     script:
         "../scripts/train_reference.py"
+
+
+# Reference-side work, done once per reference model and reused by every query
+# and both modes: neither mode moves the atlas cells in the latent space.
+rule embed_reference:
+    input:
+        atlas=reference_atlas,
+        model=reference_model,
+    output:
+        latent="results/reference/latent.h5ad",
+    log:
+        "logs/embed_reference/embed_reference.log",
+    benchmark:
+        "logs/embed_reference/embed_reference.benchmark.tsv"
+    params:
+        reference=lookup(dpath="reference", within=config),
+        mapping=embed_reference_params,
+        seed=lookup(dpath="seed", within=config),
+    threads: 2
+    resources:
+        mem_mb=lambda wildcards, attempt: 12000 * attempt,
+        runtime=60,
+        gpu=inference_gpu_request,
+    conda:
+        "../envs/scvi.yaml"
+    script:
+        "../scripts/embed_reference.py"
+
+
+rule layout_reference:
+    input:
+        latent=rules.embed_reference.output.latent,
+    output:
+        coords="results/reference/umap.h5ad",
+        index="results/reference/annoy_index.ann",
+    log:
+        "logs/layout_reference/layout_reference.log",
+    benchmark:
+        "logs/layout_reference/layout_reference.benchmark.tsv"
+    params:
+        neighbors=lookup(dpath="neighbors", within=config),
+        umap=lookup(dpath="umap", within=config),
+        seed=lookup(dpath="seed", within=config),
+    threads: 2
+    resources:
+        mem_mb=lambda wildcards, attempt: 6000 * attempt,
+        runtime=60,
+    conda:
+        "../envs/scanpy.yaml"
+    script:
+        "../scripts/layout_reference.py"

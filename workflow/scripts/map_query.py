@@ -18,4 +18,5 @@ map_query_files(
     ),
     embedded=snakemake.output.embedded,
     qc=snakemake.output.qc,
+    reference_latent=snakemake.input.reference_latent or None,
 )

@@ -10,6 +10,8 @@ neighbors_umap_files(
     embedded=snakemake.input.embedded,
     predictions=snakemake.input.predictions,
     mapped=snakemake.output.mapped,
+    reference_coords=snakemake.input.reference_coords or None,
+    reference_index=snakemake.input.reference_index or None,
     settings=embedding_settings(
         snakemake.params.neighbors,
         snakemake.params.umap,

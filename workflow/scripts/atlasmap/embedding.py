@@ -1,4 +1,11 @@
-"""Neighbours (Annoy) and UMAP on the scANVI latent space of the expanded atlas."""
+"""Neighbours (Annoy) and UMAP on the scANVI latent space of the expanded atlas.
+
+Two layouts of the expanded atlas: ``reference`` (the default) lays out the
+atlas cells once per reference (rule layout_reference) and projects each
+query's cells onto that fixed layout, as Azimuth does, with umap-learn's own
+transform step fed by the reference's Annoy index; ``joint`` lays out all cells
+together, as the tutorial does.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,9 @@ from dataclasses import dataclass
 
 import anndata as ad
 import numpy as np
-from scipy.sparse import csr_matrix
+import pandas as pd
+from annoy import AnnoyIndex
+from scipy.sparse import coo_matrix, csr_matrix
 from sklearn_ann.kneighbors.annoy import AnnoyTransformer
 
 from .contract import EMBEDDING_KEY
@@ -18,6 +27,10 @@ from .errors import AtlasmapInputError
 log = logging.getLogger(__name__)
 
 QUERY_UMAP_KEY = "X_umap_query"
+UMAP_KEY = "X_umap"
+# obs["source"] of cells in the expanded atlas (contract.SOURCES).
+ATLAS, QUERY = "atlas", "query"
+LAYOUTS = ("reference", "joint")
 
 
 @dataclass(frozen=True)
@@ -29,6 +42,7 @@ class EmbeddingSettings:
     min_dist: float = 0.5
     spread: float = 1.0
     query_alone: bool = True
+    layout: str = "reference"
     seed: int = 0
     n_jobs: int = 1
 
@@ -74,8 +88,11 @@ class ThreadedAnnoyTransformer(AnnoyTransformer):
         )
 
 
-def annoy_neighbors(adata: ad.AnnData, settings: EmbeddingSettings, key_added: str | None = None):
-    """``sc.pp.neighbors`` on the scANVI latent with an Annoy transformer."""
+def annoy_neighbors(
+    adata: ad.AnnData, settings: EmbeddingSettings, key_added: str | None = None
+) -> ThreadedAnnoyTransformer:
+    """``sc.pp.neighbors`` on the scANVI latent with an Annoy transformer (returned: its
+    ``annoy_`` is the index of the cells)."""
     import scanpy as sc
 
     if EMBEDDING_KEY not in adata.obsm:
@@ -94,33 +111,188 @@ def annoy_neighbors(adata: ad.AnnData, settings: EmbeddingSettings, key_added: s
         transformer=transformer,
         key_added=key_added,
     )
+    return transformer
+
+
+@dataclass(frozen=True)
+class ReferenceLayout:
+    """The atlas cells' UMAP and the Annoy index of their latent (rule layout_reference)."""
+
+    cells: pd.Index
+    coords: np.ndarray
+    index: AnnoyIndex
+    metric: str
+
+
+def _umap(adata: ad.AnnData, settings: EmbeddingSettings, init_pos=None) -> None:
+    import scanpy as sc
+
+    sc.tl.umap(
+        adata,
+        min_dist=settings.min_dist,
+        spread=settings.spread,
+        random_state=settings.seed,
+        **({} if init_pos is None else {"init_pos": np.asarray(init_pos, dtype=np.float32)}),
+    )
+
+
+def layout_reference(
+    cells: pd.Index, latent: np.ndarray, settings: EmbeddingSettings = EmbeddingSettings()
+) -> ReferenceLayout:
+    """UMAP of the atlas cells alone on their Annoy graph, and that Annoy index."""
+    if len(cells) < 2:
+        raise AtlasmapInputError("the reference needs at least two cells to lay out")
+    reference = ad.AnnData(obs=pd.DataFrame(index=pd.Index(cells).astype(str)))
+    reference.obsm[EMBEDDING_KEY] = np.asarray(latent, dtype=np.float32)
+    transformer = annoy_neighbors(reference, settings)
+    _umap(reference, settings)
+    log.info("reference UMAP of %d cells on %d Annoy neighbours", len(cells), settings.n_neighbors)
+    return ReferenceLayout(
+        reference.obs_names, reference.obsm[UMAP_KEY], transformer.annoy_, settings.metric
+    )
+
+
+def search_reference(
+    index: AnnoyIndex, latent: np.ndarray, k: int, search_k: int = -1, n_jobs: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest reference cells of each row of ``latent`` in the reference's index."""
+    n_cells = latent.shape[0]
+    indices = np.empty((n_cells, k), dtype=np.int32)
+    distances = np.empty((n_cells, k), dtype=np.float32)
+
+    def search(cells: range) -> None:
+        for i in cells:
+            indices[i], distances[i] = index.get_nns_by_vector(
+                latent[i], k, search_k, include_distances=True
+            )
+
+    n_jobs = max(n_jobs, 1)
+    step = max(-(-n_cells // n_jobs), 1)
+    with ThreadPoolExecutor(n_jobs) as pool:
+        list(pool.map(search, [range(s, min(s + step, n_cells)) for s in range(0, n_cells, step)]))
+    return indices, distances
+
+
+def project_onto_reference(
+    latent: np.ndarray, reference: ReferenceLayout, settings: EmbeddingSettings
+) -> np.ndarray:
+    """UMAP coordinates of new cells on the fixed reference layout (Azimuth's projection).
+
+    umap-learn's ``UMAP.transform``, step for step, with the reference's Annoy
+    index for the neighbour search: each cell's fuzzy membership to its
+    nearest reference cells, a start at their weighted mean position, then
+    optimisation of the new cells alone (the reference points do not move),
+    with the layout's own ``a``, ``b`` and a quarter of its learning rate.
+    """
+    from umap.layouts import optimize_layout_euclidean
+    from umap.umap_ import (
+        compute_membership_strengths,
+        find_ab_params,
+        init_graph_transform,
+        make_epochs_per_sample,
+        smooth_knn_dist,
+    )
+
+    n_cells, n_reference = latent.shape[0], reference.coords.shape[0]
+    if n_cells == 0:
+        return np.zeros((0, 2), dtype=np.float32)
+    k = min(settings.n_neighbors, n_reference)
+    indices, distances = search_reference(
+        reference.index, latent, k, settings.search_k, settings.n_jobs
+    )
+    # umap-learn's transform lowers the local connectivity by one (to 0) for new points.
+    sigmas, rhos = smooth_knn_dist(distances, float(k), local_connectivity=0.0)
+    rows, cols, vals, _ = compute_membership_strengths(
+        indices, distances, sigmas, rhos, bipartite=True
+    )
+    graph = coo_matrix((vals, (rows, cols)), shape=(n_cells, n_reference))
+    start = graph.tocsr()
+    start.eliminate_zeros()
+    tail = np.ascontiguousarray(reference.coords, dtype=np.float32)
+    coords = init_graph_transform(start, tail).astype(np.float32)
+    n_epochs = 100 if n_cells <= 10000 else 30
+    graph.data[graph.data < graph.data.max() / n_epochs] = 0.0
+    graph.eliminate_zeros()
+    a, b = find_ab_params(settings.spread, settings.min_dist)
+    rng_state = np.random.RandomState(settings.seed).randint(-(2**31) + 1, 2**31 - 1, 3)
+    coords = optimize_layout_euclidean(
+        coords,
+        tail.copy(),
+        graph.row,
+        graph.col,
+        n_epochs,
+        n_reference,
+        make_epochs_per_sample(graph.data, n_epochs),
+        a,
+        b,
+        rng_state.astype(np.int64),
+        1.0,  # repulsion strength
+        0.25,  # umap-learn's learning rate, quartered for new points
+        5.0,  # negative samples per edge
+        False,  # serial: seeded, reproducible
+    )
+    log.info("%d cells projected onto the reference UMAP of %d cells", n_cells, n_reference)
+    return coords
+
+
+def _expanded_layout(
+    adata: ad.AnnData, reference: ReferenceLayout, settings: EmbeddingSettings
+) -> np.ndarray:
+    """The reference's own coordinates for atlas cells, projections for query cells."""
+    is_atlas = (adata.obs["source"] == ATLAS).to_numpy()
+    if not adata.obs_names[is_atlas].equals(reference.cells):
+        raise AtlasmapInputError(
+            f"the reference layout's {len(reference.cells)} cells are not the expanded atlas's "
+            f"{int(is_atlas.sum())} atlas cells in order: it was made from another atlas; "
+            "rerun layout_reference"
+        )
+    coords = np.empty((adata.n_obs, 2), dtype=np.float32)
+    coords[is_atlas] = reference.coords
+    coords[~is_atlas] = project_onto_reference(
+        np.asarray(adata.obsm[EMBEDDING_KEY][~is_atlas], dtype=np.float32), reference, settings
+    )
+    return coords
 
 
 def neighbors_umap(
-    adata: ad.AnnData, settings: EmbeddingSettings = EmbeddingSettings()
+    adata: ad.AnnData,
+    settings: EmbeddingSettings = EmbeddingSettings(),
+    reference: ReferenceLayout | None = None,
 ) -> ad.AnnData:
     """Add the Annoy neighbour graph and ``X_umap`` for all cells, and for the query alone.
 
-    The query-alone UMAP (the tutorial's view of an embed-mode mapping) goes to
-    ``obsm["X_umap_query"]``, NaN for reference cells.
+    ``X_umap``: with ``settings.layout`` "reference", the atlas cells where the
+    reference layout (``reference``, else made here from the atlas cells) has
+    them and the query cells projected onto it; with "joint", or no atlas
+    cells, a UMAP of all cells. The query-alone UMAP (the tutorial's view of an embed-mode mapping)
+    goes to ``obsm["X_umap_query"]``, NaN for reference cells; it starts from
+    the query's projected positions where there are some.
     """
-    import scanpy as sc
-
+    if settings.layout not in LAYOUTS:
+        raise AtlasmapInputError(f"umap.layout must be one of {LAYOUTS}, not {settings.layout!r}")
     annoy_neighbors(adata, settings)
-    sc.tl.umap(
-        adata, min_dist=settings.min_dist, spread=settings.spread, random_state=settings.seed
-    )
-    log.info("UMAP of %d cells on %d Annoy neighbours", adata.n_obs, settings.n_neighbors)
+    has_atlas = bool((adata.obs["source"] == ATLAS).any())
+    if settings.layout == "reference" and has_atlas:
+        if reference is None:  # not made once beforehand: made here
+            is_atlas = (adata.obs["source"] == ATLAS).to_numpy()
+            reference = layout_reference(
+                adata.obs_names[is_atlas], adata.obsm[EMBEDDING_KEY][is_atlas], settings
+            )
+        adata.obsm[UMAP_KEY] = _expanded_layout(adata, reference, settings)
+    else:
+        _umap(adata, settings)
+        log.info("UMAP of %d cells on %d Annoy neighbours", adata.n_obs, settings.n_neighbors)
+    adata.uns.setdefault("atlasmap", {})["umap_layout"] = settings.layout if has_atlas else "joint"
     if settings.query_alone:
-        is_query = (adata.obs["source"] == "query").to_numpy()
+        is_query = (adata.obs["source"] == QUERY).to_numpy()
         query = ad.AnnData(obs=adata.obs.loc[is_query, []].copy())
         query.obsm[EMBEDDING_KEY] = adata.obsm[EMBEDDING_KEY][is_query]
         annoy_neighbors(query, settings)
-        sc.tl.umap(
-            query, min_dist=settings.min_dist, spread=settings.spread, random_state=settings.seed
-        )
+        # Started where the query cells lie in X_umap: no spectral start to compute,
+        # and the two views share their orientation.
+        _umap(query, settings, init_pos=adata.obsm[UMAP_KEY][is_query])
         coords = np.full((adata.n_obs, 2), np.nan, dtype=np.float32)
-        coords[is_query] = query.obsm["X_umap"]
+        coords[is_query] = query.obsm[UMAP_KEY]
         adata.obsm[QUERY_UMAP_KEY] = coords
         log.info("query-alone UMAP of %d cells", int(is_query.sum()))
     return adata
@@ -137,9 +309,64 @@ def embedding_settings(
         min_dist=umap_config["min_dist"],
         spread=umap_config["spread"],
         query_alone=umap_config["query_alone"],
+        layout=umap_config["layout"],
         seed=seed,
         n_jobs=n_jobs,
     )
+
+
+def write_reference_layout(
+    layout: ReferenceLayout, *, coords: str | os.PathLike, index: str | os.PathLike
+) -> None:
+    """The layout's coordinates (h5ad) and its Annoy index (Annoy's own file), each whole."""
+    from .io import atomic_path, write_h5ad
+
+    with atomic_path(index) as tmp:
+        if not layout.index.save(str(tmp)):
+            raise OSError(f"{index}: Annoy could not save the reference index")
+    adata = ad.AnnData(obs=pd.DataFrame(index=layout.cells))
+    adata.obsm[UMAP_KEY] = layout.coords
+    adata.uns["annoy"] = {"dimensions": layout.index.f, "metric": layout.metric}
+    write_h5ad(adata, coords)
+
+
+def read_reference_layout(
+    *, coords: str | os.PathLike, index: str | os.PathLike
+) -> ReferenceLayout:
+    from .io import read_h5ad
+
+    adata = read_h5ad(coords)
+    if UMAP_KEY not in adata.obsm or "annoy" not in adata.uns:
+        raise AtlasmapInputError(
+            f"{coords}: no obsm[{UMAP_KEY!r}] or uns['annoy']: not written by layout_reference"
+        )
+    annoy = adata.uns["annoy"]
+    annoy_index = AnnoyIndex(int(annoy["dimensions"]), str(annoy["metric"]))
+    annoy_index.load(str(index))  # memory-mapped: shared by the jobs of one node
+    if annoy_index.get_n_items() != adata.n_obs:
+        raise AtlasmapInputError(
+            f"{index}: indexes {annoy_index.get_n_items()} cells, {coords} lays out "
+            f"{adata.n_obs}: the two files are from different runs of layout_reference"
+        )
+    return ReferenceLayout(
+        adata.obs_names, np.asarray(adata.obsm[UMAP_KEY]), annoy_index, str(annoy["metric"])
+    )
+
+
+def layout_reference_files(
+    *,
+    latent: str | os.PathLike,
+    coords: str | os.PathLike,
+    index: str | os.PathLike,
+    settings: EmbeddingSettings,
+) -> ReferenceLayout:
+    """:func:`layout_reference` from embed_reference's file to its two files."""
+    from .mapping import read_reference_latent
+
+    reference = read_reference_latent(latent)
+    layout = layout_reference(reference.cells, reference.latent, settings)
+    write_reference_layout(layout, coords=coords, index=index)
+    return layout
 
 
 def neighbors_umap_files(
@@ -148,15 +375,19 @@ def neighbors_umap_files(
     predictions: str | os.PathLike,
     mapped: str | os.PathLike,
     settings: EmbeddingSettings,
+    reference_coords: str | os.PathLike | None = None,
+    reference_index: str | os.PathLike | None = None,
 ) -> ad.AnnData:
-    """:func:`neighbors_umap` on map_query's file, with the calls, to the delivered ``mapped.h5ad``."""
-    import pandas as pd
-
+    """:func:`neighbors_umap` on map_query's file, with the calls, to the delivered
+    ``mapped.h5ad``; the reference layout from layout_reference's files, if given."""
     from .calls import attach_calls
     from .io import read_h5ad, write_h5ad
 
     adata = read_h5ad(embedded)
     attach_calls(adata, pd.read_csv(predictions, sep="\t", dtype={"barcode": str}))
-    adata = neighbors_umap(adata, settings)
+    reference = None
+    if reference_coords:
+        reference = read_reference_layout(coords=reference_coords, index=reference_index)
+    adata = neighbors_umap(adata, settings, reference)
     write_h5ad(adata, mapped)
     return adata

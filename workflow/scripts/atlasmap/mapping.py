@@ -52,6 +52,19 @@ class MappingSettings:
     accelerator: str = "auto"
 
 
+@dataclass(frozen=True)
+class ReferenceLatent:
+    """The atlas cells under the frozen reference model: latent means and classifier
+    probabilities, computed once per reference (rule embed_reference)."""
+
+    latent: np.ndarray
+    probabilities: pd.DataFrame
+
+    @property
+    def cells(self) -> pd.Index:
+        return self.probabilities.index
+
+
 @dataclass
 class MappingResult:
     expanded: ad.AnnData
@@ -230,9 +243,7 @@ def _start_new_batches_at_the_reference_mean(model, model_dir: Path, n_reference
     log.info("query batch weights set to the reference batches' mean in %d tensors", widened)
 
 
-def align_inputs(query, atlas, info: ModelInfo, s: MappingSettings, where: str):
-    """Reference and query on the model's genes (sparse), and the model's input for each."""
-    id_to_symbol = id_to_symbol_table(atlas.var, atlas.var_names)
+def _align_atlas(atlas, info: ModelInfo, s: MappingSettings) -> ad.AnnData:
     ref_aligned, ref_report = align_to_genes(
         atlas,
         info.genes,
@@ -242,6 +253,22 @@ def align_inputs(query, atlas, info: ModelInfo, s: MappingSettings, where: str):
     )
     if ref_report.zero_filled:
         log.warning("the atlas lacks %d of the model's genes", ref_report.zero_filled)
+    return ref_aligned
+
+
+def _reference_input(ref_aligned, atlas, info: ModelInfo, s: MappingSettings) -> ad.AnnData:
+    return _model_input(
+        ref_aligned, info, atlas.obs[s.batch_key], atlas.obs[s.labels_key], s.transform
+    )
+
+
+def align_inputs(
+    query, atlas, info: ModelInfo, s: MappingSettings, where: str, reference_input: bool = True
+):
+    """Reference and query on the model's genes (sparse), and the model's input for each
+    (the reference's only with ``reference_input``: none is needed when its latent is known)."""
+    id_to_symbol = id_to_symbol_table(atlas.var, atlas.var_names)
+    ref_aligned = _align_atlas(atlas, info, s)
     q_aligned, q_report = align_to_genes(
         query,
         info.genes,
@@ -251,18 +278,28 @@ def align_inputs(query, atlas, info: ModelInfo, s: MappingSettings, where: str):
         id_to_symbol=id_to_symbol,
         where=where,
     )
-    ref_input = _model_input(
-        ref_aligned, info, atlas.obs[s.batch_key], atlas.obs[s.labels_key], s.transform
-    )
+    ref_input = _reference_input(ref_aligned, atlas, info, s) if reference_input else None
     q_input = _model_input(q_aligned, info, query.obs[s.batch_key], None, s.transform)
     return ref_aligned, q_aligned, ref_input, q_input, q_report
 
 
-def run_model(model_dir, ref_input, q_input, info: ModelInfo, mode: str, s: MappingSettings):
+def run_model(
+    model_dir,
+    ref_input,
+    q_input,
+    info: ModelInfo,
+    mode: str,
+    s: MappingSettings,
+    reference: ReferenceLatent | None = None,
+):
     """Load the query into the model, adapt it (surgery) or not (embed), and embed and classify.
 
     Returns the latents and classifier probabilities of reference and query cells,
-    whether the encoder sees the batch, and the mean query latent shift.
+    whether the encoder sees the batch, and the mean query latent shift. With
+    ``reference`` (embed_reference's), the reference cells are not embedded
+    again: neither mode changes them (surgery trains only the query batches'
+    weights, which a reference cell's one-hot batch never reads, and the
+    classifier is frozen).
     """
     import scvi
     import torch
@@ -309,7 +346,9 @@ def run_model(model_dir, ref_input, q_input, info: ModelInfo, mode: str, s: Mapp
             z_query, probs_query = _predict(model, q_input, s.inference_batch_size)
         else:  # frozen: the embedding made before is the embedding
             z_query, probs_query = z_before, probs_before
-        if ref_input.n_obs:
+        if reference is not None:
+            z_ref, probs_ref = reference.latent, reference.probabilities
+        elif ref_input.n_obs:
             z_ref, probs_ref = _predict(model, ref_input, s.inference_batch_size)
         else:
             z_ref = np.zeros((0, z_query.shape[1]), dtype=z_query.dtype)
@@ -326,6 +365,7 @@ def map_query(
     mode: str,
     settings: MappingSettings = MappingSettings(),
     where: str = "query",
+    reference: ReferenceLatent | None = None,
 ) -> MappingResult:
     """Map ``query`` (raw counts in ``layers["counts"]``) onto the model in ``model_dir``.
 
@@ -336,7 +376,9 @@ def map_query(
     batches start from the mean of the reference batches' weights. Without an
     ``atlas`` (None), embed mode maps with the model alone: no reference cells
     in the output. The result is the embedded expanded atlas; the calls are
-    made from it by :mod:`atlasmap.calls`.
+    made from it by :mod:`atlasmap.calls`. ``reference``: the atlas cells'
+    latent from :func:`embed_reference`, reused instead of embedding them again
+    (unless surgery's weight decay, which moves reference weights, is set).
     """
     import scvi
 
@@ -368,11 +410,20 @@ def map_query(
     scvi.settings.seed = s.seed
     scvi.settings.verbosity = logging.WARNING  # its per-load INFO lines say nothing useful
 
+    if reference is not None and mode == "surgery" and s.surgery_weight_decay:
+        log.warning(
+            "surgery with weight decay %g shrinks the reference weights too: the reference "
+            "cells are embedded again after surgery",
+            s.surgery_weight_decay,
+        )
+        reference = None
+    if reference is not None:
+        check_reference_latent(reference, atlas, where="reference latent (embed_reference)")
     ref_aligned, q_aligned, ref_input, q_input, q_report = align_inputs(
-        query, atlas, info, s, where
+        query, atlas, info, s, where, reference_input=reference is None
     )
     z_ref, probs_ref, z_query, probs_query, encoder_sees_batch, shift = run_model(
-        model_dir, ref_input, q_input, info, mode, s
+        model_dir, ref_input, q_input, info, mode, s, reference
     )
     expanded = _expanded_atlas(atlas, query, ref_aligned, q_aligned, z_ref, z_query)
     classifier_labels = [str(c) for c in probs_query.columns]
@@ -405,6 +456,77 @@ def map_query(
     expanded.uns["atlasmap"] = {k: v for k, v in run_info.items() if k != "gene_alignment"}
     expanded.uns["atlasmap"]["gene_alignment"] = {k: str(v) for k, v in q_report.as_dict().items()}
     return MappingResult(expanded, qc, q_report, run_info)
+
+
+def check_reference_latent(reference: ReferenceLatent, atlas: ad.AnnData, where: str) -> None:
+    """Refuse a reference latent made from another atlas (its cells, in order, differ)."""
+    if not reference.cells.equals(atlas.obs_names):
+        raise AtlasmapInputError(
+            f"{where}: its {len(reference.cells)} cells are not the atlas's {atlas.n_obs} "
+            "cells in the atlas's order: it was made from another atlas; rerun embed_reference"
+        )
+
+
+def embed_reference(
+    atlas: ad.AnnData, model_dir: str | Path, settings: MappingSettings = MappingSettings()
+) -> ReferenceLatent:
+    """The atlas cells' latent and classifier probabilities under the frozen model.
+
+    The same for every query and both modes (see :func:`run_model`), so the
+    workflow computes it once per reference and :func:`map_query` reuses it.
+    """
+    import scvi
+
+    s = settings
+    info = read_model_info(model_dir)
+    check_model_matches_config(info, s.labels_key, s.batch_key)
+    check_model_transform(info, s.transform)
+    check_atlas_columns(atlas, "reference.atlas", labels_key=s.labels_key, batch_key=s.batch_key)
+    scvi.settings.seed = s.seed
+    scvi.settings.verbosity = logging.WARNING
+    ref_input = _reference_input(_align_atlas(atlas, info, s), atlas, info, s)
+    model = scvi.model.SCANVI.load(str(model_dir), adata=ref_input, accelerator=s.accelerator)
+    latent, probabilities = _predict(model, ref_input, s.inference_batch_size)
+    probabilities.index = atlas.obs_names.copy()
+    log.info("reference embedded: %d cells, %d latent dimensions", *latent.shape)
+    return ReferenceLatent(latent.astype(np.float32), probabilities.astype(np.float32))
+
+
+def write_reference_latent(reference: ReferenceLatent, path: str | Path) -> None:
+    from .io import write_h5ad
+
+    adata = ad.AnnData(obs=pd.DataFrame(index=reference.cells.astype(str)))
+    adata.obsm[EMBEDDING_KEY] = reference.latent
+    adata.obsm[PROBABILITIES_KEY] = reference.probabilities.to_numpy()
+    adata.uns["classifier_labels"] = [str(c) for c in reference.probabilities.columns]
+    write_h5ad(adata, path)
+
+
+def read_reference_latent(path: str | Path) -> ReferenceLatent:
+    adata = read_h5ad(path)
+    missing = [k for k in (EMBEDDING_KEY, PROBABILITIES_KEY) if k not in adata.obsm]
+    if missing or "classifier_labels" not in adata.uns:
+        raise AtlasmapInputError(
+            f"{path}: no obsm {missing or ''} / uns['classifier_labels']: not a reference latent "
+            "written by embed_reference"
+        )
+    probabilities = pd.DataFrame(
+        np.asarray(adata.obsm[PROBABILITIES_KEY]),
+        index=adata.obs_names,
+        columns=list(adata.uns["classifier_labels"]),
+    )
+    return ReferenceLatent(np.asarray(adata.obsm[EMBEDDING_KEY]), probabilities)
+
+
+def embed_reference_files(
+    *, atlas_path: str | Path, model_dir: str | Path, settings: MappingSettings, latent: str | Path
+) -> ReferenceLatent:
+    """:func:`embed_reference` from the atlas file to the reference latent file."""
+    from .reference import read_atlas
+
+    reference = embed_reference(read_atlas(atlas_path), model_dir, settings)
+    write_reference_latent(reference, latent)
+    return reference
 
 
 def _query_columns(query: ad.AnnData) -> set[str]:
@@ -507,12 +629,16 @@ def map_query_files(
     settings: MappingSettings,
     embedded: str | Path,
     qc: str | Path,
+    reference_latent: str | Path | None = None,
 ) -> MappingResult:
     """:func:`map_query` from files to files (each output whole or not at all)."""
     from .reference import read_atlas
 
     query = read_h5ad(query_path)
     atlas = read_atlas(atlas_path) if atlas_path else None
-    result = map_query(query, atlas, model_dir, mode, settings, where=str(query_path))
+    reference = read_reference_latent(reference_latent) if reference_latent else None
+    result = map_query(
+        query, atlas, model_dir, mode, settings, where=str(query_path), reference=reference
+    )
     write_mapping(result, embedded, qc)
     return result

@@ -1,0 +1,123 @@
+"""The reference's UMAP made once, and queries projected onto it (umap.layout: reference)."""
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from atlasmap.embedding import (
+    QUERY_UMAP_KEY,
+    EmbeddingSettings,
+    layout_reference,
+    neighbors_umap,
+    project_onto_reference,
+    read_reference_layout,
+    write_reference_layout,
+)
+from atlasmap.errors import AtlasmapInputError
+from atlasmap.mapping import EMBEDDING_KEY
+
+N_TYPES, N_DIMS = 5, 10
+SETTINGS = EmbeddingSettings(n_neighbors=15, n_trees=5, seed=2)
+
+
+def cells(n, seed, centres):
+    rng = np.random.default_rng(seed)
+    types = rng.integers(0, N_TYPES, n)
+    return types, (centres[types] + rng.normal(0, 1, (n, N_DIMS))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    centres = np.random.default_rng(0).normal(0, 6, (N_TYPES, N_DIMS))
+    types, latent = cells(1500, 1, centres)
+    names = pd.Index([f"ref{i}" for i in range(len(types))])
+    return centres, types, latent, layout_reference(names, latent, SETTINGS)
+
+
+def expanded(reference, query_latent):
+    _, _, latent, layout = reference
+    n_query = len(query_latent)
+    obs = pd.DataFrame(
+        {"source": pd.Categorical(["atlas"] * len(latent) + ["query"] * n_query)},
+        index=[*layout.cells, *(f"q{i}" for i in range(n_query))],
+    )
+    adata = ad.AnnData(obs=obs)
+    adata.obsm[EMBEDDING_KEY] = np.vstack([latent, query_latent])
+    return adata
+
+
+def umap_neighbour_label_agreement(reference, query_types, query_coords, k=10):
+    from sklearn.neighbors import NearestNeighbors
+
+    _, types, _, layout = reference
+    nearest = NearestNeighbors(n_neighbors=k).fit(layout.coords).kneighbors(query_coords)[1]
+    majority = np.array([np.bincount(types[row], minlength=N_TYPES).argmax() for row in nearest])
+    return float(np.mean(majority == query_types))
+
+
+def test_new_cells_land_among_reference_cells_of_their_own_type(reference):
+    centres, _, _, layout = reference
+    query_types, query_latent = cells(600, 7, centres)
+    coords = project_onto_reference(query_latent, layout, SETTINGS)
+    assert coords.shape == (600, 2) and np.isfinite(coords).all()
+    assert umap_neighbour_label_agreement(reference, query_types, coords) > 0.97
+    # The projection is seeded: the same cells land in the same places.
+    np.testing.assert_array_equal(coords, project_onto_reference(query_latent, layout, SETTINGS))
+
+
+def test_every_query_and_mode_shares_the_atlas_picture(reference):
+    """The atlas cells keep the reference's own coordinates whatever the query."""
+    centres, _, _, layout = reference
+    for seed in (11, 12):
+        query_types, query_latent = cells(400, seed, centres)
+        out = neighbors_umap(expanded(reference, query_latent), SETTINGS, layout)
+        is_atlas = (out.obs["source"] == "atlas").to_numpy()
+        np.testing.assert_array_equal(out.obsm["X_umap"][is_atlas], layout.coords)
+        assert out.uns["atlasmap"]["umap_layout"] == "reference"
+        agreement = umap_neighbour_label_agreement(
+            reference, query_types, out.obsm["X_umap"][~is_atlas]
+        )
+        assert agreement > 0.97
+        assert np.isfinite(out.obsm[QUERY_UMAP_KEY][~is_atlas]).all()
+        assert out.obsp["connectivities"].shape == (out.n_obs, out.n_obs)
+
+
+def test_without_a_layout_given_the_atlas_cells_are_laid_out_alone(reference):
+    centres, _, _, layout = reference
+    _, query_latent = cells(300, 5, centres)
+    out = neighbors_umap(expanded(reference, query_latent), SETTINGS)
+    is_atlas = (out.obs["source"] == "atlas").to_numpy()
+    np.testing.assert_array_equal(out.obsm["X_umap"][is_atlas], layout.coords)
+
+
+def test_joint_layout_lays_out_all_cells_together(reference):
+    centres, _, _, layout = reference
+    query_types, query_latent = cells(300, 5, centres)
+    settings = EmbeddingSettings(n_neighbors=15, n_trees=5, seed=2, layout="joint")
+    out = neighbors_umap(expanded(reference, query_latent), settings, layout)
+    is_atlas = (out.obs["source"] == "atlas").to_numpy()
+    assert out.uns["atlasmap"]["umap_layout"] == "joint"
+    assert not np.allclose(out.obsm["X_umap"][is_atlas], layout.coords)
+
+
+def test_layout_files_round_trip_and_refuse_a_mismatch(reference, tmp_path):
+    centres, _, latent, layout = reference
+    coords, index = tmp_path / "umap.h5ad", tmp_path / "annoy_index.ann"
+    write_reference_layout(layout, coords=coords, index=index)
+    read = read_reference_layout(coords=coords, index=index)
+    assert read.cells.equals(layout.cells)
+    np.testing.assert_array_equal(read.coords, layout.coords)
+    _, query_latent = cells(200, 3, centres)
+    np.testing.assert_array_equal(
+        project_onto_reference(query_latent, read, SETTINGS),
+        project_onto_reference(query_latent, layout, SETTINGS),
+    )
+    # An index of another reference (fewer cells) beside these coordinates.
+    other = layout_reference(layout.cells[:500], latent[:500], SETTINGS)
+    other_index = tmp_path / "other.ann"
+    write_reference_layout(other, coords=tmp_path / "other.h5ad", index=other_index)
+    with pytest.raises(AtlasmapInputError, match="other.ann.*different runs"):
+        read_reference_layout(coords=coords, index=other_index)
+    # A layout of other atlas cells than the expanded atlas's.
+    with pytest.raises(AtlasmapInputError, match="rerun layout_reference"):
+        neighbors_umap(expanded(reference, query_latent), SETTINGS, other)

@@ -1,0 +1,19 @@
+"""Rule layout_reference: the atlas cells' Annoy index and UMAP, once per reference."""
+
+from atlasmap.logs import log_to
+
+log_to(snakemake.log[0])
+
+from atlasmap.embedding import embedding_settings, layout_reference_files  # noqa: E402
+
+layout_reference_files(
+    latent=snakemake.input.latent,
+    coords=snakemake.output.coords,
+    index=snakemake.output.index,
+    settings=embedding_settings(
+        snakemake.params.neighbors,
+        snakemake.params.umap,
+        snakemake.params.seed,
+        n_jobs=snakemake.threads,
+    ),
+)
