@@ -65,36 +65,41 @@ def run(config_path: Path, out: Path, threads: int = 2) -> None:
         barcode_column=query["metadata"]["barcode_column"],
         max_unmatched_fraction=query["metadata"]["max_unmatched_fraction"],
     )
-    subset_query_h5ad(loaded, subset, query["subset"])
-    baseline = results / "baseline" / "predictions.tsv"
-    baseline_files(subset, atlas, model, reference, config["baseline"], seed, baseline)
+    subset_query_h5ad(
+        loaded,
+        subset,
+        query["subset"],
+        samples=results / "query" / "samples.tsv",
+        sample_column=reference["batch_key"],
+    )
     # The reference side, once for both modes (rules embed_reference, layout_reference).
     reference_dir = out / "results" / "reference"
-    latent = reference_dir / "latent.h5ad"
+    embedded_atlas = reference_dir / "embedded_atlas.h5ad"
     map_settings = {k: v for k, v in mapping.items() if k != "modes"}
     embed_reference_files(
         atlas_path=atlas,
         model_dir=model,
         settings=mapping_settings(reference, map_settings, seed),
-        latent=latent,
+        embedded=embedded_atlas,
     )
     layout = {"coords": reference_dir / "umap.h5ad", "index": reference_dir / "annoy_index.ann"}
     layout_settings = embedding_settings(config["neighbors"], config["umap"], seed, n_jobs=threads)
+    baseline = results / "baseline" / "predictions.tsv"
+    baseline_files(subset, embedded_atlas, model, reference, config["baseline"], seed, baseline)
     if config["umap"]["layout"] == "reference":
-        layout_reference_files(latent=latent, settings=layout_settings, **layout)
+        layout_reference_files(embedded_atlas=embedded_atlas, settings=layout_settings, **layout)
     for mode in modes:
         folder = results / mode
         # The threads map_query's job gets (common.smk: mapping_threads), on 2 cores.
         torch.set_num_threads(threads if mode == "surgery" else 1)
         map_query_files(
             query_path=subset,
-            atlas_path=atlas,
+            embedded_atlas=embedded_atlas,
             model_dir=model,
             mode=mode,
             settings=mapping_settings(reference, map_settings, seed),
             embedded=folder / "embedded.h5ad",
             qc=folder / "mapping_qc.tsv",
-            reference_latent=latent,
         )
         # The threads call_celltypes's job gets (mapping.smk: threads 2).
         call_celltypes_files(

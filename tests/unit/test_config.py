@@ -105,3 +105,50 @@ def test_bad_configs_are_refused_with_the_key_at_fault(demo_config, edit, expect
     with pytest.raises(WorkflowError) as err:
         check(demo_config)
     assert expected in str(err.value)
+
+
+def schema_defaults() -> dict:
+    """Every key at its schema default (a query is required: the demo's, source only)."""
+    demo = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    return check({"queries": {"demo": {"source": demo["queries"]["demo"]["source"]}}})
+
+
+def test_settings_dataclasses_default_to_the_schema_defaults():
+    """A library user who builds settings by hand gets what a workflow user gets."""
+    from atlasmap.calls import CallSettings, call_settings
+    from atlasmap.embedding import EmbeddingSettings, embedding_settings
+    from atlasmap.mapping import MappingSettings, mapping_settings
+    from atlasmap.reference import TrainingSettings, training_settings
+
+    config = schema_defaults()
+    assert embedding_settings(config["neighbors"], config["umap"], seed=0) == EmbeddingSettings()
+    assert call_settings(config["mapping"]) == CallSettings()
+    assert mapping_settings(config["reference"], config["mapping"]) == MappingSettings()
+    assert training_settings(config["reference"]["training"]) == TrainingSettings()
+
+
+def config_readme_defaults() -> dict[str, str]:
+    """`key` -> the default column of config/README.md's tables, as written."""
+    rows = {}
+    for line in (REPO / "config" / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].startswith("`") and cells[2].startswith("`"):
+            rows[cells[0].strip("`")] = cells[2].strip("`")
+    return rows
+
+
+def test_config_readme_states_the_schema_defaults():
+    config = schema_defaults()
+    documented = config_readme_defaults()
+    checked = 0
+    for key, written in documented.items():
+        if key.startswith("queries."):
+            continue
+        value = config
+        for part in key.split("."):
+            value = value[part]
+        if written == "{}" and isinstance(value, dict):  # a section: its keys are checked
+            continue
+        assert yaml.safe_load(written) == value, f"config/README.md: `{key}` default {written}"
+        checked += 1
+    assert checked > 40

@@ -153,17 +153,28 @@ def test_counts_that_are_not_raw_are_an_error(tmp_path, small_study, transform, 
     assert_fails_cleanly(lambda: load(deposit, out), deposit, out, "matrix.mtx.gz", expected)
 
 
-def test_subset_keeps_exactly_the_selected_cells(deposit, tmp_path, small_study):
+def test_subset_keeps_exactly_the_selected_cells(deposit, tmp_path, small_study, caplog):
     loaded = tmp_path / "loaded.h5ad"
     load(deposit, loaded)
-    out = tmp_path / "subset.h5ad"
-    subset_query_h5ad(loaded, out, {"Sample_ID": ["PA01", "PA02"]})
+    out, samples = tmp_path / "subset.h5ad", tmp_path / "samples.tsv"
+    with caplog.at_level("INFO", logger="atlasmap.query"):
+        subset_query_h5ad(loaded, out, {"Sample_ID": ["PA01", "PA02"]}, samples=samples)
     adata = ad.read_h5ad(out)
     meta = small_study.query.obs
     expected = meta.index[meta["patients"].isin(["PA01", "PA02"])]
     assert list(adata.obs_names) == list(expected)
     assert set(adata.obs["Sample_ID"].cat.categories) == {"PA01", "PA02"}
     assert "tissue" in adata.obs and "counts" in adata.layers
+    # Every sample found, and what the subset kept of each, in a table and the log.
+    table = pd.read_csv(samples, sep="\t").set_index("sample")
+    per_sample = meta["patients"].value_counts()
+    assert list(table.index) == [*sorted(per_sample.index), "all"]
+    assert table.loc["all"].tolist() == [len(meta), len(expected)]
+    for sample, n in per_sample.items():
+        kept = n if sample in ("PA01", "PA02") else 0
+        assert table.loc[sample].tolist() == [n, kept]
+    assert f"{len(per_sample)} samples in Sample_ID" in caplog.text
+    assert f"after the subset: 2 samples, {len(expected)} of {len(meta)} cells" in caplog.text
 
 
 def test_no_subset_keeps_the_whole_query_without_rewriting_it(deposit, tmp_path):

@@ -1,5 +1,7 @@
 """Every rule logs and runs a script in a conda env (the envs' contents: test_envs.py)."""
 
+import fnmatch
+import re
 from pathlib import Path
 
 import pytest
@@ -50,3 +52,45 @@ def test_every_env_file_is_used(rules):
 def test_every_requirement_is_pinned():
     unpinned = [name for name, version in pip_pins().items() if not version]
     assert not unpinned, f"requirements.txt leaves {unpinned} unpinned"
+
+
+def readme_rule_table() -> dict[str, list[str]]:
+    """Rule -> the paths (in backticks) of its row in the README's rule table."""
+    rows = {}
+    for line in (REPO / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if len(cells) == 3 and re.fullmatch(r"(`\w+`(, )?)+", cells[0]):
+            for name in re.findall(r"`(\w+)`", cells[0]):
+                rows[name] = re.findall(r"`([^`]+)`", cells[1])
+    return rows
+
+
+def readme_patterns(paths: list[str]) -> list[str]:
+    """The README's paths as patterns: a bare file name lives in the folder of the path
+    before it; {png,pdf} alternatives expanded."""
+    patterns, folder = [], ""
+    for path in paths:
+        path = path if "/" in path else folder + path
+        folder = path.rsplit("/", 1)[0] + "/"
+        if match := re.search(r"\{(\w+(?:,\w+)+)\}", path):
+            patterns += [path.replace(match[0], alt) for alt in match[1].split(",")]
+        else:
+            patterns.append(path)
+    return patterns
+
+
+def test_readme_rule_table_lists_every_rule_with_its_outputs(rules):
+    table = readme_rule_table()
+    assert set(table) == {r["name"] for r in rules}
+    for rule in rules:
+        patterns = readme_patterns(table[rule["name"]])
+        if not patterns:  # the row names configured paths in words
+            continue
+        for output in rule["outputs"]:
+            output = re.sub(r"\{(\w+),[^}]*\}", r"{\1}", output)  # wildcard constraints off
+            assert any(
+                output == p.rstrip("/")
+                or fnmatch.fnmatchcase(output, p)
+                or (p.endswith("/") and output.startswith(p))
+                for p in patterns
+            ), f"README's row of {rule['name']} does not name {output} ({patterns})"

@@ -18,10 +18,12 @@ from atlasmap.mapping import (
     EMBEDDING_KEY,
     PROBABILITIES_KEY,
     MappingSettings,
+    embed_reference,
     embed_reference_files,
     map_query,
     map_query_files,
     read_reference_latent,
+    reference_latent,
 )
 from atlasmap.reference import (
     TrainingSettings,
@@ -158,16 +160,21 @@ def test_reference_embedded_once_is_what_every_mode_gives_the_atlas(
     mapped, query, reference, tmp_path
 ):
     """embed_reference's latent is the atlas's in both modes (surgery and the classifier
-    leave reference cells alone), so reusing it changes no output."""
+    leave reference cells alone), so mapping from its file changes no output."""
     atlas, model_dir = reference
-    latent_file = tmp_path / "latent.h5ad"
-    once = embed_reference_files(
-        atlas_path=_written(atlas, tmp_path / "atlas.h5ad"),
-        model_dir=model_dir,
-        settings=SETTINGS,
-        latent=latent_file,
+    atlas_path, embedded_path = tmp_path / "atlas.h5ad", tmp_path / "embedded_atlas.h5ad"
+    atlas.write_h5ad(atlas_path)
+    embedded = embed_reference_files(
+        atlas_path=atlas_path, model_dir=model_dir, settings=SETTINGS, embedded=embedded_path
     )
-    assert once.cells.equals(atlas.obs_names)
+    # The atlas on the model's genes, every obs column kept, the latent beside.
+    info = read_model_info(model_dir)
+    assert list(embedded.var_names) == list(info.genes)
+    assert embedded.obs.equals(atlas.obs)
+    np.testing.assert_array_equal(
+        embedded.X.toarray(), atlas[:, info.genes].layers["counts"].toarray()
+    )
+    once = read_reference_latent(embedded_path)
     for result in mapped.values():
         is_atlas = (result.expanded.obs["source"] == "atlas").to_numpy()
         np.testing.assert_allclose(
@@ -176,13 +183,21 @@ def test_reference_embedded_once_is_what_every_mode_gives_the_atlas(
         np.testing.assert_allclose(
             result.expanded.obsm[PROBABILITIES_KEY][is_atlas], once.probabilities, atol=1e-5
         )
-    reused = map_query(
-        query, atlas, model_dir, "surgery", SETTINGS, reference=read_reference_latent(latent_file)
+    out = tmp_path / "surgery"
+    reused = map_query_files(
+        query_path=_written(query, tmp_path / "query.h5ad"),
+        embedded_atlas=embedded_path,
+        model_dir=model_dir,
+        mode="surgery",
+        settings=SETTINGS,
+        embedded=out / "embedded.h5ad",
+        qc=out / "qc.tsv",
     )
+    expected = mapped["surgery"].expanded
     for key in (EMBEDDING_KEY, PROBABILITIES_KEY):
-        np.testing.assert_allclose(
-            reused.expanded.obsm[key], mapped["surgery"].expanded.obsm[key], atol=1e-5
-        )
+        np.testing.assert_allclose(reused.expanded.obsm[key], expected.obsm[key], atol=1e-5)
+    assert (reused.expanded.layers["counts"] != expected.layers["counts"]).nnz == 0
+    assert reused.expanded.obs.drop(columns="source").equals(expected.obs.drop(columns="source"))
     # A latent of other atlas cells is refused, not joined to the wrong cells.
     with pytest.raises(AtlasmapInputError, match="another atlas; rerun embed_reference"):
         map_query(query, atlas[:-1].copy(), model_dir, "embed", SETTINGS, reference=once)
@@ -285,6 +300,15 @@ def test_ensembl_only_query_against_a_symbol_model_maps(query, reference):
     result = map_query(q, atlas, model_dir, "embed", SETTINGS)
     assert result.alignment.matched_on.startswith("gene_ids->symbols")
     assert result.alignment.overlap_fraction > 0.85
+    # The workflow's embedded atlas keeps the ids of the model's genes for this.
+    embedded = embed_reference(atlas, model_dir, SETTINGS)
+    again = map_query(
+        q, embedded, model_dir, "embed", SETTINGS, reference=reference_latent(embedded)
+    )
+    assert again.alignment.as_dict() == result.alignment.as_dict()
+    np.testing.assert_allclose(
+        again.expanded.obsm[EMBEDDING_KEY], result.expanded.obsm[EMBEDDING_KEY], atol=1e-5
+    )
 
 
 def test_query_without_the_batch_key_is_an_error(query, reference):

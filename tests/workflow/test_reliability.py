@@ -42,6 +42,35 @@ def test_nothing_changed_nothing_runs(small_run):
     assert planned_jobs(small_run, "config/small.yaml") == set()
 
 
+def reversed_keys(value):
+    if isinstance(value, dict):
+        return {key: reversed_keys(value[key]) for key in reversed(list(value))}
+    return value
+
+
+def test_a_config_saved_with_its_keys_in_another_order_reruns_nothing(small_run):
+    import yaml
+
+    config = yaml.safe_load((small_run / "config" / "small.yaml").read_text())
+    text = yaml.safe_dump(reversed_keys(config), sort_keys=False)
+    assert text != yaml.safe_dump(config, sort_keys=False)
+    (small_run / "config" / "reordered.yaml").write_text(text)
+    assert planned_jobs(small_run, "config/reordered.yaml") == set()
+
+
+def test_a_neighbour_setting_reruns_the_layouts_and_figures_only(small_run):
+    config = write_small_config(
+        small_run, "neighbours.yaml", lambda c: c.update(neighbors={"n_neighbors": 12})
+    )
+    after = ["neighbors_umap", "plot_mapping"]
+    expected = (
+        mode_jobs(after, "surgery")
+        | mode_jobs(after, "embed")
+        | {("layout_reference", ""), ("compare_modes", "query=demo")}
+    )
+    assert planned_jobs(small_run, config) == expected
+
+
 def test_more_surgery_epochs_rerun_only_the_surgery_mapping_and_what_follows(small_run):
     config = write_small_config(
         small_run, "epochs.yaml", lambda c: c["mapping"]["surgery"].update(max_epochs=5)
@@ -67,7 +96,7 @@ AFTER_THE_CALLS = [
     [
         lambda c: c["mapping"].update(unknown_threshold=0.45),
         lambda c: c["mapping"].update(calls={"method": "consensus"}),
-        lambda c: c["mapping"].update(calls={"novelty_false_positive_rate": 0.05}),
+        lambda c: c["mapping"].update(calls={"novelty_false_positive_rate": 0.1}),
     ],
     ids=["threshold", "method", "novelty"],
 )

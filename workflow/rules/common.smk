@@ -11,6 +11,23 @@ from snakemake.utils import validate
 validate(config, "../schemas/config.schema.yaml", set_default=False)
 validate(config, "../schemas/config.schema.yaml")
 
+
+def canonical(value):
+    """``value`` with every mapping's keys sorted, all the way down."""
+    if isinstance(value, dict):
+        return {key: canonical(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [canonical(item) for item in value]
+    return value
+
+
+# Snakemake compares a job's params by their repr, where a mapping's key order
+# shows: in canonical order, a config saved with its keys in another order (or
+# its defaults filled in another order) reruns nothing.
+canonical_config = canonical(dict(config))
+config.clear()
+config.update(canonical_config)
+
 # The workflow's contract (deposit files, modes, figures) and the config's source
 # helpers, from the light module of the atlasmap library: it imports the standard
 # library alone, so that parsing the workflow needs nothing but Snakemake. The path
@@ -150,9 +167,10 @@ def embed_reference_params(wildcards):
     return {key: config["mapping"][key] for key in keys}
 
 
-def reference_latent(wildcards):
-    """The atlas cells' latent, computed once: none when mapping with the model alone."""
-    return rules.embed_reference.output.latent if HAS_ATLAS else []
+def embedded_atlas(wildcards):
+    """The atlas on the model's genes with its latent, made once per reference
+    (embed_reference): none when mapping with the model alone."""
+    return rules.embed_reference.output.atlas if HAS_ATLAS else []
 
 
 def reference_layout(key):

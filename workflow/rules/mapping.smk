@@ -4,9 +4,8 @@
 rule map_query:
     input:
         query=rules.subset_query.output.h5ad,
-        atlas=reference_atlas,
+        atlas=embedded_atlas,
         model=reference_model,
-        reference_latent=reference_latent,
     output:
         embedded="results/{query}/{mode}/embedded.h5ad",
         qc="results/{query}/{mode}/mapping_qc.tsv",
@@ -69,7 +68,7 @@ rule call_celltypes:
 rule predict_baseline:
     input:
         query=rules.subset_query.output.h5ad,
-        atlas=lookup(dpath="reference/atlas", within=config),
+        atlas=embedded_atlas,
         model=reference_model,
     output:
         predictions="results/{query}/baseline/predictions.tsv",
@@ -81,7 +80,6 @@ rule predict_baseline:
         reference=lookup(dpath="reference", within=config),
         baseline=lookup(dpath="baseline", within=config),
         seed=lookup(dpath="seed", within=config),
-    # Reading the atlas dominates: 0.35 cores in use at 200k cells (benchmarks/).
     threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 16000 * attempt,

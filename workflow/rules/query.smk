@@ -54,12 +54,14 @@ rule subset_query:
         h5ad=rules.load_query.output.h5ad,
     output:
         h5ad="results/{query}/query/subset.h5ad",
+        samples="results/{query}/query/samples.tsv",
     log:
         "logs/subset_query/{query}.log",
     benchmark:
         "logs/subset_query/{query}.benchmark.tsv"
     params:
         subset=lookup(dpath="queries/{query}/subset", within=config),
+        sample_column=lookup(dpath="reference/batch_key", within=config),
     threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,

@@ -73,13 +73,14 @@ rule train_reference:
 
 
 # Reference-side work, done once per reference model and reused by every query
-# and both modes: neither mode moves the atlas cells in the latent space.
+# and both modes: the atlas on the model's genes with its latent (neither mode
+# moves the atlas cells in the latent space), its Annoy index and its UMAP.
 rule embed_reference:
     input:
         atlas=reference_atlas,
         model=reference_model,
     output:
-        latent="results/reference/latent.h5ad",
+        atlas="results/reference/embedded_atlas.h5ad",
     log:
         "logs/embed_reference/embed_reference.log",
     benchmark:
@@ -101,7 +102,7 @@ rule embed_reference:
 
 rule layout_reference:
     input:
-        latent=rules.embed_reference.output.latent,
+        atlas=rules.embed_reference.output.atlas,
     output:
         coords="results/reference/umap.h5ad",
         index="results/reference/annoy_index.ann",

@@ -1,4 +1,4 @@
-"""Rule embed_reference: the atlas cells' latent and classifier probabilities, once per reference."""
+"""Rule embed_reference: the atlas on the model's genes with its latent, once per reference."""
 
 from atlasmap.logs import log_to
 
@@ -14,5 +14,5 @@ embed_reference_files(
     settings=mapping_settings(
         snakemake.params.reference, snakemake.params.mapping, snakemake.params.seed
     ),
-    latent=snakemake.output.latent,
+    embedded=snakemake.output.atlas,
 )

@@ -7,7 +7,7 @@ log_to(snakemake.log[0])
 from atlasmap.embedding import embedding_settings, layout_reference_files  # noqa: E402
 
 layout_reference_files(
-    latent=snakemake.input.latent,
+    embedded_atlas=snakemake.input.atlas,
     coords=snakemake.output.coords,
     index=snakemake.output.index,
     settings=embedding_settings(

@@ -10,7 +10,7 @@ from atlasmap.mapping import map_query_files, mapping_settings  # noqa: E402
 torch.set_num_threads(snakemake.threads)
 map_query_files(
     query_path=snakemake.input.query,
-    atlas_path=snakemake.input.atlas or None,
+    embedded_atlas=snakemake.input.atlas or None,
     model_dir=snakemake.input.model,
     mode=snakemake.wildcards.mode,
     settings=mapping_settings(
@@ -18,5 +18,4 @@ map_query_files(
     ),
     embedded=snakemake.output.embedded,
     qc=snakemake.output.qc,
-    reference_latent=snakemake.input.reference_latent or None,
 )

@@ -6,4 +6,10 @@ log_to(snakemake.log[0])
 
 from atlasmap.query import subset_query_h5ad  # noqa: E402
 
-subset_query_h5ad(snakemake.input.h5ad, snakemake.output.h5ad, snakemake.params.subset)
+subset_query_h5ad(
+    snakemake.input.h5ad,
+    snakemake.output.h5ad,
+    snakemake.params.subset,
+    samples=snakemake.output.samples,
+    sample_column=snakemake.params.sample_column,
+)

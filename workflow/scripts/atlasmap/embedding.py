@@ -355,7 +355,7 @@ def read_reference_layout(
 
 def layout_reference_files(
     *,
-    latent: str | os.PathLike,
+    embedded_atlas: str | os.PathLike,
     coords: str | os.PathLike,
     index: str | os.PathLike,
     settings: EmbeddingSettings,
@@ -363,7 +363,7 @@ def layout_reference_files(
     """:func:`layout_reference` from embed_reference's file to its two files."""
     from .mapping import read_reference_latent
 
-    reference = read_reference_latent(latent)
+    reference = read_reference_latent(embedded_atlas)
     layout = layout_reference(reference.cells, reference.latent, settings)
     write_reference_layout(layout, coords=coords, index=index)
     return layout

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 # The scANVI classifier's probabilities of every cell; labels in uns["atlasmap"].
 PROBABILITIES_KEY = "scanvi_probabilities"
+# uns key of an atlas embedded by embed_reference: its classifier labels and model.
+EMBEDDED_ATLAS_KEY = "atlasmap_reference"
 
 
 @dataclass(frozen=True)
@@ -469,11 +471,16 @@ def check_reference_latent(reference: ReferenceLatent, atlas: ad.AnnData, where:
 
 def embed_reference(
     atlas: ad.AnnData, model_dir: str | Path, settings: MappingSettings = MappingSettings()
-) -> ReferenceLatent:
-    """The atlas cells' latent and classifier probabilities under the frozen model.
+) -> ad.AnnData:
+    """The embedded atlas: the atlas on the model's genes, with its latent.
 
-    The same for every query and both modes (see :func:`run_model`), so the
-    workflow computes it once per reference and :func:`map_query` reuses it.
+    Raw counts on the model's genes (``X``, and the configured counts layer as
+    the same matrix), every obs column, Ensembl ids of the genes where the atlas
+    has them (``var["gene_ids"]``, so that an Ensembl-only query still matches),
+    and the cells' latent means and classifier probabilities under the frozen
+    model. The same for every query and both modes (see :func:`run_model`): the
+    workflow makes it once per reference, and :func:`map_query` and the baseline
+    read it instead of the whole atlas.
     """
     import scvi
 
@@ -484,49 +491,73 @@ def embed_reference(
     check_atlas_columns(atlas, "reference.atlas", labels_key=s.labels_key, batch_key=s.batch_key)
     scvi.settings.seed = s.seed
     scvi.settings.verbosity = logging.WARNING
-    ref_input = _reference_input(_align_atlas(atlas, info, s), atlas, info, s)
+    ref_aligned = _align_atlas(atlas, info, s)
+    ref_input = _reference_input(ref_aligned, atlas, info, s)
     model = scvi.model.SCANVI.load(str(model_dir), adata=ref_input, accelerator=s.accelerator)
     latent, probabilities = _predict(model, ref_input, s.inference_batch_size)
-    probabilities.index = atlas.obs_names.copy()
     log.info("reference embedded: %d cells, %d latent dimensions", *latent.shape)
-    return ReferenceLatent(latent.astype(np.float32), probabilities.astype(np.float32))
+    counts = ref_aligned.layers["counts"]
+    embedded = ad.AnnData(X=counts, obs=atlas.obs.copy(), var=ref_aligned.var[[]].copy())
+    if s.atlas_layer:
+        embedded.layers[s.atlas_layer] = counts
+    id_to_symbol = id_to_symbol_table(atlas.var, atlas.var_names)
+    if id_to_symbol is not None:
+        symbol_to_id = pd.Series(id_to_symbol.index, index=id_to_symbol.to_numpy())
+        symbol_to_id = symbol_to_id[~symbol_to_id.index.duplicated()]
+        embedded.var["gene_ids"] = symbol_to_id.reindex(embedded.var_names).fillna("").to_numpy()
+    embedded.obsm[EMBEDDING_KEY] = latent.astype(np.float32)
+    embedded.obsm[PROBABILITIES_KEY] = probabilities.to_numpy().astype(np.float32)
+    embedded.uns[EMBEDDED_ATLAS_KEY] = {
+        "classifier_labels": [str(c) for c in probabilities.columns],
+        "model": str(model_dir),
+        "scvi_version": scvi.__version__,
+    }
+    return embedded
 
 
-def write_reference_latent(reference: ReferenceLatent, path: str | Path) -> None:
-    from .io import write_h5ad
-
-    adata = ad.AnnData(obs=pd.DataFrame(index=reference.cells.astype(str)))
-    adata.obsm[EMBEDDING_KEY] = reference.latent
-    adata.obsm[PROBABILITIES_KEY] = reference.probabilities.to_numpy()
-    adata.uns["classifier_labels"] = [str(c) for c in reference.probabilities.columns]
-    write_h5ad(adata, path)
+def reference_latent(embedded: ad.AnnData, where: str = "embedded atlas") -> ReferenceLatent:
+    """The latent and probabilities of an atlas made by :func:`embed_reference`."""
+    missing = [k for k in (EMBEDDING_KEY, PROBABILITIES_KEY) if k not in embedded.obsm]
+    if missing or EMBEDDED_ATLAS_KEY not in embedded.uns:
+        raise AtlasmapInputError(
+            f"{where}: no obsm {missing} or uns[{EMBEDDED_ATLAS_KEY!r}]: not an atlas embedded "
+            "by embed_reference"
+        )
+    probabilities = pd.DataFrame(
+        np.asarray(embedded.obsm[PROBABILITIES_KEY]),
+        index=embedded.obs_names,
+        columns=list(embedded.uns[EMBEDDED_ATLAS_KEY]["classifier_labels"]),
+    )
+    return ReferenceLatent(np.asarray(embedded.obsm[EMBEDDING_KEY]), probabilities)
 
 
 def read_reference_latent(path: str | Path) -> ReferenceLatent:
-    adata = read_h5ad(path)
-    missing = [k for k in (EMBEDDING_KEY, PROBABILITIES_KEY) if k not in adata.obsm]
-    if missing or "classifier_labels" not in adata.uns:
-        raise AtlasmapInputError(
-            f"{path}: no obsm {missing or ''} / uns['classifier_labels']: not a reference latent "
-            "written by embed_reference"
-        )
-    probabilities = pd.DataFrame(
-        np.asarray(adata.obsm[PROBABILITIES_KEY]),
-        index=adata.obs_names,
-        columns=list(adata.uns["classifier_labels"]),
-    )
-    return ReferenceLatent(np.asarray(adata.obsm[EMBEDDING_KEY]), probabilities)
+    """The reference latent of embed_reference's file, without reading its counts."""
+    backed = ad.read_h5ad(path, backed="r")
+    try:
+        embedded = ad.AnnData(obs=backed.obs[[]].copy(), uns=dict(backed.uns))
+        for key in (EMBEDDING_KEY, PROBABILITIES_KEY):
+            if key in backed.obsm:
+                embedded.obsm[key] = np.asarray(backed.obsm[key])
+    finally:
+        backed.file.close()
+    return reference_latent(embedded, where=str(path))
 
 
 def embed_reference_files(
-    *, atlas_path: str | Path, model_dir: str | Path, settings: MappingSettings, latent: str | Path
-) -> ReferenceLatent:
-    """:func:`embed_reference` from the atlas file to the reference latent file."""
+    *,
+    atlas_path: str | Path,
+    model_dir: str | Path,
+    settings: MappingSettings,
+    embedded: str | Path,
+) -> ad.AnnData:
+    """:func:`embed_reference` from the atlas file to the embedded atlas file."""
+    from .io import write_h5ad
     from .reference import read_atlas
 
-    reference = embed_reference(read_atlas(atlas_path), model_dir, settings)
-    write_reference_latent(reference, latent)
-    return reference
+    atlas = embed_reference(read_atlas(atlas_path), model_dir, settings)
+    write_h5ad(atlas, embedded)
+    return atlas
 
 
 def _query_columns(query: ad.AnnData) -> set[str]:
@@ -623,20 +654,30 @@ def mapping_settings(
 def map_query_files(
     *,
     query_path: str | Path,
-    atlas_path: str | Path | None,
+    atlas_path: str | Path | None = None,
     model_dir: str | Path,
     mode: str,
     settings: MappingSettings,
     embedded: str | Path,
     qc: str | Path,
-    reference_latent: str | Path | None = None,
+    embedded_atlas: str | Path | None = None,
 ) -> MappingResult:
-    """:func:`map_query` from files to files (each output whole or not at all)."""
+    """:func:`map_query` from files to files (each output whole or not at all).
+
+    The reference: ``atlas_path``, an atlas embedded here, or ``embedded_atlas``,
+    embed_reference's file (the workflow's way: its latent is reused), or
+    neither (the model alone, embed mode).
+    """
     from .reference import read_atlas
 
+    if atlas_path and embedded_atlas:
+        raise ValueError("give atlas_path or embedded_atlas, not both")
     query = read_h5ad(query_path)
     atlas = read_atlas(atlas_path) if atlas_path else None
-    reference = read_reference_latent(reference_latent) if reference_latent else None
+    reference = None
+    if embedded_atlas:
+        atlas = read_h5ad(embedded_atlas)
+        reference = reference_latent(atlas, where=str(embedded_atlas))
     result = map_query(
         query, atlas, model_dir, mode, settings, where=str(query_path), reference=reference
     )

@@ -324,8 +324,55 @@ def load_query_h5ad(
     return adata
 
 
+def sample_table(
+    loaded: pd.DataFrame, kept: pd.DataFrame, column: str, where: str = "query"
+) -> pd.DataFrame:
+    """Cells per sample (``column``) before and after the subset, logged as the
+    tutorial checks them: every sample found, and what the subset kept."""
+    if column not in loaded.columns:
+        log.warning("%s: no column %r: cells per sample not counted", where, column)
+        return pd.DataFrame(
+            {"sample": ["all"], "cells_loaded": [len(loaded)], "cells_kept": [len(kept)]}
+        )
+    before = loaded[column].astype(str).value_counts().sort_index()
+    after = kept[column].astype(str).value_counts().reindex(before.index, fill_value=0)
+    table = pd.DataFrame(
+        {"sample": before.index, "cells_loaded": before.to_numpy(), "cells_kept": after.to_numpy()}
+    )
+    table = pd.concat(
+        [
+            table,
+            pd.DataFrame(
+                {"sample": ["all"], "cells_loaded": [len(loaded)], "cells_kept": [len(kept)]}
+            ),
+        ],
+        ignore_index=True,
+    )
+    log.info(
+        "%s: %d samples in %s: %s",
+        where,
+        len(before),
+        column,
+        ", ".join(f"{name} {n:,}" for name, n in before.items()),
+    )
+    kept_samples = after[after > 0]
+    log.info(
+        "after the subset: %d samples, %d of %d cells: %s",
+        len(kept_samples),
+        len(kept),
+        len(loaded),
+        ", ".join(f"{name} {n:,}" for name, n in kept_samples.items()),
+    )
+    return table
+
+
 def subset_query_h5ad(
-    input: str | os.PathLike, output: str | os.PathLike, selection: Mapping[str, Sequence] | None
+    input: str | os.PathLike,
+    output: str | os.PathLike,
+    selection: Mapping[str, Sequence] | None,
+    *,
+    samples: str | os.PathLike | None = None,
+    sample_column: str = "Sample_ID",
 ) -> None:
     """:func:`subset_cells` from file to file.
 
@@ -335,8 +382,20 @@ def subset_query_h5ad(
     outputs, which would touch the input too.
     """
     if not selection:
+        if samples:
+            obs = ad.read_h5ad(input, backed="r").obs
+            _write_table(sample_table(obs, obs, sample_column, str(input)), samples)
         with atomic_path(output) as tmp:
             shutil.copyfile(input, tmp)
         log.info("no subset configured: all cells kept, %s copied to %s", input, output)
         return
-    write_h5ad(subset_cells(read_h5ad(input), selection, where=str(input)), output)
+    loaded = read_h5ad(input)
+    subset = subset_cells(loaded, selection, where=str(input))
+    if samples:
+        _write_table(sample_table(loaded.obs, subset.obs, sample_column, str(input)), samples)
+    write_h5ad(subset, output)
+
+
+def _write_table(table: pd.DataFrame, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, sep="\t", index=False)
