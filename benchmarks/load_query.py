@@ -2,7 +2,7 @@
 
 Each version reads the same GEO-shaped deposit (benchmarks/synthetic.py) in
 its own process, one after the other; wall time and peak RSS of the whole
-`load_query_h5ad` (read, check, join metadata, write the h5ad) are reported,
+`load_query_files` (read, check, join metadata, write the h5ad) are reported,
 with the ratios. The earlier revision's library is taken with `git archive`.
 
     python benchmarks/load_query.py --cells 200000 --baseline af6f3b7 --results benchmarks/load_query.md
@@ -27,9 +27,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 CHILD = """
 import json, resource, sys, time
 sys.path.insert(0, {scripts!r})
-from atlasmap.query import load_query_h5ad
+try:  # the library as it is
+    from atlasmap.query import load_query_files
+    def load(deposit, metadata, output, **options):
+        return load_query_files(deposit_dir=deposit, metadata_path=metadata, output=output, **options)
+except ImportError:  # as it was at the baseline revision
+    from atlasmap.query import load_query_h5ad as load
 start = time.perf_counter()
-adata = load_query_h5ad({deposit!r}, {metadata!r}, {output!r}, rename={{"patients": "Sample_ID"}})
+adata = load({deposit!r}, {metadata!r}, {output!r}, rename={{"patients": "Sample_ID"}})
 seconds = time.perf_counter() - start
 print(json.dumps({{"seconds": seconds, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "cells": adata.n_obs, "genes": adata.n_vars, "nnz": int(adata.X.nnz)}}))

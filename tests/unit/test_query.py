@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 from atlasmap.errors import AtlasmapInputError
-from atlasmap.query import DEPOSIT_FILES, load_query_h5ad, subset_query_h5ad
+from atlasmap.query import DEPOSIT_FILES, load_query_files, subset_query_files
 from conftest import tree_digest, write_deposit
 
 RENAME = {"patients": "Sample_ID"}
@@ -21,7 +21,12 @@ RENAME = {"patients": "Sample_ID"}
 
 def load(deposit, out, **options):
     options.setdefault("rename", RENAME)
-    return load_query_h5ad(deposit, deposit / DEPOSIT_FILES["metadata"], out, **options)
+    return load_query_files(
+        deposit_dir=deposit,
+        metadata_path=deposit / DEPOSIT_FILES["metadata"],
+        output=out,
+        **options,
+    )
 
 
 def assert_fails_cleanly(call, deposit, out, *patterns):
@@ -158,7 +163,9 @@ def test_subset_keeps_exactly_the_selected_cells(deposit, tmp_path, small_study,
     load(deposit, loaded)
     out, samples = tmp_path / "subset.h5ad", tmp_path / "samples.tsv"
     with caplog.at_level("INFO", logger="atlasmap.query"):
-        subset_query_h5ad(loaded, out, {"Sample_ID": ["PA01", "PA02"]}, samples=samples)
+        subset_query_files(
+            input=loaded, output=out, selection={"Sample_ID": ["PA01", "PA02"]}, samples=samples
+        )
     adata = ad.read_h5ad(out)
     meta = small_study.query.obs
     expected = meta.index[meta["patients"].isin(["PA01", "PA02"])]
@@ -182,19 +189,23 @@ def test_no_subset_keeps_the_whole_query_without_rewriting_it(deposit, tmp_path)
     load(deposit, loaded)
     before = loaded.read_bytes()
     out = tmp_path / "results" / "subset.h5ad"
-    subset_query_h5ad(loaded, out, None)
+    subset_query_files(input=loaded, output=out, selection=None)
     assert out.read_bytes() == before
     assert loaded.read_bytes() == before  # the input is untouched
     assert [p.name for p in out.parent.iterdir()] == ["subset.h5ad"]  # no temporary left
-    subset_query_h5ad(loaded, out, {})  # an empty selection is no selection; rerun replaces
+    subset_query_files(
+        input=loaded, output=out, selection={}
+    )  # an empty selection is no selection; rerun replaces
     assert out.read_bytes() == before
 
 
 def test_subset_on_two_columns_is_their_intersection(deposit, tmp_path):
     loaded = tmp_path / "loaded.h5ad"
     full = load(deposit, loaded)
-    subset_query_h5ad(
-        loaded, tmp_path / "s.h5ad", {"Sample_ID": ["PA01", "PA04"], "tissue": ["tumour"]}
+    subset_query_files(
+        input=loaded,
+        output=tmp_path / "s.h5ad",
+        selection={"Sample_ID": ["PA01", "PA04"], "tissue": ["tumour"]},
     )
     adata = ad.read_h5ad(tmp_path / "s.h5ad")
     expected = (full.obs["Sample_ID"] == "PA01").sum()
@@ -211,7 +222,9 @@ def test_unknown_subset_value_lists_the_available_ones(deposit, tmp_path):
     src = loaded_h5ad(deposit, tmp_path)
     out = tmp_path / "out" / "subset.h5ad"
     assert_fails_cleanly(
-        lambda: subset_query_h5ad(src, out, {"Sample_ID": ["PA01", "PA99"]}),
+        lambda: subset_query_files(
+            input=src, output=out, selection={"Sample_ID": ["PA01", "PA99"]}
+        ),
         src.parent,
         out,
         "['PA99'] not found",
@@ -224,7 +237,7 @@ def test_unknown_subset_column_is_an_error(deposit, tmp_path):
     src = loaded_h5ad(deposit, tmp_path)
     out = tmp_path / "out" / "subset.h5ad"
     assert_fails_cleanly(
-        lambda: subset_query_h5ad(src, out, {"patients": ["PA01"]}),
+        lambda: subset_query_files(input=src, output=out, selection={"patients": ["PA01"]}),
         src.parent,
         out,
         "'patients' not in the query metadata",
@@ -236,7 +249,9 @@ def test_subset_leaving_no_cells_is_an_error(deposit, tmp_path):
     src = loaded_h5ad(deposit, tmp_path)
     out = tmp_path / "out" / "subset.h5ad"
     assert_fails_cleanly(
-        lambda: subset_query_h5ad(src, out, {"Sample_ID": ["PA04"], "tissue": ["tumour"]}),
+        lambda: subset_query_files(
+            input=src, output=out, selection={"Sample_ID": ["PA04"], "tissue": ["tumour"]}
+        ),
         src.parent,
         out,
         "leaves no cells",

@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(workflow.current_basedir).parent / "scripts"))
 from atlasmap.contract import (  # noqa: E402
     DEPOSIT_FILES,
     MODES as ALL_MODES,
+    deposit_file_names,
     is_url,
     mapping_figure_names,
     resolve_sources,

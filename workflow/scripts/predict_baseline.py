@@ -4,14 +4,14 @@ from atlasmap.logs import log_to
 
 log_to(snakemake.log[0])
 
-from atlasmap.baseline import baseline_files  # noqa: E402
+from atlasmap.baseline import predict_baseline_files  # noqa: E402
 
-baseline_files(
-    snakemake.input.query,
-    snakemake.input.atlas,
-    snakemake.input.model,
-    snakemake.params.reference,
-    snakemake.params.baseline,
-    snakemake.params.seed,
-    snakemake.output.predictions,
+predict_baseline_files(
+    query_path=snakemake.input.query,
+    atlas_path=snakemake.input.atlas,
+    model_dir=snakemake.input.model,
+    reference_config=snakemake.params.reference,
+    baseline_config=snakemake.params.baseline,
+    seed=snakemake.params.seed,
+    output=snakemake.output.predictions,
 )

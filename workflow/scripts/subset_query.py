@@ -4,12 +4,12 @@ from atlasmap.logs import log_to
 
 log_to(snakemake.log[0])
 
-from atlasmap.query import subset_query_h5ad  # noqa: E402
+from atlasmap.query import subset_query_files  # noqa: E402
 
-subset_query_h5ad(
-    snakemake.input.h5ad,
-    snakemake.output.h5ad,
-    snakemake.params.subset,
+subset_query_files(
+    input=snakemake.input.h5ad,
+    output=snakemake.output.h5ad,
+    selection=snakemake.params.subset,
     samples=snakemake.output.samples,
     sample_column=snakemake.params.sample_column,
 )

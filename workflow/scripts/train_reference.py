@@ -9,9 +9,9 @@ from atlasmap.reference import train_reference_files  # noqa: E402
 
 torch.set_num_threads(snakemake.threads)
 train_reference_files(
-    snakemake.input.atlas,
-    snakemake.output.model,
-    snakemake.params.reference,
+    atlas_path=snakemake.input.atlas,
+    model_dir=snakemake.output.model,
+    reference_config=snakemake.params.reference,
     seed=snakemake.params.seed,
     accelerator=snakemake.params.accelerator,
 )

@@ -74,7 +74,8 @@ def logistic_baseline(
     )
 
 
-def baseline_files(
+def predict_baseline_files(
+    *,
     query_path,
     atlas_path,
     model_dir,

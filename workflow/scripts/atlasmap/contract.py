@@ -29,6 +29,13 @@ DEPOSIT_FILES = {
 }
 GEO_MIRROR = "https://ftp.ncbi.nlm.nih.gov/geo"
 
+
+def deposit_file_names(prefix: str) -> dict[str, str]:
+    """Role -> file name of a GEO 10x deposit whose files share ``prefix``
+    (GSE278688_sc -> GSE278688_sc_matrix.mtx.gz, ...)."""
+    return {role: f"{prefix}_{DEPOSIT_FILES[role]}" for role in DEPOSIT_ROLES}
+
+
 # --- Mapping and its outputs ------------------------------------------------------
 
 # The {mode} wildcard: scArches surgery or a frozen embedding.
@@ -57,15 +64,17 @@ MAPPING_FIGURES = (
     "umap_sample",
     "umap_uncertainty",
     "umap_query_alone",
+    "umap_query_alone_sample",
     "label_distribution",
+    "label_distribution_atlas",
 )
-# Drawn only when the config asks for it (umap.query_alone).
-QUERY_ALONE_FIGURE = "umap_query_alone"
+# Drawn only when the config asks for them (umap.query_alone).
+QUERY_ALONE_FIGURES = ("umap_query_alone", "umap_query_alone_sample")
 
 
 def mapping_figure_names(query_alone: bool) -> tuple[str, ...]:
-    """The per-mode figures a run draws: all, less the query-alone UMAP unless asked for."""
-    return tuple(name for name in MAPPING_FIGURES if query_alone or name != QUERY_ALONE_FIGURE)
+    """The per-mode figures a run draws: all, less the query-alone UMAPs unless asked for."""
+    return tuple(name for name in MAPPING_FIGURES if query_alone or name not in QUERY_ALONE_FIGURES)
 
 
 # --- Where a query's deposit files are, from its config ---------------------------

@@ -32,6 +32,7 @@ import pandas as pd
 import scipy.io
 import scipy.sparse as sp
 
+from .contract import DEPOSIT_ROLES, deposit_file_names
 from .io import atomic_path, gzip_open_write, write_h5ad
 
 LEVELS = ("Level_1", "Level_2", "Level_3", "Level_4")
@@ -336,7 +337,7 @@ def write_10x_deposit(query: ad.AnnData, paths: dict[str, str | os.PathLike]) ->
     ``paths`` maps ``matrix``, ``features``, ``barcodes`` and ``metadata`` to
     file names (gzip-compressed). Each file appears whole or not at all.
     """
-    missing = {"matrix", "features", "barcodes", "metadata"} - set(paths)
+    missing = set(DEPOSIT_ROLES) - set(paths)
     if missing:
         raise ValueError(f"write_10x_deposit: no path for {sorted(missing)}")
     with atomic_path(paths["matrix"]) as tmp, gzip_open_write(tmp) as fh:
@@ -355,12 +356,7 @@ def _write_table(table, path, **kwargs) -> None:
 
 def deposit_names(prefix: str) -> dict[str, str]:
     """File names of a GEO 10x deposit with the given prefix (as in GSE278688)."""
-    return {
-        "matrix": f"{prefix}_matrix.mtx.gz",
-        "features": f"{prefix}_features.tsv.gz",
-        "barcodes": f"{prefix}_barcodes.tsv.gz",
-        "metadata": f"{prefix}_metadata.csv.gz",
-    }
+    return deposit_file_names(prefix)
 
 
 def write_demo_study(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import f1_score, recall_score
 
 from .calls import UNKNOWN
 
@@ -22,6 +21,8 @@ def classification_metrics(
     become Unknown first. An Unknown call is right only for a cell whose true
     label the reference does not have; cells without a truth label are left out.
     """
+    from sklearn.metrics import f1_score, recall_score
+
     truth = truth.astype("string")
     predicted = predicted.astype(str).to_numpy().copy()
     if probability is not None and unknown_threshold is not None:
@@ -193,7 +194,8 @@ def evaluate(
     return result
 
 
-def evaluate_files(
+def evaluate_mapping_files(
+    *,
     predictions_path,
     baseline_path,
     atlas_path,
@@ -252,3 +254,16 @@ def evaluate_files(
     with atomic_path(output) as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def mode_agreement(
+    surgery_obs: pd.DataFrame, embed_obs: pd.DataFrame, column: str
+) -> tuple[pd.Series, pd.Series, float, pd.DataFrame]:
+    """The two modes' calls of the same query cells (matched on barcode), the share
+    of cells they call alike, and their cross-table (rows surgery, columns embed)."""
+    surgery = surgery_obs[surgery_obs["source"] == "query"].set_index("barcode")
+    embed = embed_obs[embed_obs["source"] == "query"].set_index("barcode").reindex(surgery.index)
+    calls_surgery, calls_embed = surgery[column].astype(str), embed[column].astype(str)
+    share = float(np.mean(calls_surgery.to_numpy() == calls_embed.to_numpy()))
+    cross = pd.crosstab(calls_surgery.rename("surgery"), calls_embed.rename("embed"))
+    return calls_surgery, calls_embed, share, cross

@@ -224,9 +224,14 @@ def umap_uncertainty(
 
 
 def label_distribution(
-    labels: pd.Series, samples: pd.Series, palette: Mapping[str, str], title: str
+    labels: pd.Series,
+    samples: pd.Series,
+    palette: Mapping[str, str],
+    title: str,
+    counted: str = "query cells",
+    composition: str = "composition per sample",
 ):
-    """Predicted labels as horizontal bars: counts per label (left), each sample's fractions (right)."""
+    """Labels as horizontal bars: counts per label (left), each sample's fractions (right)."""
     table = pd.crosstab(labels.astype(str), samples.astype(str))
     order = [label for label in palette if label in table.index]
     order += [label for label in table.index if label not in order]
@@ -249,7 +254,7 @@ def label_distribution(
         )
         left.set_yticks(y, order)
         left.invert_yaxis()
-        left.set_xlabel("query cells")
+        left.set_xlabel(counted)
         for i, total in enumerate(totals):
             left.text(total, i, f" {total}", va="center", fontsize=5)
         left.set_xlim(0, totals.max() * 1.18)
@@ -272,7 +277,7 @@ def label_distribution(
         right.invert_yaxis()
         right.set_xlim(0, 1)
         right.set_xlabel("fraction of the sample's cells")
-        right.set_title("composition per sample")
+        right.set_title(composition)
         _legend(right, palette, order)
         for ax in (left, right):
             for side in ("top", "right"):
@@ -389,6 +394,7 @@ def mapping_figures(
     palette = run_palette(obs, level, column, colors)
     coords = obsm["X_umap"]
     is_query = (obs["source"] == "query").to_numpy()
+    sample_palette = label_palette(obs.loc[is_query, batch_key].astype(str))
     figures = {
         "umap_celltype": lambda: umap_categorical(
             coords, obs[column], palette, f"{title}: predicted {level}", legend_title=level
@@ -396,12 +402,15 @@ def mapping_figures(
         "umap_query": lambda: umap_query_highlight(
             coords, is_query, f"{title}: query on the atlas"
         ),
+        # The query's samples over the grey atlas: an atlas's hundreds of donors
+        # would make a legend no one can read.
         "umap_sample": lambda: umap_categorical(
             coords,
             obs[batch_key],
-            label_palette(obs[batch_key].astype(str)),
-            f"{title}: {batch_key}",
+            sample_palette,
+            f"{title}: query {batch_key}",
             legend_title=batch_key,
+            background=~is_query,
         ),
         "umap_uncertainty": lambda: umap_uncertainty(
             coords,
@@ -417,11 +426,27 @@ def mapping_figures(
             f"{title}: query alone, predicted {level}",
             legend_title=level,
         ),
+        "umap_query_alone_sample": lambda: umap_categorical(
+            obsm["X_umap_query"][is_query],
+            obs.loc[is_query, batch_key],
+            sample_palette,
+            f"{title}: query alone, {batch_key}",
+            legend_title=batch_key,
+        ),
         "label_distribution": lambda: label_distribution(
             obs.loc[is_query, column],
             obs.loc[is_query, batch_key],
             palette,
             f"{title}: predicted {level}",
+        ),
+        # The tutorial's view: the whole expanded atlas, atlas labels and query calls.
+        "label_distribution_atlas": lambda: label_distribution(
+            obs[column],
+            obs["source"],
+            palette,
+            f"{title}: {level} in the expanded atlas",
+            counted="cells",
+            composition="composition of atlas and query",
         ),
     }
     for name, paths in outputs.items():
@@ -469,14 +494,13 @@ def compare_figures(
     title: str = "",
 ) -> float:
     """Surgery and embed UMAPs side by side, their calls cross-tabulated; returns the agreement."""
+    from .metrics import mode_agreement
+
     level = level or labels_key
     column = prediction_column(level, labels_key)
     (obs_s, obsm_s), (obs_e, obsm_e) = read_mapped_obs(surgery), read_mapped_obs(embed)
     palette = run_palette(pd.concat([obs_s, obs_e]), level, column, colors)
-    q_s = obs_s[obs_s["source"] == "query"].set_index("barcode")
-    q_e = obs_e[obs_e["source"] == "query"].set_index("barcode").reindex(q_s.index)
-    calls_s, calls_e = q_s[column].astype(str), q_e[column].astype(str)
-    share = float(np.mean(calls_s.to_numpy() == calls_e.to_numpy()))
+    calls_s, calls_e, share, cross = mode_agreement(obs_s, obs_e, column)
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(
             1, 2, figsize=(DOUBLE_COLUMN, DOUBLE_COLUMN * 0.42), layout="constrained"
@@ -519,7 +543,6 @@ def compare_figures(
         heatmap,
         dpi,
     )
-    cross = pd.crosstab(calls_s.rename("surgery"), calls_e.rename("embed"))
     with atomic_path(agreement) as tmp:
         cross.to_csv(tmp, sep="\t")
     with atomic_path(agreement_summary) as tmp:

@@ -312,7 +312,8 @@ def subset_cells(
     return subset
 
 
-def load_query_h5ad(
+def load_query_files(
+    *,
     deposit_dir: str | os.PathLike,
     metadata_path: str | os.PathLike,
     output: str | os.PathLike,
@@ -366,11 +367,11 @@ def sample_table(
     return table
 
 
-def subset_query_h5ad(
+def subset_query_files(
+    *,
     input: str | os.PathLike,
     output: str | os.PathLike,
     selection: Mapping[str, Sequence] | None,
-    *,
     samples: str | os.PathLike | None = None,
     sample_column: str = "Sample_ID",
 ) -> None:
