@@ -230,6 +230,7 @@ def label_distribution(
     title: str,
     counted: str = "query cells",
     composition: str = "composition per sample",
+    per_label: str = "cells per predicted label",
 ):
     """Labels as horizontal bars: counts per label (left), each sample's fractions (right)."""
     table = pd.crosstab(labels.astype(str), samples.astype(str))
@@ -258,7 +259,7 @@ def label_distribution(
         for i, total in enumerate(totals):
             left.text(total, i, f" {total}", va="center", fontsize=5)
         left.set_xlim(0, totals.max() * 1.18)
-        left.set_title("cells per predicted label")
+        left.set_title(per_label)
         ys = np.arange(n_samples)
         start = np.zeros(n_samples)
         for label in order:
@@ -447,6 +448,7 @@ def mapping_figures(
             f"{title}: {level} in the expanded atlas",
             counted="cells",
             composition="composition of atlas and query",
+            per_label="cells per label (atlas: its own; query: called)",
         ),
     }
     for name, paths in outputs.items():
