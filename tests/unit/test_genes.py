@@ -47,6 +47,21 @@ def test_aligned_columns_follow_the_model_and_missing_genes_are_zero(caplog):
     assert list(aligned.var["in_query"]) == [g in query.var_names for g in SYMBOLS]
 
 
+def test_counts_already_on_the_model_genes_come_back_unchanged():
+    # embed_reference's atlas is already on the model's genes, in order.
+    query = make_query(SYMBOLS, IDS)
+    aligned, report = align_to_genes(query, SYMBOLS)
+    assert report.zero_filled == 0 and list(aligned.var_names) == SYMBOLS
+    np.testing.assert_array_equal(aligned.X.toarray(), query.layers["counts"].toarray())
+    assert aligned.var["in_query"].all()
+    # One gene out of order is not the identity: the columns still follow the model.
+    swapped = SYMBOLS[1::-1] + SYMBOLS[2:]
+    moved, _ = align_to_genes(query, swapped)
+    np.testing.assert_array_equal(
+        moved.X.toarray()[:, :2], query.layers["counts"].toarray()[:, 1::-1]
+    )
+
+
 def test_ensembl_model_matches_on_gene_ids_with_versions():
     query = make_query(SYMBOLS, [f"{i}.3" for i in IDS])
     aligned, report = align_to_genes(query, IDS[::-1])

@@ -11,6 +11,7 @@ from atlasmap.embedding import (
     neighbors_umap,
     project_onto_reference,
     read_reference_layout,
+    start_positions,
     write_reference_layout,
 )
 from atlasmap.errors import AtlasmapInputError
@@ -121,3 +122,20 @@ def test_layout_files_round_trip_and_refuse_a_mismatch(reference, tmp_path):
     # A layout of other atlas cells than the expanded atlas's.
     with pytest.raises(AtlasmapInputError, match="rerun layout_reference"):
         neighbors_umap(expanded(reference, query_latent), SETTINGS, other)
+
+
+def test_start_positions_are_umap_learns_initialisation():
+    from scipy.sparse import csr_matrix
+    from umap.umap_ import init_graph_transform
+
+    rng = np.random.default_rng(3)
+    coords = rng.normal(size=(40, 2)).astype(np.float32)
+    dense = np.where(rng.random((25, 40)) < 0.2, rng.random((25, 40)), 0.0)
+    dense[3] = 0.0  # no neighbours: NaN
+    dense[7, [5, 9]] = 1.0  # two identical cells: the first one's position
+    dense[11, 2] = 1.0
+    graph = csr_matrix(dense.astype(np.float32))
+    ours = start_positions(graph, coords)
+    theirs = init_graph_transform(graph, coords)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+    assert np.isnan(ours[3]).all() and (ours[7] == coords[5]).all()

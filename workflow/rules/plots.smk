@@ -17,7 +17,8 @@ rule neighbors_umap:
         neighbors=lookup(dpath="neighbors", within=config),
         umap=lookup(dpath="umap", within=config),
         seed=lookup(dpath="seed", within=config),
-    threads: 2
+    # UMAP's optimisation is serial (seeded): one thread, so the modes run side by side.
+    threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 12000 * attempt,
         runtime=120,

@@ -114,7 +114,8 @@ rule layout_reference:
         neighbors=lookup(dpath="neighbors", within=config),
         umap=lookup(dpath="umap", within=config),
         seed=lookup(dpath="seed", within=config),
-    threads: 2
+    # UMAP's optimisation is serial (seeded): one thread, beside the mappings.
+    threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 6000 * attempt,
         runtime=60,

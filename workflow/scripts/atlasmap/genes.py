@@ -141,11 +141,15 @@ def align_to_genes(
     matrix = adata.layers[layer] if layer else adata.X
     matrix = sp.csr_matrix(matrix)
     keep = np.flatnonzero(position >= 0)
-    selection = sp.csr_matrix(
-        (np.ones(keep.size, dtype=matrix.dtype), (keep, position[keep])),
-        shape=(adata.n_vars, len(model_index)),
-    )
-    aligned = (matrix @ selection).tocsr()
+    if adata.n_vars == len(model_index) and np.array_equal(position, np.arange(adata.n_vars)):
+        # Already on the model's genes, in order (embed_reference's atlas): no product.
+        aligned = matrix
+    else:
+        selection = sp.csr_matrix(
+            (np.ones(keep.size, dtype=matrix.dtype), (keep, position[keep])),
+            shape=(adata.n_vars, len(model_index)),
+        )
+        aligned = (matrix @ selection).tocsr()
     aligned.sort_indices()
     var = pd.DataFrame(index=pd.Index([str(g) for g in model_genes]))
     var["in_query"] = np.isin(np.arange(len(model_index)), position[keep])

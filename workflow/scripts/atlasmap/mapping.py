@@ -68,6 +68,19 @@ class ReferenceLatent:
 
 
 @dataclass
+class ModelRun:
+    """What the model gives both sides: latents, classifier probabilities, and
+    how far each query cell moved from its first (frozen) embedding."""
+
+    z_ref: np.ndarray
+    probs_ref: pd.DataFrame
+    z_query: np.ndarray
+    probs_query: pd.DataFrame
+    encoder_sees_batch: bool
+    shift: np.ndarray
+
+
+@dataclass
 class MappingResult:
     expanded: ad.AnnData
     qc: pd.DataFrame
@@ -293,11 +306,11 @@ def run_model(
     mode: str,
     s: MappingSettings,
     reference: ReferenceLatent | None = None,
-):
+) -> ModelRun:
     """Load the query into the model, adapt it (surgery) or not (embed), and embed and classify.
 
     Returns the latents and classifier probabilities of reference and query cells,
-    whether the encoder sees the batch, and the mean query latent shift. With
+    whether the encoder sees the batch, and each query cell's latent shift. With
     ``reference`` (embed_reference's), the reference cells are not embedded
     again: neither mode changes them (surgery trains only the query batches'
     weights, which a reference cell's one-hot batch never reads, and the
@@ -308,6 +321,8 @@ def run_model(
 
     from .training import EpochLogger, train_kwargs
 
+    scvi.settings.seed = s.seed
+    scvi.settings.verbosity = logging.WARNING  # its per-load INFO lines say nothing useful
     shared = sorted(set(q_input.obs[s.batch_key]) & set(info.batches))
     if shared:
         log.warning("query batches %s are also reference batches: their weights are reused", shared)
@@ -357,7 +372,7 @@ def run_model(
             probs_ref = probs_query.iloc[:0]
     shift = np.linalg.norm(z_query - z_before, axis=1)
     log.info("mean query latent shift by %s: %.4g", mode, float(shift.mean()))
-    return z_ref, probs_ref, z_query, probs_query, encoder_sees_batch, shift
+    return ModelRun(z_ref, probs_ref, z_query, probs_query, encoder_sees_batch, shift)
 
 
 def map_query(
@@ -381,13 +396,35 @@ def map_query(
     made from it by :mod:`atlasmap.calls`. ``reference``: the atlas cells'
     latent from :func:`embed_reference`, reused instead of embedding them again
     (unless surgery's weight decay, which moves reference weights, is set).
-    """
-    import scvi
 
-    if mode not in MODES:
-        raise AtlasmapInputError(f"mode must be one of {MODES}, not {mode!r}")
+    Four steps, each a function: :func:`check_mapping_inputs`,
+    :func:`align_inputs`, :func:`run_model`, :func:`assemble_mapping`.
+    """
     s = settings
     info = read_model_info(model_dir)
+    atlas, reference = check_mapping_inputs(query, atlas, info, mode, s, where, reference)
+    ref_aligned, q_aligned, ref_input, q_input, q_report = align_inputs(
+        query, atlas, info, s, where, reference_input=reference is None
+    )
+    run = run_model(model_dir, ref_input, q_input, info, mode, s, reference)
+    return assemble_mapping(
+        atlas, query, ref_aligned, q_aligned, run, q_report, info, model_dir, mode, s
+    )
+
+
+def check_mapping_inputs(
+    query: ad.AnnData,
+    atlas: ad.AnnData | None,
+    info: ModelInfo,
+    mode: str,
+    s: MappingSettings,
+    where: str,
+    reference: ReferenceLatent | None,
+) -> tuple[ad.AnnData, ReferenceLatent | None]:
+    """Refuse what cannot be mapped, naming the key at fault; return the atlas to map
+    onto (an empty one for the model alone) and the reference latent still usable."""
+    if mode not in MODES:
+        raise AtlasmapInputError(f"mode must be one of {MODES}, not {mode!r}")
     check_model_matches_config(info, s.labels_key, s.batch_key)
     check_model_transform(info, s.transform)
     if atlas is None:
@@ -409,9 +446,6 @@ def map_query(
             f"its columns are {list(query.obs.columns)}. Rename one with queries.<name>.rename "
             f"(the tutorial renames patients to {s.batch_key})."
         )
-    scvi.settings.seed = s.seed
-    scvi.settings.verbosity = logging.WARNING  # its per-load INFO lines say nothing useful
-
     if reference is not None and mode == "surgery" and s.surgery_weight_decay:
         log.warning(
             "surgery with weight decay %g shrinks the reference weights too: the reference "
@@ -421,25 +455,40 @@ def map_query(
         reference = None
     if reference is not None:
         check_reference_latent(reference, atlas, where="reference latent (embed_reference)")
-    ref_aligned, q_aligned, ref_input, q_input, q_report = align_inputs(
-        query, atlas, info, s, where, reference_input=reference is None
-    )
-    z_ref, probs_ref, z_query, probs_query, encoder_sees_batch, shift = run_model(
-        model_dir, ref_input, q_input, info, mode, s, reference
-    )
-    expanded = _expanded_atlas(atlas, query, ref_aligned, q_aligned, z_ref, z_query)
-    classifier_labels = [str(c) for c in probs_query.columns]
+    return atlas, reference
+
+
+def assemble_mapping(
+    atlas: ad.AnnData,
+    query: ad.AnnData,
+    ref_aligned: ad.AnnData,
+    q_aligned: ad.AnnData,
+    run: ModelRun,
+    q_report,
+    info: ModelInfo,
+    model_dir: str | Path,
+    mode: str,
+    s: MappingSettings,
+) -> MappingResult:
+    """The expanded atlas (counts, every obs column of both sides, latent and
+    probabilities), its per-sample QC table and the run's record."""
+    import scvi
+
+    expanded = _expanded_atlas(atlas, query, ref_aligned, q_aligned, run.z_ref, run.z_query)
+    classifier_labels = [str(c) for c in run.probs_query.columns]
     expanded.obsm[PROBABILITIES_KEY] = np.vstack(
-        [probs_ref.to_numpy(), probs_query.to_numpy()]
+        [run.probs_ref.to_numpy(), run.probs_query.to_numpy()]
     ).astype(np.float32)
-    qc = _qc_table(query.obs[s.batch_key].astype(str), q_report, mode, encoder_sees_batch, shift)
+    qc = _qc_table(
+        query.obs[s.batch_key].astype(str), q_report, mode, run.encoder_sees_batch, run.shift
+    )
     run_info = {
         "mode": mode,
         "model": str(model_dir),
         "model_scvi_version": info.scvi_version,
         "scvi_version": scvi.__version__,
-        "encoder_sees_batch": encoder_sees_batch,
-        "latent_shift_mean": float(shift.mean()),
+        "encoder_sees_batch": run.encoder_sees_batch,
+        "latent_shift_mean": float(run.shift.mean()),
         "gene_alignment": q_report.as_dict(),
         "labels_key": s.labels_key,
         "batch_key": s.batch_key,
@@ -448,7 +497,7 @@ def map_query(
         "query_columns": [c for c in expanded.obs.columns if c in _query_columns(query)],
         "reference_classifier_accuracy": float(
             np.mean(
-                np.asarray(classifier_labels)[probs_ref.to_numpy().argmax(axis=1)]
+                np.asarray(classifier_labels)[run.probs_ref.to_numpy().argmax(axis=1)]
                 == atlas.obs[s.labels_key].astype(str).to_numpy()
             )
         )
