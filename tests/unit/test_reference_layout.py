@@ -83,6 +83,26 @@ def test_every_query_and_mode_shares_the_atlas_picture(reference):
         assert out.obsp["connectivities"].shape == (out.n_obs, out.n_obs)
 
 
+def test_the_query_alone_view_gives_an_unseen_type_a_place_of_its_own(reference):
+    """Projected, cells of a type the atlas lacks land among atlas cells; the
+    query-alone UMAP (few epochs from the projected start) sets them apart."""
+    from sklearn.neighbors import NearestNeighbors
+
+    centres, _, _, layout = reference
+    seen_types, seen = cells(500, 21, centres)
+    unseen = centres[:2].mean(axis=0) + np.random.default_rng(22).normal(0, 1, (150, N_DIMS))
+    query_latent = np.vstack([seen, unseen.astype(np.float32)])
+    query_types = np.concatenate([seen_types, np.full(150, N_TYPES)])
+    out = neighbors_umap(expanded(reference, query_latent), SETTINGS, layout)
+    assert SETTINGS.query_alone_epochs == 50  # the schema's default, in a quarter of the time
+    is_query = (out.obs["source"] == "query").to_numpy()
+    alone = out.obsm[QUERY_UMAP_KEY][is_query]
+    nearest = NearestNeighbors(n_neighbors=11).fit(alone).kneighbors(alone)[1][:, 1:]
+    own = (query_types[nearest] == query_types[:, None]).mean(axis=1)
+    assert own[query_types == N_TYPES].mean() > 0.95  # the unseen type keeps to itself
+    assert own[query_types < N_TYPES].mean() > 0.95
+
+
 def test_without_a_layout_given_the_atlas_cells_are_laid_out_alone(reference):
     centres, _, _, layout = reference
     _, query_latent = cells(300, 5, centres)

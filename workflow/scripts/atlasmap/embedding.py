@@ -42,6 +42,7 @@ class EmbeddingSettings:
     min_dist: float = 0.5
     spread: float = 1.0
     query_alone: bool = True
+    query_alone_epochs: int | None = 50
     layout: str = "reference"
     seed: int = 0
     n_jobs: int = 1
@@ -129,7 +130,7 @@ class ReferenceLayout:
     metric: str
 
 
-def _umap(adata: ad.AnnData, settings: EmbeddingSettings, init_pos=None) -> None:
+def _umap(adata: ad.AnnData, settings: EmbeddingSettings, init_pos=None, n_epochs=None) -> None:
     import scanpy as sc
 
     sc.tl.umap(
@@ -137,6 +138,7 @@ def _umap(adata: ad.AnnData, settings: EmbeddingSettings, init_pos=None) -> None
         min_dist=settings.min_dist,
         spread=settings.spread,
         random_state=settings.seed,
+        maxiter=n_epochs,
         **({} if init_pos is None else {"init_pos": np.asarray(init_pos, dtype=np.float32)}),
     )
 
@@ -311,8 +313,13 @@ def neighbors_umap(
         query.obsm[EMBEDDING_KEY] = adata.obsm[EMBEDDING_KEY][is_query]
         annoy_neighbors(query, settings)
         # Started where the query cells lie in X_umap: no spectral start to compute,
-        # and the two views share their orientation.
-        _umap(query, settings, init_pos=adata.obsm[UMAP_KEY][is_query])
+        # the two views share their orientation, and few epochs finish the layout.
+        _umap(
+            query,
+            settings,
+            init_pos=adata.obsm[UMAP_KEY][is_query],
+            n_epochs=settings.query_alone_epochs,
+        )
         coords = np.full((adata.n_obs, 2), np.nan, dtype=np.float32)
         coords[is_query] = query.obsm[UMAP_KEY]
         adata.obsm[QUERY_UMAP_KEY] = coords
@@ -331,6 +338,7 @@ def embedding_settings(
         min_dist=umap_config["min_dist"],
         spread=umap_config["spread"],
         query_alone=umap_config["query_alone"],
+        query_alone_epochs=umap_config["query_alone_epochs"],
         layout=umap_config["layout"],
         seed=seed,
         n_jobs=n_jobs,
