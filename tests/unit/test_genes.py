@@ -54,6 +54,7 @@ def test_counts_already_on_the_model_genes_come_back_unchanged():
     assert report.zero_filled == 0 and list(aligned.var_names) == SYMBOLS
     np.testing.assert_array_equal(aligned.X.toarray(), query.layers["counts"].toarray())
     assert aligned.var["in_query"].all()
+    assert not np.shares_memory(aligned.X.data, query.layers["counts"].data)
     # One gene out of order is not the identity: the columns still follow the model.
     swapped = SYMBOLS[1::-1] + SYMBOLS[2:]
     moved, _ = align_to_genes(query, swapped)

@@ -68,8 +68,8 @@ class ThreadedAnnoyTransformer(AnnoyTransformer):
     """sklearn-ann's AnnoyTransformer with the per-cell searches of ``fit_transform``
     spread over ``n_jobs`` threads.
 
-    At 300k cells the searches, not the tree building, are most of the time. The index is built on
-    one thread, so the graph does not depend on ``n_jobs``.
+    At 300k cells the searches, not the tree building, are most of the time. The
+    index is built on one thread, so the graph does not depend on ``n_jobs``.
     """
 
     def __init__(self, n_neighbors=5, *, metric="euclidean", n_trees=10, search_k=-1, n_jobs=1):

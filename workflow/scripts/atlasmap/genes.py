@@ -142,8 +142,9 @@ def align_to_genes(
     matrix = sp.csr_matrix(matrix)
     keep = np.flatnonzero(position >= 0)
     if adata.n_vars == len(model_index) and np.array_equal(position, np.arange(adata.n_vars)):
-        # Already on the model's genes, in order (embed_reference's atlas): no product.
-        aligned = matrix
+        # Already on the model's genes, in order (embed_reference's atlas): no product,
+        # but a copy, so that the result never shares its buffers with the caller's counts.
+        aligned = matrix.copy()
     else:
         selection = sp.csr_matrix(
             (np.ones(keep.size, dtype=matrix.dtype), (keep, position[keep])),
