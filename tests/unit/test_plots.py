@@ -18,6 +18,8 @@ from atlasmap.plots import (
     confusion_figure,
     label_palette,
     mapping_figures,
+    save_figure,
+    umap_categorical,
 )
 from conftest import assert_valid_figure
 
@@ -131,6 +133,58 @@ def test_every_mapping_figure_is_written_as_png_and_pdf(mapped_files, tmp_path):
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(
         f"{n}.{e}" for n in names for e in ("png", "pdf")
     )
+
+
+def test_vector_figures_keep_their_text_editable_and_unclipped(tmp_path):
+    """PDF text as TrueType (Type 42), SVG text as text: an editor can change a label;
+    the box found once for both files is matplotlib's own tight box for each."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    coords = rng.normal(size=(500, 2))
+    values = pd.Series(rng.choice(LABELS, size=500))
+
+    def figure():
+        return umap_categorical(coords, values, label_palette(LABELS), "a title", "Level_4")
+
+    ours = [tmp_path / "ours.png", tmp_path / "ours.pdf", tmp_path / "ours.svg"]
+    save_figure(figure(), ours, dpi=100)
+    pdf = ours[1].read_bytes()
+    assert b"/FontFile2" in pdf and b"/Type3" not in pdf
+    assert "<text" in ours[2].read_text()
+    fig = figure()
+    fig.savefig(tmp_path / "tight.png", dpi=100, bbox_inches="tight", pad_inches=0.02)
+    plt.close(fig)
+    width, height = Image.open(ours[0]).size
+    tight_width, tight_height = Image.open(tmp_path / "tight.png").size
+    assert abs(width - tight_width) <= 1 and abs(height - tight_height) <= 1
+
+
+def test_a_rule_log_is_not_flooded_by_font_embedding(tmp_path):
+    """matplotlib embeds fonts in a PDF through fontTools, which logs each table it
+    prunes at INFO: a rule's log would hold hundreds of such lines per figure."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import atlasmap
+
+    log = tmp_path / "rule.log"
+    script = (
+        "from atlasmap.logs import log_to\n"
+        f"log_to({str(log)!r})\n"
+        "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\n"
+        "from atlasmap.plots import save_figure\n"
+        "fig, ax = plt.subplots()\nax.set_title('a title')\n"
+        f"save_figure(fig, [{str(tmp_path / 'f.pdf')!r}])\n"
+        "import logging\nlogging.getLogger('atlasmap').info('done')\n"
+    )
+    scripts = str(Path(atlasmap.__file__).parents[1])
+    subprocess.run([sys.executable, "-c", script], check=True, env={"PYTHONPATH": scripts})
+    lines = log.read_text().splitlines()
+    assert lines[-1].endswith("atlasmap: done")
+    assert not [line for line in lines if "fontTools" in line]
 
 
 def test_comparison_reports_agreement(mapped_files, tmp_path):

@@ -159,3 +159,48 @@ def test_start_positions_are_umap_learns_initialisation():
     theirs = init_graph_transform(graph, coords)
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
     assert np.isnan(ours[3]).all() and (ours[7] == coords[5]).all()
+
+
+def test_umap_learns_kernels_are_compiled_once_not_in_every_job():
+    """umap-learn compiles its numba kernels in every process (about 10 s a job); once
+    one job has compiled them, the next loads them from numba's cache."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import atlasmap
+    from atlasmap.embedding import UMAP_KERNELS
+
+    script = """
+import json, numpy as np, pandas as pd
+from atlasmap.embedding import EmbeddingSettings, UMAP_KERNELS, cache_umap_kernels, layout_reference
+latent = np.random.default_rng(0).normal(size=(300, 5)).astype(np.float32)
+layout_reference(pd.Index([f"c{i}" for i in range(300)]), latent, EmbeddingSettings(n_neighbors=10))
+import importlib
+stats = {}
+for module, names in UMAP_KERNELS.items():
+    for name in names:
+        kernel = getattr(importlib.import_module(module), name)
+        stats[f"{module}.{name}"] = [sum(kernel.stats.cache_hits.values()),
+                                     sum(kernel.stats.cache_misses.values())]
+print(json.dumps({"cached": cache_umap_kernels(), "stats": stats}))
+"""
+    import json
+
+    scripts = str(Path(atlasmap.__file__).parents[1])
+
+    def run():
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            check=True,
+            capture_output=True,
+            text=True,
+            env={"PYTHONPATH": scripts, "PATH": "/usr/bin:/bin"},
+        )
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    names = [f"{module}.{name}" for module, names in UMAP_KERNELS.items() for name in names]
+    run()  # compiles (and caches) whatever no earlier job has
+    second = run()
+    assert second["cached"] == names
+    assert {name: second["stats"][name] for name in names} == {name: [1, 0] for name in names}

@@ -9,6 +9,7 @@ together, as the tutorial does.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -103,6 +104,7 @@ def annoy_neighbors(
 
     if EMBEDDING_KEY not in adata.obsm:
         raise AtlasmapInputError(f"no obsm[{EMBEDDING_KEY!r}]: was this file written by map_query?")
+    cache_umap_kernels()
     transformer = ThreadedAnnoyTransformer(
         n_neighbors=settings.n_neighbors,
         n_trees=settings.n_trees,
@@ -120,6 +122,36 @@ def annoy_neighbors(
     return transformer
 
 
+# The umap-learn numba kernels our path calls, which it compiles afresh in every
+# process (no cache=True): about 10 s of each job's time, whatever its size.
+UMAP_KERNELS = {
+    "umap.layouts": ("_nb_optimize_layout_euclidean_single_epoch",),
+    "umap.umap_": ("smooth_knn_dist", "compute_membership_strengths"),
+}
+
+
+@functools.cache
+def cache_umap_kernels() -> list[str]:
+    """Have numba keep umap-learn's compiled kernels on disk (beside umap-learn, or in
+    numba's user-wide cache where that is read-only), so that only the first job
+    compiles them. Returns the kernels now cached; a kernel umap-learn no longer has,
+    or a disk numba cannot write to, leaves that kernel compiled per process as before."""
+    import importlib
+
+    cached = []
+    for module_name, names in UMAP_KERNELS.items():
+        module = importlib.import_module(module_name)
+        for name in names:
+            kernel = getattr(module, name, None)
+            try:
+                kernel.enable_caching()
+            except (AttributeError, RuntimeError) as err:  # not a dispatcher; no cache locator
+                log.warning("umap-learn's %s.%s compiled per process: %s", module_name, name, err)
+                continue
+            cached.append(f"{module_name}.{name}")
+    return cached
+
+
 @dataclass(frozen=True)
 class ReferenceLayout:
     """The atlas cells' UMAP and the Annoy index of their latent (rule layout_reference)."""
@@ -133,6 +165,7 @@ class ReferenceLayout:
 def _umap(adata: ad.AnnData, settings: EmbeddingSettings, init_pos=None, n_epochs=None) -> None:
     import scanpy as sc
 
+    cache_umap_kernels()
     sc.tl.umap(
         adata,
         min_dist=settings.min_dist,
@@ -209,6 +242,7 @@ def project_onto_reference(
     optimisation of the new cells alone (the reference points do not move),
     with the layout's own ``a``, ``b`` and a quarter of its learning rate.
     """
+    cache_umap_kernels()
     from umap.layouts import optimize_layout_euclidean
     from umap.umap_ import (
         compute_membership_strengths,

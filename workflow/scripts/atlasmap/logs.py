@@ -22,3 +22,5 @@ def log_to(path: str | os.PathLike) -> None:
         force=True,
     )
     logging.captureWarnings(True)
+    # fontTools logs every table it prunes while matplotlib embeds a font in a PDF.
+    logging.getLogger("fontTools").setLevel(logging.WARNING)
