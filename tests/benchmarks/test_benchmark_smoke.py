@@ -37,6 +37,7 @@ def test_smoke_benchmark_times_every_stage_and_measures_the_ratios(tmp_path):
     assert neighbours["cells"] == 10_000  # 5k query + 5k atlas cells in the mapped latent
     for method in ("annoy", "annoy_1_thread", "scanpy_default", "scanpy_default_2_jobs"):
         assert 0.9 <= neighbours[f"{method}_label_agreement_with_exact"] <= 1, method
+        assert 0.5 <= neighbours[f"{method}_truth_agreement_with_exact"] <= 1, method
         assert neighbours[f"{method}_seconds"] > 0, method
     # The plain script did the same work as the workflow: the same calls, the same seed.
     overhead = ratios["workflow_overhead"]

@@ -423,3 +423,29 @@ def test_surgery_without_an_atlas_is_refused(query, reference):
     _, model_dir = reference
     with pytest.raises(AtlasmapInputError, match="surgery needs the reference atlas"):
         map_query(query, None, model_dir, "surgery", SETTINGS)
+
+
+def test_reading_a_models_registry_does_not_load_scvi_tools(reference):
+    """The baseline and the evaluation only need the model's genes and labels: reading
+    them must not cost scvi-tools' 8-second import in every such job."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import atlasmap
+
+    _, model_dir = reference
+    script = (
+        "import sys\nfrom atlasmap.reference import read_model_info\n"
+        f"info = read_model_info({str(model_dir)!r})\n"
+        "print(len(info.genes), 'scvi' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(Path(atlasmap.__file__).parents[1]), "PATH": "/usr/bin:/bin"},
+    )
+    n_genes, scvi_loaded = done.stdout.split()
+    assert int(n_genes) > 0 and scvi_loaded == "False"
