@@ -120,6 +120,19 @@ def run_benchmark_script(name: str, *args, timeout: int) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
+def run_python(script: str) -> str:
+    """Run ``script`` in a fresh Python process that sees only the atlasmap library
+    (numba's and the loggers' state start empty); its stdout, or fail with its output."""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(REPO / "workflow" / "scripts"), "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
 @pytest.fixture(scope="session")
 def small_run(tmp_path_factory):
     """The whole demo on the SMALL config, run once for every test that reads it."""

@@ -21,7 +21,7 @@ from atlasmap.plots import (
     save_figure,
     umap_categorical,
 )
-from conftest import assert_valid_figure
+from conftest import assert_valid_figure, run_python
 
 LABELS = ["T cell", "B cell", "Macrophage", "Fibroblast"]
 
@@ -164,12 +164,6 @@ def test_vector_figures_keep_their_text_editable_and_unclipped(tmp_path):
 def test_a_rule_log_is_not_flooded_by_font_embedding(tmp_path):
     """matplotlib embeds fonts in a PDF through fontTools, which logs each table it
     prunes at INFO: a rule's log would hold hundreds of such lines per figure."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import atlasmap
-
     log = tmp_path / "rule.log"
     script = (
         "from atlasmap.logs import log_to\n"
@@ -180,8 +174,7 @@ def test_a_rule_log_is_not_flooded_by_font_embedding(tmp_path):
         f"save_figure(fig, [{str(tmp_path / 'f.pdf')!r}])\n"
         "import logging\nlogging.getLogger('atlasmap').info('done')\n"
     )
-    scripts = str(Path(atlasmap.__file__).parents[1])
-    subprocess.run([sys.executable, "-c", script], check=True, env={"PYTHONPATH": scripts})
+    run_python(script)
     lines = log.read_text().splitlines()
     assert lines[-1].endswith("atlasmap: done")
     assert not [line for line in lines if "fontTools" in line]

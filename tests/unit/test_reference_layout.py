@@ -164,12 +164,8 @@ def test_start_positions_are_umap_learns_initialisation():
 def test_umap_learns_kernels_are_compiled_once_not_in_every_job():
     """umap-learn compiles its numba kernels in every process (about 10 s a job); once
     one job has compiled them, the next loads them from numba's cache."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import atlasmap
     from atlasmap.embedding import UMAP_KERNELS
+    from conftest import run_python
 
     script = """
 import json, numpy as np, pandas as pd
@@ -187,17 +183,8 @@ print(json.dumps({"cached": cache_umap_kernels(), "stats": stats}))
 """
     import json
 
-    scripts = str(Path(atlasmap.__file__).parents[1])
-
     def run():
-        done = subprocess.run(
-            [sys.executable, "-c", script],
-            check=True,
-            capture_output=True,
-            text=True,
-            env={"PYTHONPATH": scripts, "PATH": "/usr/bin:/bin"},
-        )
-        return json.loads(done.stdout.strip().splitlines()[-1])
+        return json.loads(run_python(script).strip().splitlines()[-1])
 
     names = [f"{module}.{name}" for module, names in UMAP_KERNELS.items() for name in names]
     run()  # compiles (and caches) whatever no earlier job has

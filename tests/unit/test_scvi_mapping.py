@@ -428,11 +428,7 @@ def test_surgery_without_an_atlas_is_refused(query, reference):
 def test_reading_a_models_registry_does_not_load_scvi_tools(reference):
     """The baseline and the evaluation only need the model's genes and labels: reading
     them must not cost scvi-tools' 8-second import in every such job."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import atlasmap
+    from conftest import run_python
 
     _, model_dir = reference
     script = (
@@ -440,12 +436,5 @@ def test_reading_a_models_registry_does_not_load_scvi_tools(reference):
         f"info = read_model_info({str(model_dir)!r})\n"
         "print(len(info.genes), 'scvi' in sys.modules)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        check=True,
-        capture_output=True,
-        text=True,
-        env={"PYTHONPATH": str(Path(atlasmap.__file__).parents[1]), "PATH": "/usr/bin:/bin"},
-    )
-    n_genes, scvi_loaded = done.stdout.split()
+    n_genes, scvi_loaded = run_python(script).split()
     assert int(n_genes) > 0 and scvi_loaded == "False"
