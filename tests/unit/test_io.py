@@ -1,6 +1,7 @@
 """Outputs appear whole or not at all."""
 
 import gzip
+import os
 
 import pytest
 from atlasmap.io import atomic_path, copy_as_gzip
@@ -65,3 +66,14 @@ def test_counts_that_are_x_are_stored_once_and_read_back_by_any_reader(tmp_path)
         assert (sp.csr_matrix(read.layers["counts"][:]) != counts).nnz == 0
         assert (sp.csr_matrix(read.layers["other"][:]) != counts * 2).nnz == 0
         assert list(read.obs["Sample_ID"]) == list(obs["Sample_ID"])
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_an_output_gets_the_umasks_mode_not_a_temporary_files(tmp_path, umask):
+    before = os.umask(umask)
+    try:
+        with atomic_path(tmp_path / "out.tsv") as tmp:
+            tmp.write_text("whole")
+    finally:
+        os.umask(before)
+    assert (tmp_path / "out.tsv").stat().st_mode & 0o777 == 0o666 & ~umask

@@ -125,3 +125,20 @@ def test_the_report_builds_with_every_figure(small_run):
     html = (small_run / "report.html").read_text()
     for name in [*FIGURES, "umap_surgery_vs_embed", "agreement_heatmap", "qc.tsv", "metrics.json"]:
         assert name in html, name
+
+
+def test_collaborators_can_read_every_output_and_log(small_run):
+    """Outputs are written beside their final name, then moved into place; they
+    must get the mode any new file gets here (the umask's), not the private 0600
+    of a temporary file, or a project's group cannot read the results."""
+    from atlasmap.io import current_umask
+
+    expected = 0o666 & ~current_umask()
+    modes = {
+        str(path.relative_to(small_run)): oct(path.stat().st_mode & 0o777)
+        for folder in ("results", "resources", "logs")
+        for path in (small_run / folder).rglob("*")
+        if path.is_file()
+    }
+    assert any(name.endswith("mapped.h5ad") for name in modes)
+    assert {name: mode for name, mode in modes.items() if mode != oct(expected)} == {}
