@@ -162,8 +162,9 @@ def test_start_positions_are_umap_learns_initialisation():
 
 
 def test_umap_learns_kernels_are_compiled_once_not_in_every_job():
-    """umap-learn compiles its numba kernels in every process (about 10 s a job); once
-    one job has compiled them, the next loads them from numba's cache."""
+    """umap-learn compiles its numba kernels in every process (about 10 s a job), and
+    pynndescent its distances at import (about 6 s); once one job has compiled them,
+    the next loads them from numba's cache."""
     from atlasmap.embedding import UMAP_KERNELS
     from conftest import run_python
 
@@ -179,6 +180,12 @@ for module, names in UMAP_KERNELS.items():
         kernel = getattr(importlib.import_module(module), name)
         stats[f"{module}.{name}"] = [sum(kernel.stats.cache_hits.values()),
                                      sum(kernel.stats.cache_misses.values())]
+import sys
+from numba.core.dispatcher import Dispatcher
+imported = [m for name, m in list(sys.modules.items()) if name.startswith("pynndescent.")]
+compiled = [d for m in imported for d in vars(m).values() if isinstance(d, Dispatcher) and d.signatures]
+stats["pynndescent"] = [sum(sum(d.stats.cache_hits.values()) for d in compiled),
+                        sum(sum(d.stats.cache_misses.values()) for d in compiled)]
 print(json.dumps({"cached": cache_umap_kernels(), "stats": stats}))
 """
     import json
@@ -191,3 +198,5 @@ print(json.dumps({"cached": cache_umap_kernels(), "stats": stats}))
     second = run()
     assert second["cached"] == names
     assert {name: second["stats"][name] for name in names} == {name: [1, 0] for name in names}
+    hits, misses = second["stats"]["pynndescent"]
+    assert hits >= 20 and misses == 0, second["stats"]["pynndescent"]
