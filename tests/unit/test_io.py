@@ -77,3 +77,34 @@ def test_an_output_gets_the_umasks_mode_not_a_temporary_files(tmp_path, umask):
     finally:
         os.umask(before)
     assert (tmp_path / "out.tsv").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_reading_annotations_gives_obs_obsm_uns_as_stored_and_no_counts_or_graphs(tmp_path):
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+    import scipy.sparse as sp
+    from atlasmap.io import read_annotations, write_h5ad
+
+    rng = np.random.default_rng(0)
+    counts = sp.random(50, 20, density=0.3, format="csr", random_state=0, dtype=np.float32)
+    adata = ad.AnnData(
+        X=counts,
+        obs=pd.DataFrame(
+            {"source": pd.Categorical(["atlas"] * 30 + ["query"] * 20), "n": np.arange(50)},
+            index=[f"cell{i}" for i in range(50)],
+        ),
+        obsm={"X_umap": rng.normal(size=(50, 2)), "X_latent": rng.normal(size=(50, 5))},
+        obsp={"connectivities": sp.identity(50, format="csr")},
+        uns={"atlasmap": {"labels_key": "cell_type"}},
+    )
+    adata.layers["counts"] = adata.X
+    write_h5ad(adata, tmp_path / "a.h5ad")
+
+    read = read_annotations(tmp_path / "a.h5ad", obsm=["X_umap", "absent"])
+    pd.testing.assert_frame_equal(read.obs, adata.obs)
+    assert list(read.obsm) == ["X_umap"]
+    np.testing.assert_array_equal(read.obsm["X_umap"], adata.obsm["X_umap"])
+    assert read.uns["atlasmap"] == {"labels_key": "cell_type"}
+    assert read.X is None and not read.layers and not read.obsp
+    assert list(read_annotations(tmp_path / "a.h5ad").obsm) == ["X_latent", "X_umap"]

@@ -445,16 +445,11 @@ def call_settings(mapping_config: dict, seed: int = 0, n_jobs: int = 1) -> CallS
 
 def read_embedded(path) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict]:
     """obs, obsm and run record of map_query's embedded.h5ad, without its count matrix."""
-    import anndata as ad
+    from .io import read_annotations
 
-    adata = ad.read_h5ad(path, backed="r")
-    try:
-        obs = adata.obs.copy()
-        obsm = {k: np.asarray(v) for k, v in adata.obsm.items()}
-        uns = dict(adata.uns.get("atlasmap", {}))
-    finally:
-        adata.file.close()
-    return obs, obsm, uns
+    adata = read_annotations(path)
+    obsm = {k: np.asarray(v) for k, v in adata.obsm.items()}
+    return adata.obs, obsm, dict(adata.uns.get("atlasmap", {}))
 
 
 def call_embedded(

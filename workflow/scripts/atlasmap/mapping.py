@@ -20,7 +20,7 @@ import scipy.sparse as sp
 from .contract import CALL_COLUMNS, EMBEDDING_KEY, MODES, SOURCES
 from .errors import AtlasmapInputError
 from .genes import GeneAlignment, align_to_genes, apply_transform, id_to_symbol_table
-from .io import read_h5ad
+from .io import read_annotations, read_h5ad
 from .reference import (
     ModelInfo,
     check_atlas_columns,
@@ -582,14 +582,7 @@ def reference_latent(embedded: ad.AnnData, where: str = "embedded atlas") -> Ref
 
 def read_reference_latent(path: str | Path) -> ReferenceLatent:
     """The reference latent of embed_reference's file, without reading its counts."""
-    backed = ad.read_h5ad(path, backed="r")
-    try:
-        embedded = ad.AnnData(obs=backed.obs[[]].copy(), uns=dict(backed.uns))
-        for key in (EMBEDDING_KEY, PROBABILITIES_KEY):
-            if key in backed.obsm:
-                embedded.obsm[key] = np.asarray(backed.obsm[key])
-    finally:
-        backed.file.close()
+    embedded = read_annotations(path, obsm=(EMBEDDING_KEY, PROBABILITIES_KEY))
     return reference_latent(embedded, where=str(path))
 
 

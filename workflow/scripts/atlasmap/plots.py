@@ -375,13 +375,11 @@ def prediction_column(level: str | None, labels_key: str) -> str:
 
 
 def read_mapped_obs(path: str | os.PathLike):
-    """obs and obsm of a mapped.h5ad, without loading its count matrix."""
-    import anndata as ad
+    """obs and obsm of a mapped.h5ad, without loading its counts or graphs."""
+    from .io import read_annotations
 
-    adata = ad.read_h5ad(path, backed="r")
-    obs, obsm = adata.obs.copy(), {k: np.asarray(v) for k, v in adata.obsm.items()}
-    adata.file.close()
-    return obs, obsm
+    adata = read_annotations(path, uns=False)
+    return adata.obs, {k: np.asarray(v) for k, v in adata.obsm.items()}
 
 
 def run_palette(obs: pd.DataFrame, level: str, column: str, overrides=None) -> dict[str, str]:

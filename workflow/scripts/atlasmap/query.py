@@ -16,7 +16,14 @@ import scipy.sparse as sp
 
 from .contract import DEPOSIT_FILES
 from .errors import AtlasmapInputError
-from .io import atomic_path, is_gzip, layers_that_are_x, read_h5ad, write_h5ad
+from .io import (
+    atomic_path,
+    is_gzip,
+    layers_that_are_x,
+    read_annotations,
+    read_h5ad,
+    write_h5ad,
+)
 
 log = logging.getLogger(__name__)
 
@@ -384,7 +391,7 @@ def subset_query_files(
     """
     if not selection:
         if samples:
-            obs = ad.read_h5ad(input, backed="r").obs
+            obs = read_annotations(input, obsm=(), uns=False).obs
             _write_table(sample_table(obs, obs, sample_column, str(input)), samples)
         with atomic_path(output) as tmp:
             shutil.copyfile(input, tmp)
