@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 def run(config_path: Path, out: Path, threads: int = 2) -> None:
     import torch
     from atlasmap.baseline import predict_baseline_files
-    from atlasmap.calls import call_celltypes_files, call_settings
+    from atlasmap.calls import call_celltypes_files, call_settings, fit_calls_files
     from atlasmap.contract import mapping_figure_names
     from atlasmap.download import DownloadSettings, fetch, resolve_sources
     from atlasmap.embedding import (
@@ -79,7 +79,7 @@ def run(config_path: Path, out: Path, threads: int = 2) -> None:
         samples=results / "query" / "samples.tsv",
         sample_column=reference["batch_key"],
     )
-    # The reference side, once for both modes (rules embed_reference, layout_reference).
+    # The reference side, once for both modes (embed_reference, fit_calls, layout_reference).
     reference_dir = out / "results" / "reference"
     embedded_atlas = reference_dir / "embedded_atlas.h5ad"
     map_settings = {k: v for k, v in mapping.items() if k != "modes"}
@@ -103,6 +103,15 @@ def run(config_path: Path, out: Path, threads: int = 2) -> None:
     )
     if config["umap"]["layout"] == "reference":
         layout_reference_files(embedded_atlas=embedded_atlas, settings=layout_settings, **layout)
+    # The threads fit_calls's and call_celltypes's jobs get (threads 2).
+    calls_settings = call_settings(mapping, seed=seed, n_jobs=threads)
+    reference_calls = reference_dir / "call_model.npz"
+    fit_calls_files(
+        atlas_path=embedded_atlas,
+        reference=reference,
+        settings=calls_settings,
+        output=reference_calls,
+    )
     for mode in modes:
         folder = results / mode
         # The threads map_query's job gets (common.smk: mapping_threads), on 2 cores.
@@ -116,14 +125,14 @@ def run(config_path: Path, out: Path, threads: int = 2) -> None:
             embedded=folder / "embedded.h5ad",
             qc=folder / "mapping_qc.tsv",
         )
-        # The threads call_celltypes's job gets (mapping.smk: threads 2).
         call_celltypes_files(
             embedded_path=folder / "embedded.h5ad",
             mapping_qc_path=folder / "mapping_qc.tsv",
-            settings=call_settings(mapping, seed=seed, n_jobs=threads),
+            settings=calls_settings,
             predictions_path=folder / "predictions.tsv",
             qc_path=folder / "qc.tsv",
             report_path=folder / "calls.json",
+            reference_calls_path=reference_calls,
         )
         evaluate_mapping_files(
             predictions_path=folder / "predictions.tsv",

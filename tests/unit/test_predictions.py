@@ -260,3 +260,131 @@ def test_baseline_fits_on_one_blas_thread_whatever_the_job_gets(small_study, mon
         )
     assert len(calls) == query.n_obs
     assert seen and set(seen) == {1}
+
+
+def toy_embedded(rng, n=200):
+    """obs/obsm/run of an expanded atlas as map_query writes it: toy atlas + query."""
+    from atlasmap.mapping import EMBEDDING_KEY, PROBABILITIES_KEY
+
+    latent, labels, batches = blobs(rng, CENTRES, n)
+    query_latent = np.vstack(
+        [rng.normal(CENTRES["CD4"], 0.3, (40, 3)), rng.normal([0, 0, 6], 0.3, (20, 3))]
+    )
+    names = sorted(CENTRES)
+    probs = rng.dirichlet([1.0] * 4, size=len(latent) + len(query_latent)).astype(np.float32)
+    atlas_obs = pd.DataFrame(
+        {
+            "Level_4": labels,
+            "Level_3": HIERARCHY["Level_3"].reindex(labels).to_numpy(),
+            "batch": batches,
+        },
+        index=[f"atlas{i}" for i in range(len(latent))],
+    )
+    query_obs = pd.DataFrame(
+        {"batch": "q1", "barcode": [f"q{i}" for i in range(len(query_latent))]},
+        index=[f"q{i}" for i in range(len(query_latent))],
+    )
+    obs = pd.concat([atlas_obs.assign(source="atlas"), query_obs.assign(source="query")])
+    obsm = {
+        EMBEDDING_KEY: np.vstack([latent, query_latent]).astype(np.float32),
+        PROBABILITIES_KEY: probs,
+    }
+    run = {
+        "labels_key": "Level_4",
+        "batch_key": "batch",
+        "label_levels": ["Level_3", "Level_4"],
+        "classifier_labels": names,
+        "query_columns": ["batch"],
+    }
+    return obs, obsm, run
+
+
+@pytest.mark.parametrize("method", ["knn", "consensus"])
+def test_calls_from_the_fit_made_once_per_reference_are_the_calls_fitted_in_place(tmp_path, method):
+    """fit_calls fits on the atlas once; every query and mode reads that fit back: the
+    calls, probabilities, novelty and report are those of a fit made in the call step."""
+    from atlasmap.calls import (
+        call_embedded,
+        fit_reference_calls,
+        read_reference_calls,
+        write_reference_calls,
+    )
+    from atlasmap.mapping import EMBEDDING_KEY, PROBABILITIES_KEY
+
+    obs, obsm, run = toy_embedded(np.random.default_rng(3))
+    settings = CallSettings(method=method, n_neighbors=20, calibration_folds=3)
+    in_place, in_place_report = call_embedded(obs, obsm, run, settings)
+
+    atlas = (obs["source"] == "atlas").to_numpy()
+    fitted = fit_reference_calls(
+        obs.loc[atlas],
+        obsm[EMBEDDING_KEY][atlas],
+        obsm[PROBABILITIES_KEY][atlas],
+        run["classifier_labels"],
+        labels_key="Level_4",
+        batch_key="batch",
+        label_levels=run["label_levels"],
+        settings=settings,
+    )
+    write_reference_calls(fitted, tmp_path / "call_model.npz")
+    reused, reused_report = call_embedded(
+        obs, obsm, run, settings, read_reference_calls(tmp_path / "call_model.npz")
+    )
+    pd.testing.assert_frame_equal(reused, in_place)
+    assert reused_report == json_round_trip(in_place_report)
+    assert (in_place.loc["q40":, "unknown_reason"] == "novelty").mean() > 0.9  # the unseen type
+    assert set(in_place["predicted_Level_3"]) >= {"T cell"}
+
+
+def json_round_trip(value):
+    import json
+
+    return json.loads(json.dumps(value, default=float))
+
+
+def test_a_fit_of_another_atlas_or_other_settings_is_refused(tmp_path):
+    import anndata as ad
+    from atlasmap.calls import call_embedded, fit_calls_files, read_reference_calls
+    from atlasmap.errors import AtlasmapInputError
+    from atlasmap.io import write_h5ad
+    from atlasmap.mapping import EMBEDDED_ATLAS_KEY
+
+    obs, obsm, run = toy_embedded(np.random.default_rng(4))
+    atlas = (obs["source"] == "atlas").to_numpy()
+    embedded_atlas = ad.AnnData(
+        obs=obs.loc[atlas].drop(columns=["source", "barcode"]),
+        obsm={key: value[atlas] for key, value in obsm.items()},
+        uns={EMBEDDED_ATLAS_KEY: {"classifier_labels": run["classifier_labels"]}},
+    )
+    write_h5ad(embedded_atlas, tmp_path / "embedded_atlas.h5ad")
+    settings = CallSettings(n_neighbors=20, calibration_folds=3)
+    reference = {"labels_key": "Level_4", "batch_key": "batch", "label_levels": ["Level_3"]}
+    fit_calls_files(
+        atlas_path=tmp_path / "embedded_atlas.h5ad",
+        reference=reference,
+        settings=settings,
+        output=tmp_path / "call_model.npz",
+    )
+    fitted = read_reference_calls(tmp_path / "call_model.npz")
+    call_embedded(obs, obsm, run, settings, fitted)  # the atlas it was fitted on: fine
+
+    with pytest.raises(AtlasmapInputError, match="other mapping.calls settings.*n_neighbors"):
+        call_embedded(obs, obsm, run, CallSettings(n_neighbors=30, calibration_folds=3), fitted)
+    fewer = np.flatnonzero(atlas)[10:]
+    keep = np.r_[fewer, np.flatnonzero(~atlas)]
+    with pytest.raises(AtlasmapInputError, match="another atlas; rerun fit_calls"):
+        call_embedded(obs.iloc[keep], {k: v[keep] for k, v in obsm.items()}, run, settings, fitted)
+    moved = {k: v.copy() for k, v in obsm.items()}
+    moved["X_scANVI_emb"][:5] += 1.0
+    with pytest.raises(AtlasmapInputError, match="latent differs"):
+        call_embedded(obs, moved, run, settings, fitted)
+    with pytest.raises(
+        AtlasmapInputError, match="no obs column .sample. \\(reference.batch_key\\)"
+    ):
+        fit_calls_files(
+            atlas_path=tmp_path / "embedded_atlas.h5ad",
+            reference={**reference, "batch_key": "sample"},
+            settings=settings,
+            output=tmp_path / "other.npz",
+        )
+    assert not (tmp_path / "other.npz").exists()

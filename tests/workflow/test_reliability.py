@@ -81,7 +81,7 @@ def test_more_surgery_epochs_rerun_only_the_surgery_mapping_and_what_follows(sma
     assert planned_jobs(small_run, config) == expected
 
 
-# What follows a change of the calls: never the mapping or the reference.
+# What follows a change of the calls: never the mapping, the reference's latent or layout.
 AFTER_THE_CALLS = [
     "call_celltypes",
     "neighbors_umap",
@@ -105,7 +105,7 @@ def test_a_calls_setting_reruns_only_the_calls_and_what_follows(small_run, edit)
     expected = (
         mode_jobs(AFTER_THE_CALLS, "surgery")
         | mode_jobs(AFTER_THE_CALLS, "embed")
-        | {("compare_modes", "query=demo")}
+        | {("fit_calls", ""), ("compare_modes", "query=demo")}
     )
     assert planned_jobs(small_run, config) == expected
 

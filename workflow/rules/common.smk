@@ -168,6 +168,12 @@ def embed_reference_params(wildcards):
     return {key: config["mapping"][key] for key in keys}
 
 
+def reference_calls(wildcards):
+    """The calls' fit on the atlas, made once per reference (fit_calls): none when
+    mapping with the model alone (the classifier calls, with nothing to fit)."""
+    return rules.fit_calls.output.model if HAS_ATLAS else []
+
+
 def embedded_atlas(wildcards):
     """The atlas on the model's genes with its latent, made once per reference
     (embed_reference): none when mapping with the model alone."""

@@ -29,11 +29,12 @@ rule map_query:
 
 
 # The calls are their own step: a threshold or a method reruns them in seconds,
-# never the mapping.
+# never the mapping. Their fit on the atlas is made once per reference (fit_calls).
 rule call_celltypes:
     input:
         embedded=rules.map_query.output.embedded,
         mapping_qc=rules.map_query.output.qc,
+        reference_calls=reference_calls,
     output:
         predictions="results/{query}/{mode}/predictions.tsv",
         qc=report(

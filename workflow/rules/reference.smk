@@ -74,7 +74,8 @@ rule train_reference:
 
 # Reference-side work, done once per reference model and reused by every query
 # and both modes: the atlas on the model's genes with its latent (neither mode
-# moves the atlas cells in the latent space), its Annoy index and its UMAP.
+# moves the atlas cells in the latent space), its Annoy index and its UMAP, and
+# the calls' fit on its cells.
 rule embed_reference:
     input:
         atlas=reference_atlas,
@@ -98,6 +99,31 @@ rule embed_reference:
         "../envs/scvi.yaml"
     script:
         "../scripts/embed_reference.py"
+
+
+# The calls' fit on the atlas (label transfer, calibration on held-out atlas batches,
+# novelty cut-off): the same for every query and mode, whose atlas cells it is.
+rule fit_calls:
+    input:
+        atlas=rules.embed_reference.output.atlas,
+    output:
+        model="results/reference/call_model.npz",
+    log:
+        "logs/fit_calls/fit_calls.log",
+    benchmark:
+        "logs/fit_calls/fit_calls.benchmark.tsv"
+    params:
+        reference=lookup(dpath="reference", within=config),
+        mapping=calls_params,
+        seed=lookup(dpath="seed", within=config),
+    threads: 2
+    resources:
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        runtime=60,
+    conda:
+        "../envs/scvi.yaml"
+    script:
+        "../scripts/fit_calls.py"
 
 
 rule layout_reference:

@@ -15,4 +15,5 @@ call_celltypes_files(
     predictions_path=snakemake.output.predictions,
     qc_path=snakemake.output.qc,
     report_path=snakemake.output.calls,
+    reference_calls_path=snakemake.input.reference_calls or None,
 )

@@ -443,6 +443,194 @@ def call_settings(mapping_config: dict, seed: int = 0, n_jobs: int = 1) -> CallS
     )
 
 
+@dataclass
+class ReferenceCalls:
+    """The calls' fit on the atlas cells alone, with the cells and latent it saw: made
+    once per reference (rule fit_calls) and reused by every query and mode, since
+    neither mode moves the atlas cells in the latent space."""
+
+    model: CallModel
+    hierarchy: pd.DataFrame | None
+    cells: pd.Index
+    latent: np.ndarray
+    settings: dict
+    where: str = "the calls' fit"
+
+    def check(self, cells: pd.Index, latent: np.ndarray, settings: CallSettings) -> None:
+        """Refuse a fit made on other atlas cells, another latent or other settings."""
+        if not self.cells.equals(pd.Index(cells)):
+            raise AtlasmapInputError(
+                f"{self.where}: fitted on {len(self.cells)} atlas cells, not this mapping's "
+                f"{len(cells)} atlas cells in their order: made from another atlas; rerun fit_calls"
+            )
+        if not np.allclose(np.asarray(latent), self.latent, atol=1e-5):
+            raise AtlasmapInputError(
+                f"{self.where}: the atlas cells' latent differs from the one the calls were "
+                "fitted on (another reference model); rerun fit_calls"
+            )
+        if self.settings != fit_settings(settings):
+            changed = sorted(
+                k for k in self.settings if self.settings[k] != fit_settings(settings).get(k)
+            )
+            raise AtlasmapInputError(
+                f"{self.where}: fitted with other mapping.calls settings ({', '.join(changed)}); "
+                "rerun fit_calls"
+            )
+
+
+def fit_settings(settings: CallSettings) -> dict:
+    """The settings a fit depends on (all but the threads), as JSON keeps them."""
+    import json
+
+    return json.loads(
+        json.dumps({k: v for k, v in settings.__dict__.items() if k != "n_jobs"}, default=float)
+    )
+
+
+def fit_reference_calls(
+    atlas_obs: pd.DataFrame,
+    latent: np.ndarray,
+    probabilities: np.ndarray | None,
+    classifier_labels,
+    *,
+    labels_key: str,
+    batch_key: str,
+    label_levels,
+    settings: CallSettings = CallSettings(),
+) -> ReferenceCalls:
+    """:func:`fit_call_model` on the atlas cells, with the label hierarchy of the
+    coarser ``label_levels`` that the calls at every level follow."""
+    from .reference import label_hierarchy
+
+    model = fit_call_model(
+        latent,
+        atlas_obs[labels_key].astype(str).to_numpy(),
+        atlas_obs[batch_key].astype(str).to_numpy(),
+        probabilities,
+        classifier_labels,
+        settings,
+    )
+    levels = [lv for lv in label_levels if lv != labels_key]
+    hierarchy = label_hierarchy(atlas_obs, [*levels, labels_key], labels_key)
+    hierarchy = hierarchy[[lv for lv in levels if lv in hierarchy.columns]]
+    model.report["hierarchy_conflicts"] = hierarchy.attrs.get("conflicts", {})
+    return ReferenceCalls(
+        model,
+        hierarchy,
+        pd.Index(atlas_obs.index),
+        np.asarray(latent, dtype=np.float32),
+        fit_settings(settings),
+    )
+
+
+def write_reference_calls(fitted: ReferenceCalls, path) -> None:
+    """The fit as one numpy archive (no pickles), written whole or not at all."""
+    import json
+
+    from .io import atomic_path
+
+    model = fitted.model
+    hierarchy = fitted.hierarchy
+    meta = {
+        "report": model.report,
+        "settings": fitted.settings,
+        "k": model.knn.k,
+        "bandwidth": model.knn.bandwidth,
+        "novelty_cutoff": None if np.isinf(model.novelty_cutoff) else model.novelty_cutoff,
+        "novelty_batch_quantile": model.novelty_batch_quantile,
+        "hierarchy": None
+        if hierarchy is None
+        else {
+            "name": hierarchy.index.name,
+            "index": [str(x) for x in hierarchy.index],
+            "columns": [str(c) for c in hierarchy.columns],
+            "data": hierarchy.astype(object).where(hierarchy.notna(), None).to_numpy().tolist(),
+        },
+    }
+    arrays = {
+        "cells": np.asarray(fitted.cells.astype(str), dtype=str),
+        "latent": fitted.latent,
+        "codes": np.asarray(model.knn.codes, dtype=np.int32),
+        "labels": np.asarray(model.labels, dtype=str),
+        "distance_scale": np.asarray(model.distance_scale, dtype=np.float64),
+        "meta": np.asarray(json.dumps(meta, default=float)),
+    }
+    if model.calibration_x is not None:
+        arrays["calibration_x"] = np.asarray(model.calibration_x, dtype=np.float64)
+        arrays["calibration_y"] = np.asarray(model.calibration_y, dtype=np.float64)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def read_reference_calls(path, n_jobs: int = 1) -> ReferenceCalls:
+    """The fit written by :func:`write_reference_calls`, its kNN index rebuilt."""
+    import json
+
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            arrays = {key: stored[key] for key in stored.files}
+        meta = json.loads(str(arrays["meta"]))
+    except (OSError, ValueError, KeyError) as err:
+        raise AtlasmapInputError(f"{path}: not a calls fit written by fit_calls ({err})") from err
+    labels = arrays["labels"].astype(object)
+    cutoff = meta["novelty_cutoff"]
+    model = CallModel(
+        labels=labels,
+        knn=LatentKNN(
+            arrays["latent"], arrays["codes"], len(labels), meta["k"], meta["bandwidth"], n_jobs
+        ),
+        distance_scale=arrays["distance_scale"],
+        novelty_cutoff=np.inf if cutoff is None else float(cutoff),
+        novelty_batch_quantile=meta["novelty_batch_quantile"],
+        calibration_x=arrays.get("calibration_x"),
+        calibration_y=arrays.get("calibration_y"),
+        report=meta["report"],
+    )
+    hierarchy = None
+    if meta["hierarchy"] is not None:
+        h = meta["hierarchy"]
+        hierarchy = pd.DataFrame(
+            h["data"], index=pd.Index(h["index"], name=h["name"]), columns=h["columns"]
+        )
+    return ReferenceCalls(
+        model,
+        hierarchy,
+        pd.Index(arrays["cells"].astype(object)),
+        arrays["latent"],
+        meta["settings"],
+        where=str(path),
+    )
+
+
+def fit_calls_files(
+    *, atlas_path, reference: dict, settings: CallSettings, output
+) -> ReferenceCalls:
+    """:func:`fit_reference_calls` from embed_reference's file to the fit's file."""
+    from .io import read_annotations
+    from .mapping import EMBEDDING_KEY, PROBABILITIES_KEY, reference_latent
+
+    embedded = read_annotations(atlas_path, obsm=(EMBEDDING_KEY, PROBABILITIES_KEY))
+    ref = reference_latent(embedded, where=str(atlas_path))
+    obs = embedded.obs
+    for role in ("labels_key", "batch_key"):
+        if reference[role] not in obs:
+            raise AtlasmapInputError(
+                f"{atlas_path}: no obs column {reference[role]!r} (reference.{role})"
+            )
+    fitted = fit_reference_calls(
+        obs,
+        ref.latent,
+        ref.probabilities.to_numpy(),
+        list(ref.probabilities.columns),
+        labels_key=reference["labels_key"],
+        batch_key=reference["batch_key"],
+        label_levels=[lv for lv in reference["label_levels"] if lv in obs.columns],
+        settings=settings,
+    )
+    write_reference_calls(fitted, output)
+    return fitted
+
+
 def read_embedded(path) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict]:
     """obs, obsm and run record of map_query's embedded.h5ad, without its count matrix."""
     from .io import read_annotations
@@ -457,14 +645,16 @@ def call_embedded(
     obsm: dict[str, np.ndarray],
     run: dict,
     settings: CallSettings = CallSettings(),
+    fitted: ReferenceCalls | None = None,
 ) -> tuple[pd.DataFrame, dict]:
-    """Calls of the query cells of an embedded expanded atlas, fitted on its atlas cells.
+    """Calls of the query cells of an embedded expanded atlas, fitted on its atlas cells,
+    or taken from ``fitted`` (made once per reference by :func:`fit_reference_calls`,
+    checked to be of these atlas cells and settings).
 
     Returns the prediction table (one row per query cell, indexed by barcode,
     the query's metadata after the call columns) and the fit report.
     """
     from .mapping import CALL_COLUMNS, EMBEDDING_KEY, PROBABILITIES_KEY
-    from .reference import label_hierarchy
 
     labels_key = run["labels_key"]
     is_query = (obs["source"] == "query").to_numpy()
@@ -494,19 +684,20 @@ def call_embedded(
         )
         hierarchy = None
     else:
-        atlas_obs = obs.loc[is_atlas]
-        model = fit_call_model(
-            latent[is_atlas],
-            atlas_obs[labels_key].astype(str).to_numpy(),
-            atlas_obs[run["batch_key"]].astype(str).to_numpy(),
-            None if probs is None else probs[is_atlas],
-            prob_labels,
-            s,
-        )
-        levels = [lv for lv in run.get("label_levels", []) if lv != labels_key]
-        hierarchy = label_hierarchy(atlas_obs, [*levels, labels_key], labels_key)
-        hierarchy = hierarchy[[lv for lv in levels if lv in hierarchy.columns]]
-        model.report["hierarchy_conflicts"] = hierarchy.attrs.get("conflicts", {})
+        if fitted is None:
+            fitted = fit_reference_calls(
+                obs.loc[is_atlas],
+                latent[is_atlas],
+                None if probs is None else probs[is_atlas],
+                prob_labels,
+                labels_key=labels_key,
+                batch_key=run["batch_key"],
+                label_levels=run.get("label_levels", []),
+                settings=s,
+            )
+        else:
+            fitted.check(obs.index[is_atlas], latent[is_atlas], s)
+        model, hierarchy = fitted.model, fitted.hierarchy
     query_obs = obs.loc[is_query]
     barcodes = pd.Index(query_obs["barcode"].astype(str).to_numpy(), name="barcode")
     calls = call_cells(
@@ -519,7 +710,7 @@ def call_embedded(
         index=barcodes,
         batches=query_obs[run["batch_key"]].astype(str).to_numpy(),
     )
-    model.report["query_batch_shift"] = calls.attrs.get("batch_shift", {})
+    report = {**model.report, "query_batch_shift": calls.attrs.get("batch_shift", {})}
     if model.knn.k == 0:
         calls["prediction_uncertainty"] = np.nan
         calls["novelty_score"] = np.nan
@@ -529,7 +720,7 @@ def call_embedded(
     metadata = metadata.drop(columns=["barcode", *CALL_COLUMNS], errors="ignore")
     metadata.index = barcodes
     table = pd.concat([calls, metadata], axis=1)
-    return table, model.report
+    return table, report
 
 
 class _NoNeighbours:
@@ -586,14 +777,19 @@ def call_celltypes_files(
     predictions_path,
     qc_path,
     report_path,
+    reference_calls_path=None,
 ) -> pd.DataFrame:
-    """:func:`call_embedded` from map_query's files to the prediction table, QC and fit report."""
+    """:func:`call_embedded` from map_query's files to the prediction table, QC and fit
+    report; the fit on the atlas from fit_calls's file, if given."""
     import json
 
     from .io import atomic_path
 
     obs, obsm, run = read_embedded(embedded_path)
-    table, report = call_embedded(obs, obsm, run, settings)
+    fitted = None
+    if reference_calls_path:
+        fitted = read_reference_calls(reference_calls_path, n_jobs=settings.n_jobs)
+    table, report = call_embedded(obs, obsm, run, settings, fitted)
     qc = call_qc(table, pd.read_csv(mapping_qc_path, sep="\t"), run["batch_key"])
     log.info(
         "%d query cells: %.1f%% Unknown (%.1f%% for low probability, %.1f%% novel)",

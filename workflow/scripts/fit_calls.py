@@ -1,0 +1,17 @@
+"""Rule fit_calls: the calls' label transfer, calibration and novelty cut-off, fitted on
+the atlas once per reference and reused by every query and mode."""
+
+from atlasmap.logs import log_to
+
+log_to(snakemake.log[0])
+
+from atlasmap.calls import call_settings, fit_calls_files  # noqa: E402
+
+fit_calls_files(
+    atlas_path=snakemake.input.atlas,
+    reference=snakemake.params.reference,
+    settings=call_settings(
+        snakemake.params.mapping, seed=snakemake.params.seed, n_jobs=snakemake.threads
+    ),
+    output=snakemake.output.model,
+)
