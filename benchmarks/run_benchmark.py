@@ -111,6 +111,42 @@ def stage_table(workdir: Path, cells: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def job_timeline(workdir: Path, cores: int = 2) -> tuple[pd.DataFrame, dict]:
+    """When each job of the latest Snakemake run in ``workdir`` started and finished
+    (from Snakemake's own log, to the second), and how full the cores were: the
+    threads jobs claimed, summed over their run time, against ``cores`` x wall."""
+    import datetime
+    import re
+
+    log_file = max((workdir / ".snakemake" / "log").glob("*.snakemake.log"))
+    jobs, now, current = {}, None, {}
+    for line in log_file.read_text().splitlines():
+        if match := re.fullmatch(r"\[(\w{3} \w{3} +\d+ [\d:]+ \d{4})\]", line.strip()):
+            now = datetime.datetime.strptime(match[1], "%a %b %d %H:%M:%S %Y")
+        elif match := re.match(r"^(?:local)?rule (\w+):$", line):
+            current = {"rule": match[1], "wildcards": "", "threads": 1, "start": now}
+        elif match := re.match(r"^\s+jobid: (\d+)$", line):
+            jobs[int(match[1])] = current  # wildcards and threads follow the job id
+        elif match := re.match(r"^\s+wildcards: (.*)$", line):
+            current["wildcards"] = match[1]
+        elif match := re.match(r"^\s+threads: (\d+)$", line):
+            current["threads"] = int(match[1])
+        elif (match := re.match(r"^Finished job(?:id:)? (\d+)", line)) and int(match[1]) in jobs:
+            jobs[int(match[1])]["end"] = now
+    table = pd.DataFrame([job for job in jobs.values() if job["rule"] != "all" and "end" in job])
+    begin = table["start"].min()
+    table["start_s"] = (table["start"] - begin).dt.total_seconds()
+    table["end_s"] = (table["end"] - begin).dt.total_seconds()
+    table = table.drop(columns=["start", "end"]).sort_values(["start_s", "end_s"])
+    wall = float(table["end_s"].max())
+    claimed = float(((table["end_s"] - table["start_s"]) * table["threads"]).sum())
+    return table.reset_index(drop=True), {
+        "wall_seconds": wall,
+        "claimed_core_seconds": round(claimed, 1),
+        "cores_claimed_share": round(claimed / (cores * wall), 3) if wall else None,
+    }
+
+
 def alignment_memory(query_h5ad: Path, model_dir: Path) -> dict:
     """Peak memory allocated while aligning the query to the model's genes:
     ours (sparse) against densify-and-zero-fill (what the tutorial's package does)."""

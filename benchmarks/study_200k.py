@@ -8,8 +8,9 @@ With ``--reuse`` the atlas, the deposits and the 10k run's trained model are tak
 earlier run in the same folder (the 10k run is skipped); the 200k run always starts from an
 empty results folder, so it is still a cold start from a saved model.
 
-Prints each run's wall time and the per-job table (seconds, peak MB) and writes
-them to the work folder (walls.json, stages.tsv).
+Prints each run's wall time, the per-job table (seconds, peak MB) and each job's start
+and end with the share of the cores' time the jobs claimed, and writes them to the work
+folder (walls.json, stages.tsv, timeline_<cells>.tsv).
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ def main(argv=None) -> None:
         workdir = bench.workflow_copy(workdir)
         walls[cells] = bench.run_workflow(workdir, bench.config_for(deposit, names, atlas, model))
         tables.append(bench.stage_table(workdir, cells))
+        timeline, packing = bench.job_timeline(workdir)
+        timeline.to_csv(out / f"timeline_{cells}.tsv", sep="\t", index=False)
+        print(timeline.to_string(), "\n", packing, flush=True)
         if model is None:  # trained once, reused at 200k: "from a saved model"
             model = workdir / "results" / "reference" / "scanvi_model"
         print(f"{cells} cells: workflow {walls[cells]:.0f} s", flush=True)

@@ -65,3 +65,41 @@ def test_mapping_accelerator_decides_the_requests(workdir, accelerator, expected
         lambda c: c["mapping"].update(accelerator=accelerator),
     )
     assert planned_gpus(workdir, "--configfile", config) == expected
+
+
+def planned_threads(workdir, *args) -> dict[tuple[str, str], int]:
+    """(rule, wildcards) -> the threads Snakemake plans each job with."""
+    out = run_snakemake(workdir, "-n", *args).stdout
+    threads, rule, wildcards = {}, None, ""
+    for line in out.splitlines():
+        if match := re.match(r"^(?:local)?rule (\w+):$", line):
+            rule, wildcards = match[1], ""
+            threads[(rule, wildcards)] = 1  # Snakemake prints threads only above 1
+        elif match := re.match(r"^\s+wildcards: (.*)$", line):
+            threads[(rule, match[1])] = threads.pop((rule, wildcards))
+            wildcards = match[1]
+        elif match := re.match(r"^\s+threads: (\d+)$", line):
+            threads[(rule, wildcards)] = int(match[1])
+    return threads
+
+
+SIDE_BY_SIDE = {
+    ("embed_reference", ""): 2,
+    ("fit_calls", ""): 2,
+    ("map_query", "query=demo, mode=surgery"): 4,
+    ("call_celltypes", "query=demo, mode=surgery"): 2,
+    ("call_celltypes", "query=demo, mode=embed"): 2,
+}
+
+
+@pytest.mark.parametrize("cores", [2, 4, 16])
+def test_run_locally_a_job_that_others_can_run_beside_claims_at_most_half_the_cores(workdir, cores):
+    """On 2 cores a 2-thread job waits until every other job is done (Snakemake keeps no
+    cores free for it): locally, those jobs claim at most half the cores. Training the
+    reference, which nothing runs beside, still takes what it asks for."""
+    planned = planned_threads(workdir, "--cores", str(cores))
+    assert {job: planned[job] for job in SIDE_BY_SIDE} == {
+        job: min(wanted, cores // 2) for job, wanted in SIDE_BY_SIDE.items()
+    }
+    assert planned[("train_reference", "")] == min(4, cores)
+    assert planned[("map_query", "query=demo, mode=embed")] == 1

@@ -3,6 +3,7 @@ import re
 import sys
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 # Validate twice: without defaults first, so that a wrong type (e.g. a string
@@ -154,11 +155,30 @@ def calls_params(wildcards):
     return {key: config["mapping"][key] for key in CALL_KEYS}
 
 
+def side_by_side(wanted):
+    """Threads of a job that other jobs can run beside: ``wanted`` where each job gets
+    cores of its own (a cluster), but at most half the cores of a local run, so that a
+    second job always fits beside it. Snakemake starts whichever ready job fits and
+    keeps no cores free for a waiting one: on 2 cores a 2-thread job waited for every
+    other job to finish (surgery 76 s behind the reference's layout and the baseline
+    at 200k cells), while one thread more makes it only 1.4x faster
+    (benchmarks/README.md, "Who waits for whom")."""
+
+    def threads(wildcards):
+        try:
+            cores = workflow.cores if workflow.local_exec else None
+        except WorkflowError:  # a dry run given no --cores
+            cores = None
+        return max(1, min(wanted, cores // 2)) if cores else wanted
+
+    return threads
+
+
 def mapping_threads(wildcards):
     """Surgery trains, on several threads; a frozen embedding is a forward pass, and
     its job is mostly reading and the kNN confidence: under one core in use at 200k
     cells (benchmarks/results.md), so it leaves the other cores to other jobs."""
-    return 4 if wildcards.mode == "surgery" else 1
+    return side_by_side(4)(wildcards) if wildcards.mode == "surgery" else 1
 
 
 def embed_reference_params(wildcards):

@@ -56,7 +56,7 @@ rule call_celltypes:
     params:
         mapping=calls_params,
         seed=lookup(dpath="seed", within=config),
-    threads: 2
+    threads: side_by_side(2)
     resources:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
         runtime=60,

@@ -90,7 +90,7 @@ rule embed_reference:
         reference=lookup(dpath="reference", within=config),
         mapping=embed_reference_params,
         seed=lookup(dpath="seed", within=config),
-    threads: 2
+    threads: side_by_side(2)
     resources:
         mem_mb=lambda wildcards, attempt: 12000 * attempt,
         runtime=60,
@@ -116,7 +116,7 @@ rule fit_calls:
         reference=lookup(dpath="reference", within=config),
         mapping=calls_params,
         seed=lookup(dpath="seed", within=config),
-    threads: 2
+    threads: side_by_side(2)
     resources:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
         runtime=60,
