@@ -22,20 +22,32 @@ JOBS = {
 }
 
 
-def planned_gpus(workdir, *args) -> dict[tuple[str, str], int]:
-    """(rule, wildcards) -> the gpu resource of each planned torch job."""
+def planned_jobs(workdir, *args) -> dict[tuple[str, str], dict]:
+    """(rule, wildcards) -> the threads and resources Snakemake plans each job with."""
     out = run_snakemake(workdir, "-n", *args).stdout
-    gpus, rule, wildcards = {}, None, ""
+    jobs, job = {}, None
     for line in out.splitlines():
         if match := re.match(r"^(?:local)?rule (\w+):$", line):
-            rule, wildcards = match[1], ""
-        elif match := re.match(r"^\s+wildcards: (.*)$", line):
-            wildcards = match[1]
-        elif rule and (match := re.match(r"^\s+resources: (.*)$", line)):
-            resources = dict(item.split("=", 1) for item in match[1].split(", "))
-            if "gpu" in resources:
-                gpus[(rule, wildcards)] = int(resources["gpu"])
-    return gpus
+            # Snakemake prints the wildcards after the job's name, threads only above 1
+            # and priority only above 0.
+            job = {"rule": match[1], "wildcards": "", "threads": 1, "priority": 0, "resources": {}}
+            jobs[id(job)] = job
+        elif job and (match := re.match(r"^\s+wildcards: (.*)$", line)):
+            job["wildcards"] = match[1]
+        elif job and (match := re.match(r"^\s+(threads|priority): (\d+)$", line)):
+            job[match[1]] = int(match[2])
+        elif job and (match := re.match(r"^\s+resources: (.*)$", line)):
+            job["resources"] = dict(item.split("=", 1) for item in match[1].split(", "))
+    return {(job["rule"], job["wildcards"]): job for job in jobs.values()}
+
+
+def planned_gpus(workdir, *args) -> dict[tuple[str, str], int]:
+    """(rule, wildcards) -> the gpu resource of each planned torch job."""
+    return {
+        key: int(job["resources"]["gpu"])
+        for key, job in planned_jobs(workdir, *args).items()
+        if "gpu" in job["resources"]
+    }
 
 
 @pytest.fixture(scope="module")
@@ -67,22 +79,6 @@ def test_mapping_accelerator_decides_the_requests(workdir, accelerator, expected
     assert planned_gpus(workdir, "--configfile", config) == expected
 
 
-def planned_threads(workdir, *args) -> dict[tuple[str, str], int]:
-    """(rule, wildcards) -> the threads Snakemake plans each job with."""
-    out = run_snakemake(workdir, "-n", *args).stdout
-    threads, rule, wildcards = {}, None, ""
-    for line in out.splitlines():
-        if match := re.match(r"^(?:local)?rule (\w+):$", line):
-            rule, wildcards = match[1], ""
-            threads[(rule, wildcards)] = 1  # Snakemake prints threads only above 1
-        elif match := re.match(r"^\s+wildcards: (.*)$", line):
-            threads[(rule, match[1])] = threads.pop((rule, wildcards))
-            wildcards = match[1]
-        elif match := re.match(r"^\s+threads: (\d+)$", line):
-            threads[(rule, wildcards)] = int(match[1])
-    return threads
-
-
 SIDE_BY_SIDE = {
     ("embed_reference", ""): 2,
     ("fit_calls", ""): 2,
@@ -97,9 +93,13 @@ def test_run_locally_a_job_that_others_can_run_beside_claims_at_most_half_the_co
     """On 2 cores a 2-thread job waits until every other job is done (Snakemake keeps no
     cores free for it): locally, those jobs claim at most half the cores. Training the
     reference, which nothing runs beside, still takes what it asks for."""
-    planned = planned_threads(workdir, "--cores", str(cores))
+    jobs = planned_jobs(workdir, "--cores", str(cores))
+    planned = {key: job["threads"] for key, job in jobs.items()}
     assert {job: planned[job] for job in SIDE_BY_SIDE} == {
         job: min(wanted, cores // 2) for job, wanted in SIDE_BY_SIDE.items()
     }
     assert planned[("train_reference", "")] == min(4, cores)
     assert planned[("map_query", "query=demo, mode=embed")] == 1
+    # Surgery, the longest job, starts first when it and another are ready and one fits.
+    prioritised = {key for key, job in jobs.items() if job["priority"] > 0}
+    assert prioritised == {("map_query", "query=demo, mode=surgery")}

@@ -181,6 +181,10 @@ def mapping_threads(wildcards):
     return side_by_side(4)(wildcards) if wildcards.mode == "surgery" else 1
 
 
+def mapping_priority(wildcards):
+    return 1 if wildcards.mode == "surgery" else 0
+
+
 def embed_reference_params(wildcards):
     """What embed_reference reads of the mapping section: not the modes, the calls
     or surgery, whose edits leave the reference's latent as it is."""

@@ -13,6 +13,9 @@ rule map_query:
         "logs/map_query/{query}_{mode}.log",
     benchmark:
         "logs/map_query/{query}_{mode}.benchmark.tsv"
+    # Surgery is the study's longest job: started first whenever it and another job are
+    # ready and only one fits (Snakemake keeps no cores for a waiting job).
+    priority: mapping_priority
     params:
         reference=lookup(dpath="reference", within=config),
         mapping=mapping_params,
