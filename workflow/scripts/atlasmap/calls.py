@@ -456,17 +456,12 @@ class ReferenceCalls:
     settings: dict
     where: str = "the calls' fit"
 
-    def check(self, cells: pd.Index, latent: np.ndarray, settings: CallSettings) -> None:
-        """Refuse a fit made on other atlas cells, another latent or other settings."""
+    def check(self, cells: pd.Index, settings: CallSettings) -> None:
+        """Refuse a fit made on other atlas cells or with other settings."""
         if not self.cells.equals(pd.Index(cells)):
             raise AtlasmapInputError(
                 f"{self.where}: fitted on {len(self.cells)} atlas cells, not this mapping's "
                 f"{len(cells)} atlas cells in their order: made from another atlas; rerun fit_calls"
-            )
-        if not np.allclose(np.asarray(latent), self.latent, atol=1e-5):
-            raise AtlasmapInputError(
-                f"{self.where}: the atlas cells' latent differs from the one the calls were "
-                "fitted on (another reference model); rerun fit_calls"
             )
         if self.settings != fit_settings(settings):
             changed = sorted(
@@ -684,6 +679,17 @@ def call_embedded(
         )
         hierarchy = None
     else:
+        if fitted is not None:
+            fitted.check(obs.index[is_atlas], s)
+            if not np.allclose(latent[is_atlas], fitted.latent, atol=1e-5):
+                # Surgery with weight decay moves the atlas cells (map_query embeds them
+                # again): the fit made on their reference latent does not hold for them.
+                log.warning(
+                    "%s: this mapping moved the atlas cells in the latent space; the calls "
+                    "are fitted on its own atlas latent",
+                    fitted.where,
+                )
+                fitted = None
         if fitted is None:
             fitted = fit_reference_calls(
                 obs.loc[is_atlas],
@@ -695,8 +701,6 @@ def call_embedded(
                 label_levels=run.get("label_levels", []),
                 settings=s,
             )
-        else:
-            fitted.check(obs.index[is_atlas], latent[is_atlas], s)
         model, hierarchy = fitted.model, fitted.hierarchy
     query_obs = obs.loc[is_query]
     barcodes = pd.Index(query_obs["barcode"].astype(str).to_numpy(), name="barcode")
