@@ -177,8 +177,9 @@ def resume(workdir, config):
     if result.returncode != 0:
         text = result.stdout + result.stderr
         assert "--unlock" in text or "--rerun-incomplete" in text, text[-3000:]
-        if "--unlock" in text:
-            run_snakemake(workdir, "--unlock", "--configfile", config)
+        # A killed run leaves its lock and its jobs' incomplete files, and Snakemake may
+        # name either first (which, depends on what was running): unlock, then redo them.
+        run_snakemake(workdir, "--unlock", "--configfile", config)
         run_snakemake(workdir, "--rerun-incomplete", "--configfile", config)
 
 
