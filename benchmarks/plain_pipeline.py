@@ -25,7 +25,7 @@ def run(config_path: Path, out: Path, threads: int = 2) -> None:
     import torch
     from atlasmap.baseline import predict_baseline_files
     from atlasmap.calls import call_celltypes_files, call_settings, fit_calls_files
-    from atlasmap.contract import mapping_figure_names
+    from atlasmap.contract import local_threads, mapping_figure_names
     from atlasmap.download import DownloadSettings, fetch, resolve_sources
     from atlasmap.embedding import (
         embedding_settings,
@@ -42,12 +42,9 @@ def run(config_path: Path, out: Path, threads: int = 2) -> None:
     config = yaml.safe_load(config_path.read_text())
     validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
 
-    # The threads each job gets in a local run on ``threads`` cores (common.smk:
-    # side_by_side): a job others run beside takes at most half. torch's thread count
-    # moves surgery's sums, so the script matches it to give the workflow's calls.
-    def side_by_side(wanted: int) -> int:
-        return max(1, min(wanted, threads // 2))
-
+    # Each job's threads as in a local run on ``threads`` cores (common.smk:
+    # side_by_side): torch's thread count moves surgery's sums, so the script matches
+    # it to give the workflow's calls.
     torch.set_num_threads(min(4, threads))  # train_reference asks for 4, nothing beside it
     ((name, query),) = config["queries"].items()
     reference, mapping, plots = config["reference"], config["mapping"], config["plots"]
@@ -90,7 +87,7 @@ def run(config_path: Path, out: Path, threads: int = 2) -> None:
     reference_dir = out / "results" / "reference"
     embedded_atlas = reference_dir / "embedded_atlas.h5ad"
     map_settings = {k: v for k, v in mapping.items() if k != "modes"}
-    torch.set_num_threads(side_by_side(2))
+    torch.set_num_threads(local_threads(2, threads))
     embed_reference_files(
         atlas_path=atlas,
         model_dir=model,
@@ -111,7 +108,7 @@ def run(config_path: Path, out: Path, threads: int = 2) -> None:
     )
     if config["umap"]["layout"] == "reference":
         layout_reference_files(embedded_atlas=embedded_atlas, settings=layout_settings, **layout)
-    calls_settings = call_settings(mapping, seed=seed, n_jobs=side_by_side(2))
+    calls_settings = call_settings(mapping, seed=seed, n_jobs=local_threads(2, threads))
     reference_calls = reference_dir / "call_model.npz"
     fit_calls_files(
         atlas_path=embedded_atlas,
@@ -122,7 +119,7 @@ def run(config_path: Path, out: Path, threads: int = 2) -> None:
     for mode in modes:
         folder = results / mode
         # The threads map_query's job gets (common.smk: mapping_threads).
-        torch.set_num_threads(side_by_side(4) if mode == "surgery" else 1)
+        torch.set_num_threads(local_threads(4, threads) if mode == "surgery" else 1)
         map_query_files(
             query_path=subset,
             embedded_atlas=embedded_atlas,

@@ -385,7 +385,7 @@ def test_a_fit_of_another_atlas_or_other_settings_is_refused(tmp_path):
     own, _ = call_embedded(obs, moved, run, settings)
     pd.testing.assert_frame_equal(call_embedded(obs, moved, run, settings, fitted)[0], own)
     with pytest.raises(
-        AtlasmapInputError, match="no obs column .sample. \\(reference.batch_key\\)"
+        AtlasmapInputError, match="no obs column .sample. \\(config key reference.batch_key\\)"
     ):
         fit_calls_files(
             atlas_path=tmp_path / "embedded_atlas.h5ad",

@@ -39,6 +39,7 @@ from atlasmap.contract import (  # noqa: E402
     MODES as ALL_MODES,
     deposit_file_names,
     is_url,
+    local_threads,
     mapping_figure_names,
     resolve_sources,
 )
@@ -169,7 +170,7 @@ def side_by_side(wanted):
             cores = workflow.cores if workflow.local_exec else None
         except WorkflowError:  # a dry run given no --cores
             cores = None
-        return max(1, min(wanted, cores // 2)) if cores else wanted
+        return local_threads(wanted, cores)
 
     return threads
 

@@ -463,10 +463,9 @@ class ReferenceCalls:
                 f"{self.where}: fitted on {len(self.cells)} atlas cells, not this mapping's "
                 f"{len(cells)} atlas cells in their order: made from another atlas; rerun fit_calls"
             )
-        if self.settings != fit_settings(settings):
-            changed = sorted(
-                k for k in self.settings if self.settings[k] != fit_settings(settings).get(k)
-            )
+        asked = fit_settings(settings)
+        if self.settings != asked:
+            changed = sorted(k for k in self.settings if self.settings[k] != asked.get(k))
             raise AtlasmapInputError(
                 f"{self.where}: fitted with other mapping.calls settings ({', '.join(changed)}); "
                 "rerun fit_calls"
@@ -603,15 +602,17 @@ def fit_calls_files(
     """:func:`fit_reference_calls` from embed_reference's file to the fit's file."""
     from .io import read_annotations
     from .mapping import EMBEDDING_KEY, PROBABILITIES_KEY, reference_latent
+    from .reference import check_atlas_columns
 
     embedded = read_annotations(atlas_path, obsm=(EMBEDDING_KEY, PROBABILITIES_KEY))
     ref = reference_latent(embedded, where=str(atlas_path))
     obs = embedded.obs
-    for role in ("labels_key", "batch_key"):
-        if reference[role] not in obs:
-            raise AtlasmapInputError(
-                f"{atlas_path}: no obs column {reference[role]!r} (reference.{role})"
-            )
+    check_atlas_columns(
+        embedded,
+        str(atlas_path),
+        labels_key=reference["labels_key"],
+        batch_key=reference["batch_key"],
+    )
     fitted = fit_reference_calls(
         obs,
         ref.latent,

@@ -123,5 +123,12 @@ def resolve_sources(
     return {role: locations[role] for role in DEPOSIT_ROLES}
 
 
+def local_threads(wanted: int, cores: int | None) -> int:
+    """Threads of a job that others can run beside, in a local run on ``cores`` cores:
+    at most half of them (Snakemake keeps no cores free for a job waiting for several),
+    at least one; ``wanted`` where each job has cores of its own (``cores`` None)."""
+    return max(1, min(wanted, cores // 2)) if cores else wanted
+
+
 def is_url(location: str) -> bool:
     return urllib.parse.urlparse(location).scheme in {"http", "https", "file"}
