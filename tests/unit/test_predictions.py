@@ -5,7 +5,14 @@ import logging
 import numpy as np
 import pandas as pd
 import pytest
-from atlasmap.calls import CallSettings, LatentKNN, call_cells, coarser_calls, fit_call_model
+from atlasmap.calls import (
+    CallSettings,
+    ExactNeighbours,
+    LatentKNN,
+    call_cells,
+    coarser_calls,
+    fit_call_model,
+)
 from atlasmap.metrics import (
     calibration_error,
     classification_metrics,
@@ -27,6 +34,23 @@ def test_the_vote_weighs_near_cells_more_than_many_far_ones():
     assert vote[0, 0] > 0.9
     assert vote.sum() == pytest.approx(1.0)
     assert distance[0] == pytest.approx(np.linalg.norm(np.vstack([near, far]), axis=1).mean())
+
+
+@pytest.mark.parametrize("k", [1, 7])
+def test_the_neighbour_search_is_exact(k):
+    """The calls' KD-tree finds each cell's true nearest reference cells at their true
+    distances, nearest first, as a brute-force search over every pair does."""
+    rng = np.random.default_rng(3)
+    reference = rng.normal(size=(400, 10)).astype(np.float32)
+    cells = rng.normal(size=(50, 10)).astype(np.float32)
+    distances, indices = ExactNeighbours(reference).query(cells, k)
+    every_pair = np.linalg.norm(
+        cells[:, None, :].astype(np.float64) - reference[None, :, :], axis=2
+    )
+    truth = np.argsort(every_pair, axis=1)[:, :k]
+    assert distances.shape == indices.shape == (50, k)
+    np.testing.assert_array_equal(indices, truth)
+    np.testing.assert_allclose(distances, np.take_along_axis(every_pair, truth, axis=1))
 
 
 def blobs(rng, centres, n, batches=3, sd=0.3):
