@@ -100,6 +100,10 @@ def test_run_locally_a_job_that_others_can_run_beside_claims_at_most_half_the_co
     }
     assert planned[("train_reference", "")] == min(4, cores)
     assert planned[("map_query", "query=demo, mode=embed")] == 1
-    # Surgery, the longest job, starts first when it and another are ready and one fits.
+    # Surgery's chain, the longest, goes first when one of its jobs and another are ready
+    # and only one fits: its mapping, calls, neighbours and UMAP, figures.
     prioritised = {key for key, job in jobs.items() if job["priority"] > 0}
-    assert prioritised == {("map_query", "query=demo, mode=surgery")}
+    assert prioritised == {
+        (rule, "query=demo, mode=surgery")
+        for rule in ("map_query", "call_celltypes", "neighbors_umap", "plot_mapping")
+    }

@@ -182,7 +182,10 @@ def mapping_threads(wildcards):
     return side_by_side(4)(wildcards) if wildcards.mode == "surgery" else 1
 
 
-def mapping_priority(wildcards):
+def surgery_first(wildcards):
+    """Priority of a per-mode job: surgery's chain (mapping, calls, neighbours and UMAP,
+    figures) is the study's longest, so its jobs go before the other mode's and before
+    the small evaluation jobs whenever both are ready and only one fits."""
     return 1 if wildcards.mode == "surgery" else 0
 
 

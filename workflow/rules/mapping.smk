@@ -15,7 +15,7 @@ rule map_query:
         "logs/map_query/{query}_{mode}.benchmark.tsv"
     # Surgery is the study's longest job: started first whenever it and another job are
     # ready and only one fits (Snakemake keeps no cores for a waiting job).
-    priority: mapping_priority
+    priority: surgery_first
     params:
         reference=lookup(dpath="reference", within=config),
         mapping=mapping_params,
@@ -56,6 +56,7 @@ rule call_celltypes:
         "logs/call_celltypes/{query}_{mode}.log",
     benchmark:
         "logs/call_celltypes/{query}_{mode}.benchmark.tsv"
+    priority: surgery_first
     params:
         mapping=calls_params,
         seed=lookup(dpath="seed", within=config),

@@ -13,6 +13,7 @@ rule neighbors_umap:
         "logs/neighbors_umap/{query}_{mode}.log",
     benchmark:
         "logs/neighbors_umap/{query}_{mode}.benchmark.tsv"
+    priority: surgery_first
     params:
         neighbors=lookup(dpath="neighbors", within=config),
         umap=lookup(dpath="umap", within=config),
@@ -37,6 +38,7 @@ rule plot_mapping:
         "logs/plot_mapping/{query}_{mode}.log",
     benchmark:
         "logs/plot_mapping/{query}_{mode}.benchmark.tsv"
+    priority: surgery_first
     params:
         plots=lookup(dpath="plots", within=config),
         reference=lookup(dpath="reference", within=config),
