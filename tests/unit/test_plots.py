@@ -1,5 +1,7 @@
 """Figures: consistent colours, valid files, and the neighbour/UMAP step behind them."""
 
+import functools
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -20,6 +22,7 @@ from atlasmap.plots import (
     mapping_figures,
     save_figure,
     umap_categorical,
+    umap_uncertainty,
 )
 from conftest import assert_valid_figure, run_python
 
@@ -159,6 +162,73 @@ def test_vector_figures_keep_their_text_editable_and_unclipped(tmp_path):
     width, height = Image.open(ours[0]).size
     tight_width, tight_height = Image.open(tmp_path / "tight.png").size
     assert abs(width - tight_width) <= 1 and abs(height - tight_height) <= 1
+
+
+def test_scatters_are_drawn_once_for_all_formats_and_look_as_drawn_directly(tmp_path, monkeypatch):
+    """A UMAP saved as PNG and PDF draws each scatter once (the slow part at 300k
+    cells), and the PNG has the pixels matplotlib draws itself: the same size, and
+    the same colour in all but a few pixels (rounding of the blend)."""
+    import matplotlib.pyplot as plt
+    from atlasmap.plots import STYLE, _pixel_box
+    from matplotlib.collections import PathCollection
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    coords = rng.normal(size=(n, 2))
+    is_query = rng.random(n) < 0.6
+
+    def figures():
+        yield (
+            "labels",
+            umap_categorical(
+                coords,
+                pd.Series(rng.choice(LABELS, size=n)),
+                label_palette(LABELS),
+                "labels",
+                "Level_4",
+                background=~is_query,
+            ),
+        )
+        yield (
+            "uncertainty",
+            umap_uncertainty(coords, is_query, rng.random(n), rng.random(n) < 0.05, "uncertainty"),
+        )
+
+    direct = {}
+    for name, fig in figures():  # matplotlib alone, on the same whole-pixel box
+        with plt.rc_context(STYLE):
+            fig.set_dpi(150)
+            fig.draw_without_rendering()
+            box = fig.get_tightbbox(fig.canvas.get_renderer()).padded(0.02)
+            fig.savefig(tmp_path / f"{name}_direct.png", dpi=150, bbox_inches=_pixel_box(box, 150))
+        plt.close(fig)
+        direct[name] = np.asarray(Image.open(tmp_path / f"{name}_direct.png").convert("RGB"))
+
+    rng = np.random.default_rng(0)
+    rng.normal(size=(n, 2)), rng.random(n)  # the same draws as above
+    drawn = []
+    draw = PathCollection.draw
+
+    @functools.wraps(draw)
+    def counted(self, renderer):
+        if self.get_visible() and self.axes is not None and self in self.axes.collections:
+            drawn.append(id(self))
+        return draw(self, renderer)
+
+    monkeypatch.setattr(PathCollection, "draw", counted)
+    for name, fig in figures():
+        drawn.clear()
+        files = [tmp_path / f"{name}.png", tmp_path / f"{name}.pdf"]
+        save_figure(fig, files, dpi=150)
+        # Each scatter of the axes (not a legend's marker): the layout pass, which draws
+        # nothing, and one picture; drawn for each file, it would be three times.
+        assert len(set(drawn)) >= 2 and all(drawn.count(i) == 2 for i in drawn), name
+        assert_valid_figure(files[1])
+        ours = np.asarray(Image.open(files[0]).convert("RGB"))
+        assert ours.shape == direct[name].shape, name
+        differ = np.abs(ours.astype(int) - direct[name]).max(axis=2) > 8
+        assert differ.mean() < 0.001, name
 
 
 def test_a_rule_log_is_not_flooded_by_font_embedding(tmp_path):
