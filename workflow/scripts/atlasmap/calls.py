@@ -62,6 +62,18 @@ class CallSettings:
     n_jobs: int = 1
 
 
+def spatial_order(points: np.ndarray) -> np.ndarray:
+    """The rows of ``points`` in the leaf order of a KD-tree of them: near rows one after
+    another, so that searches of an index (KD-tree, Annoy) in this order walk the same
+    branches while they are in cache. The results do not depend on the order."""
+    from scipy.spatial import cKDTree
+
+    points = np.asarray(points, dtype=np.float64)
+    if not len(points):
+        return np.zeros(0, dtype=np.intp)
+    return cKDTree(points, leafsize=32).indices
+
+
 class ExactNeighbours:
     """Exact Euclidean nearest neighbours of a fixed set of points: scipy's KD-tree,
     asked in spatial order. The same neighbours and distances as scikit-learn's
@@ -76,15 +88,11 @@ class ExactNeighbours:
 
     def query(self, points: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Distances and indices (cells x k) of each point's ``k`` nearest, nearest first."""
-        from scipy.spatial import cKDTree
-
         points = np.asarray(points, dtype=np.float64)
         shape = (len(points), k)
         if not len(points):
             return np.zeros(shape), np.zeros(shape, dtype=np.intp)
-        # Neighbouring cells one after another (a KD-tree's leaf order of the cells
-        # themselves) walk the same branches of the tree while they are in cache.
-        order = cKDTree(points, leafsize=32).indices
+        order = spatial_order(points)
         distances, indices = self.tree.query(points[order], k=k, workers=self.n_jobs)
         back = np.empty_like(order)
         back[order] = np.arange(len(order))

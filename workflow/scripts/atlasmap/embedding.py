@@ -25,6 +25,7 @@ from annoy import AnnoyIndex
 from scipy.sparse import coo_matrix, csr_matrix
 from sklearn_ann.kneighbors.annoy import AnnoyTransformer
 
+from .calls import spatial_order
 from .contract import EMBEDDING_KEY
 from .errors import AtlasmapInputError
 
@@ -52,20 +53,23 @@ class EmbeddingSettings:
     n_jobs: int = 1
 
 
-def _search_rows(search, indices: np.ndarray, distances: np.ndarray, n_jobs: int) -> None:
-    """Fill row i of ``indices`` and ``distances`` with ``search(i)``, the rows split
-    in ``n_jobs`` contiguous blocks on as many threads (Annoy releases the GIL while
-    it searches, so threads scale)."""
+def _search_rows(
+    search, indices: np.ndarray, distances: np.ndarray, n_jobs: int, order=None
+) -> None:
+    """Fill row i of ``indices`` and ``distances`` with ``search(i)``, the rows taken in
+    ``order`` (default: as they are), split in ``n_jobs`` contiguous blocks on as many
+    threads (Annoy releases the GIL while it searches, so threads scale)."""
     n_rows = indices.shape[0]
+    order = np.arange(n_rows) if order is None else np.asarray(order)
 
-    def fill(rows: range) -> None:
+    def fill(rows: np.ndarray) -> None:
         for i in rows:
-            indices[i], distances[i] = search(i)
+            indices[i], distances[i] = search(int(i))
 
     n_jobs = max(n_jobs, 1)
     step = max(-(-n_rows // n_jobs), 1)
     with ThreadPoolExecutor(n_jobs) as pool:
-        list(pool.map(fill, [range(s, min(s + step, n_rows)) for s in range(0, n_rows, step)]))
+        list(pool.map(fill, [order[s : s + step] for s in range(0, n_rows, step)]))
 
 
 class ThreadedAnnoyTransformer(AnnoyTransformer):
@@ -89,7 +93,7 @@ class ThreadedAnnoyTransformer(AnnoyTransformer):
         def search(i: int):
             return self.annoy_.get_nns_by_item(i, k, self.search_k, include_distances=True)
 
-        _search_rows(search, indices, distances, self.n_jobs)
+        _search_rows(search, indices, distances, self.n_jobs, spatial_order(X))
         if self.metric == "sqeuclidean":
             distances **= 2
         return csr_matrix(
@@ -241,7 +245,7 @@ def search_reference(
     def search(i: int):
         return index.get_nns_by_vector(latent[i], k, search_k, include_distances=True)
 
-    _search_rows(search, indices, distances, n_jobs)
+    _search_rows(search, indices, distances, n_jobs, spatial_order(latent))
     return indices, distances
 
 
