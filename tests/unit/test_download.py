@@ -176,6 +176,24 @@ def test_a_failed_file_removes_the_deposit_files_already_fetched(server, tmp_pat
     assert only_file(tmp_path / "dl") == []
 
 
+@pytest.mark.parametrize("damage", ["invalid deflate block", "changed bytes"])
+def test_a_damaged_local_gzip_is_refused(tmp_path, damage):
+    """A damaged compressed stream is refused like a cut one, whichever way the reader
+    finds out: a block it cannot decode (the ISA-L reader's own error) or a CRC
+    mismatch at the end."""
+    data = bytearray(PAYLOAD)
+    if damage == "invalid deflate block":
+        data[10] |= 0b110  # the first block's type: 3, which deflate reserves
+    else:
+        at = len(data) // 2
+        data[at : at + 16] = bytes(b ^ 0xFF for b in data[at : at + 16])
+    src = tmp_path / "m.mtx.gz"
+    src.write_bytes(bytes(data))
+    with pytest.raises(AtlasmapInputError, match="m.mtx.gz: incomplete or corrupt gzip file"):
+        fetch(str(src), tmp_path / "out" / "matrix.mtx.gz")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_a_truncated_local_gzip_is_refused(tmp_path):
     src = tmp_path / "m.mtx.gz"
     src.write_bytes(PAYLOAD[:-200])

@@ -39,7 +39,12 @@ IMPORT_TO_DIST = {
     "torch": "torch",
 }
 # conda-forge name -> the distribution (pip) name, where they differ.
-CONDA_TO_PIP = {"pytorch": "torch", "python-annoy": "annoy", "python-igraph": "python-igraph"}
+CONDA_TO_PIP = {
+    "pytorch": "torch",
+    "python-annoy": "annoy",
+    "python-igraph": "python-igraph",
+    "python-isal": "isal",
+}
 
 
 def normalise(name: str) -> str:

@@ -265,6 +265,19 @@ def test_a_truncated_gzip_matrix_is_a_clear_error(deposit, tmp_path):
     assert_fails_cleanly(lambda: load(deposit, out), deposit, out, "cannot be read", "truncated")
 
 
+def test_a_damaged_gzip_matrix_is_a_clear_error(deposit, tmp_path):
+    """A compressed block the reader cannot decode (a disk or copy fault, not a cut):
+    the ISA-L reader's own error becomes the same clear one."""
+    matrix = deposit / DEPOSIT_FILES["matrix"]
+    data = bytearray(matrix.read_bytes())
+    has_name = data[3] & 0x08  # the header's FNAME flag: a file name, zero-terminated
+    first_block = data.index(0, 10) + 1 if has_name else 10
+    data[first_block] |= 0b110  # the block's type: 3, which deflate reserves
+    matrix.write_bytes(bytes(data))
+    out = tmp_path / "out" / "loaded.h5ad"
+    assert_fails_cleanly(lambda: load(deposit, out), deposit, out, "cannot be read")
+
+
 def test_a_cut_mtx_body_is_a_clear_error(deposit, tmp_path):
     matrix = deposit / DEPOSIT_FILES["matrix"]
     lines = gzip.decompress(matrix.read_bytes()).splitlines(keepends=True)

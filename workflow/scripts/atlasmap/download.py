@@ -18,7 +18,6 @@ the server ignores ``Range``.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import http.client
 import json
@@ -29,7 +28,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +40,7 @@ from .contract import (  # noqa: F401 - the URL helpers are part of this module'
     resolve_sources,
 )
 from .errors import AtlasmapInputError
-from .io import copy_as_gzip, is_gzip
+from .io import copy_as_gzip, gzip_errors, is_gzip, open_gzip
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +90,10 @@ def verify_checksum(path: Path, checksum: str | None, where: str) -> None:
 def check_gzip(path: Path) -> bool:
     """True when ``path`` is a complete, uncorrupted gzip stream (CRC and length checked)."""
     try:
-        with gzip.open(path, "rb") as fh:
+        with open_gzip(path) as fh:
             while fh.read(_CHUNK):
                 pass
-    except (OSError, EOFError, zlib.error):
+    except gzip_errors():
         return False
     return True
 
