@@ -362,12 +362,12 @@ def _draw_scatters_once(fig) -> None:
 
     Saved to PNG and PDF, a scatter of 300k cells is drawn by Agg for each file (1.7 s
     each). Here the scatters are drawn once, at the figure's dpi (the saving dpi, laid
-    out at it: :func:`save_figure`), as matplotlib draws a
-    PDF's rasterised layer (a transparent canvas, each axes' clip kept), and each axes
-    shows its part of that canvas as an image in their place, pixel for pixel (the
-    saved box starts on a whole pixel: :func:`_pixel_box`): every file embeds the
-    same pixels. The scatters stay in the figure, hidden (legends and colour bars
-    refer to them).
+    out at it: :func:`save_figure`), as matplotlib draws a PDF's rasterised layer (a
+    transparent canvas, each axes' clip kept), and each axes shows its part of that
+    canvas as an image in their place, pixel for pixel (the saved box starts on a
+    whole pixel: :func:`_pixel_box`): every file embeds the same pixels. One picture
+    per axes keeps the scatters' order because our UMAP axes hold nothing else. The
+    scatters stay in the figure, hidden (legends and colour bars refer to them).
     """
     from matplotlib.backends.backend_agg import RendererAgg
     from matplotlib.collections import PathCollection
