@@ -278,6 +278,17 @@ def test_a_damaged_gzip_matrix_is_a_clear_error(deposit, tmp_path):
     assert_fails_cleanly(lambda: load(deposit, out), deposit, out, "cannot be read")
 
 
+def test_a_gzip_matrix_that_is_not_matrix_market_is_a_clear_error(deposit, tmp_path):
+    """Another table gzipped under the matrix's name: the parser's refusal of its first
+    line becomes the clear error (the ISA-L stream once crashed the process here)."""
+    matrix = deposit / DEPOSIT_FILES["matrix"]
+    matrix.write_bytes(gzip.compress(b"barcode\tgene\tcount\nAAAC-1\tCD3E\t4\n"))
+    out = tmp_path / "out" / "loaded.h5ad"
+    assert_fails_cleanly(
+        lambda: load(deposit, out), deposit, out, "cannot be read", "Not a Matrix Market file"
+    )
+
+
 def test_a_cut_mtx_body_is_a_clear_error(deposit, tmp_path):
     matrix = deposit / DEPOSIT_FILES["matrix"]
     lines = gzip.decompress(matrix.read_bytes()).splitlines(keepends=True)

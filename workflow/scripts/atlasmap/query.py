@@ -36,6 +36,19 @@ def _examples(values, n: int = 5) -> str:
     return shown + (f", … ({len(values)} in all)" if len(values) > n else "")
 
 
+class _ReadOnly:
+    """A stream that can only be read. scipy's Matrix Market parser seeks a stream that
+    offers ``seek`` when it refuses the file's first line, and ISA-L's gzip stream fails
+    that seek inside the parser's C++ code, which aborts the whole process (no Python
+    error to catch); offered ``read`` alone, the parser raises its ValueError."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def read(self, size: int = -1) -> bytes:
+        return self._stream.read(size)
+
+
 def read_10x_matrix(path: str | os.PathLike) -> sp.csr_matrix:
     """A 10x ``matrix.mtx[.gz]`` (genes x cells) as a cells x genes float32 CSR matrix.
 
@@ -48,12 +61,14 @@ def read_10x_matrix(path: str | os.PathLike) -> sp.csr_matrix:
     """
     from scipy.io import _fast_matrix_market as fmm
 
-    if is_gzip(path):  # inflated by ISA-L: a third of the standard library's time
-        stream = open_gzip(path)
-        cursor, _ = fmm._get_read_cursor(stream)
-    else:
-        cursor, stream = fmm._get_read_cursor(os.fspath(path))
+    # A gzip file inflated by ISA-L (a third of the standard library's time), closed
+    # here also when its header cannot be read.
+    stream = open_gzip(path) if is_gzip(path) else None
     try:
+        if stream is not None:
+            cursor, _ = fmm._get_read_cursor(_ReadOnly(stream))
+        else:
+            cursor, stream = fmm._get_read_cursor(os.fspath(path))
         header = cursor.header
         if header.format != "coordinate" or header.symmetry != "general":
             raise ValueError(
