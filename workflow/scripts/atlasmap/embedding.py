@@ -42,7 +42,7 @@ LAYOUTS = ("reference", "joint")
 class EmbeddingSettings:
     n_neighbors: int = 15
     n_trees: int = 5
-    search_k: int = -1
+    search_k: int = 320
     metric: str = "euclidean"
     min_dist: float = 0.5
     spread: float = 1.0
