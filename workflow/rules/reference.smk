@@ -2,50 +2,62 @@
 # here, taken from a wheel on PyPI, or a saved folder the config names).
 
 
-rule obtain_atlas:
-    output:
-        atlas=config["reference"]["atlas"] or "resources/reference/no_atlas",
-    log:
-        "logs/obtain_atlas/obtain_atlas.log",
-    benchmark:
-        "logs/obtain_atlas/obtain_atlas.benchmark.tsv"
-    params:
-        url=lookup(dpath="reference/atlas_url", within=config),
-        checksum=lookup(dpath="reference/atlas_checksum", within=config),
-        download=lookup(dpath="download", within=config),
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=240,
-    conda:
-        "../envs/scanpy.yaml"
-    script:
-        "../scripts/obtain_atlas.py"
+# The atlas and the model are fetched only where the config says where from;
+# otherwise they are the user's own files and no rule outputs them: Snakemake
+# deletes a job's outputs before running it (snakemake -F, a rule whose code
+# changed), and a rule writing to the user's atlas or saved model folder would
+# delete them. Fetched ones come again from where they were fetched.
+if FETCH_ATLAS:
+
+    rule obtain_atlas:
+        output:
+            atlas=config["reference"]["atlas"],
+        log:
+            "logs/obtain_atlas/obtain_atlas.log",
+        benchmark:
+            "logs/obtain_atlas/obtain_atlas.benchmark.tsv"
+        params:
+            url=lookup(dpath="reference/atlas_url", within=config),
+            checksum=lookup(dpath="reference/atlas_checksum", within=config),
+            download=lookup(dpath="download", within=config),
+        threads: 1
+        resources:
+            mem_mb=1000,
+            runtime=240,
+        conda:
+            "../envs/scanpy.yaml"
+        script:
+            "../scripts/obtain_atlas.py"
+
+    # The demo makes its own atlas.
+    ruleorder: generate_demo > obtain_atlas
+
+    localrules:
+        obtain_atlas,
 
 
-# The demo makes its own atlas.
-ruleorder: generate_demo > obtain_atlas
+if FETCH_MODEL:
 
+    rule fetch_model_package:
+        output:
+            model=directory(config["reference"]["model"]),
+        log:
+            "logs/fetch_model_package/fetch_model_package.log",
+        benchmark:
+            "logs/fetch_model_package/fetch_model_package.benchmark.tsv"
+        params:
+            package=lookup(dpath="reference/model_package", within=config),
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=30,
+        conda:
+            "../envs/scvi.yaml"
+        script:
+            "../scripts/fetch_model_package.py"
 
-rule fetch_model_package:
-    output:
-        model=directory(
-            config["reference"]["model"] or "resources/reference/packaged_model"
-        ),
-    log:
-        "logs/fetch_model_package/fetch_model_package.log",
-    benchmark:
-        "logs/fetch_model_package/fetch_model_package.benchmark.tsv"
-    params:
-        package=lookup(dpath="reference/model_package", within=config),
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=30,
-    conda:
-        "../envs/scvi.yaml"
-    script:
-        "../scripts/fetch_model_package.py"
+    localrules:
+        fetch_model_package,
 
 
 rule train_reference:

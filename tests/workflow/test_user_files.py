@@ -1,0 +1,68 @@
+"""The user's own atlas and saved model are inputs only: no rerun can delete them.
+
+Snakemake deletes a job's outputs before it runs the job (``snakemake -F``, a rule
+whose code changed); a rule whose output was the user's atlas or model folder
+deleted them that way.
+"""
+
+import hashlib
+import shutil
+
+import pytest
+from conftest import copy_workflow, run_snakemake, write_small_config
+
+pytestmark = pytest.mark.workflow
+
+
+def digests(folder):
+    return {
+        path.relative_to(folder): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_a_forced_rerun_leaves_the_users_atlas_and_model_as_they_were(small_run, tmp_path):
+    user = tmp_path / "user"
+    shutil.copytree(small_run / "results" / "reference" / "scanvi_model", user / "model")
+    shutil.copy2(small_run / "resources" / "synthetic" / "atlas.h5ad", user / "atlas.h5ad")
+    before = digests(user)
+    workdir = copy_workflow(tmp_path / "run")
+    config = write_small_config(
+        workdir,
+        edit=lambda c: c["reference"].update(
+            atlas=str(user / "atlas.h5ad"), model=str(user / "model")
+        ),
+    )
+    plan = run_snakemake(workdir, "-n", "-F", "--configfile", config).stdout
+    assert "obtain_atlas" not in plan and "fetch_model_package" not in plan
+    assert "train_reference" not in plan  # the saved model is used as it is
+    # A real forced run of the job that reads both.
+    run_snakemake(workdir, "-F", "--configfile", config, "--until", "embed_reference")
+    assert (workdir / "results" / "reference" / "embedded_atlas.h5ad").is_file()
+    assert digests(user) == before
+
+
+def test_a_missing_atlas_stops_the_plan_naming_the_file_and_the_config_key(tmp_path):
+    workdir = copy_workflow(tmp_path / "run")
+    missing = tmp_path / "nowhere" / "atlas.h5ad"
+    config = write_small_config(workdir, edit=lambda c: c["reference"].update(atlas=str(missing)))
+    result = run_snakemake(workdir, "-n", "--configfile", config, check=False)
+    assert result.returncode != 0
+    said = result.stdout + result.stderr
+    assert f"{missing}: the reference atlas is not there (config key reference.atlas)" in said
+    assert "reference.atlas_url" in said  # and how to have it fetched
+
+
+def test_an_atlas_from_a_url_is_fetched_by_obtain_atlas(tmp_path):
+    workdir = copy_workflow(tmp_path / "run")
+    fetched = tmp_path / "fetched" / "atlas.h5ad"
+    config = write_small_config(
+        workdir,
+        edit=lambda c: c["reference"].update(
+            atlas=str(fetched), atlas_url="https://example.org/atlas.h5ad"
+        ),
+    )
+    plan = run_snakemake(workdir, "-n", "--configfile", config).stdout
+    assert plan.count("rule obtain_atlas:") == 1
+    assert f"output: {fetched}" in plan
