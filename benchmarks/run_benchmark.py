@@ -402,9 +402,15 @@ def main(argv=None) -> None:
         saved = json.loads(results.with_suffix(".json").read_text())
         if args.neighbours_only:
             largest = out / f"run_{plan['sizes'][-1]}" / "results" / "bench" / "embed"
+            before = saved["ratios"]["neighbours"]
             saved["ratios"]["neighbours"] = {
                 **neighbour_ratios(largest / "mapped.h5ad"),
                 "measured_again": time.strftime("%Y-%m-%d %H:%M"),
+                # the earlier measurements of the same latent, newest first
+                "earlier": [
+                    {k: v for k, v in before.items() if k != "earlier"},
+                    *before.get("earlier", []),
+                ],
             }
             results.with_suffix(".json").write_text(json.dumps(saved, indent=2))
         stages = pd.concat(
@@ -482,12 +488,20 @@ def targets(plan: dict, stages: pd.DataFrame, ratios: dict) -> list[str]:
         nn["annoy_label_agreement_with_exact"] >= 0.98,
     )
     jobs = f"scanpy_default_{nn['threads']}_jobs"
+    # Every measurement of the same latent counts (--neighbours-only keeps the earlier
+    # ones): timings move with the machine's load, so one good draw does not meet it.
+    earlier = nn.get("earlier", [])
     row(
         "Annoy >= 4x faster than scanpy's default search",
         f"{nn['annoy_seconds']} s vs {nn['scanpy_default_seconds']} s: "
         f"{nn['annoy_speedup_vs_scanpy_default']}x (scanpy with {nn['threads']} jobs like ours: "
-        f"{nn[jobs + '_seconds']} s, {nn['annoy_speedup_vs_scanpy_default_' + str(nn['threads']) + '_jobs']}x)",
-        nn["annoy_speedup_vs_scanpy_default"] >= 4,
+        f"{nn[jobs + '_seconds']} s, {nn['annoy_speedup_vs_scanpy_default_' + str(nn['threads']) + '_jobs']}x)"
+        + "".join(
+            f"; earlier measurement: {e['annoy_seconds']} s vs {e['scanpy_default_seconds']} s, "
+            f"{e['annoy_speedup_vs_scanpy_default']}x"
+            for e in earlier
+        ),
+        min(m["annoy_speedup_vs_scanpy_default"] for m in [nn, *earlier]) >= 4,
     )
     row(
         "workflow <= 1.10x a plain script",

@@ -46,3 +46,24 @@ def test_smoke_benchmark_times_every_stage_and_measures_the_ratios(tmp_path):
     memory = ratios["gene_alignment_memory"]
     assert memory["sparse_peak_mb"] < memory["dense_peak_mb"]
     assert ratios["embed_throughput"]["cells_per_second_batch_1024"] > 0
+
+    # Measured again (as --neighbours-only keeps earlier measurements): the speed target
+    # holds only if every measurement of the same latent meets it.
+    saved = json.loads(results.with_suffix(".json").read_text())
+    slow = {**neighbours, "annoy_seconds": 9.9, "annoy_speedup_vs_scanpy_default": 1.5}
+    fast = {**neighbours, "annoy_speedup_vs_scanpy_default": 4.5, "earlier": [slow]}
+    saved["ratios"]["neighbours"] = fast
+    results.with_suffix(".json").write_text(json.dumps(saved))
+    run_benchmark_script(
+        "run_benchmark.py",
+        "--smoke",
+        "--tables-only",
+        "--out",
+        tmp_path / "runs",
+        "--results",
+        results,
+        timeout=300,
+    )
+    row = next(line for line in results.read_text().splitlines() if "faster than scanpy" in line)
+    assert "earlier measurement: 9.9 s" in row and "1.5x" in row
+    assert row.endswith("| **no** |")
