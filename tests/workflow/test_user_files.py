@@ -66,3 +66,15 @@ def test_an_atlas_from_a_url_is_fetched_by_obtain_atlas(tmp_path):
     plan = run_snakemake(workdir, "-n", "--configfile", config).stdout
     assert plan.count("rule obtain_atlas:") == 1
     assert f"output: {fetched}" in plan
+
+
+def test_a_missing_model_folder_stops_the_plan_naming_it_and_the_config_key(tmp_path):
+    workdir = copy_workflow(tmp_path / "run")
+    missing = tmp_path / "nowhere" / "model"
+    config = write_small_config(workdir, edit=lambda c: c["reference"].update(model=str(missing)))
+    result = run_snakemake(workdir, "-n", "--configfile", config, check=False)
+    assert result.returncode != 0
+    said = result.stdout + result.stderr
+    assert (
+        f"{missing}: no saved scvi-tools model there (model.pt; config key reference.model)" in said
+    )

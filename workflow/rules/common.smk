@@ -137,10 +137,18 @@ def reference_atlas(wildcards):
 
 
 def reference_model(wildcards):
-    """The model folder: taken from a wheel, named by the config, or trained here."""
-    if config["reference"]["model_package"]:
+    """The model folder: taken from a wheel, named by the config, or trained here. The
+    user's own folder must be there: no rule makes it."""
+    if FETCH_MODEL:
         return rules.fetch_model_package.output.model
-    return config["reference"]["model"] or rules.train_reference.output.model
+    model = config["reference"]["model"]
+    if model and not Path(model, "model.pt").is_file():
+        raise WorkflowError(
+            f"{model}: no saved scvi-tools model there (model.pt; config key "
+            "reference.model). Name the folder a SCANVI model was saved to, set "
+            "reference.model_package to take one out of a wheel, or null to train one."
+        )
+    return model or rules.train_reference.output.model
 
 
 def training_params(wildcards):
