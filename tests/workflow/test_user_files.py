@@ -43,15 +43,36 @@ def test_a_forced_rerun_leaves_the_users_atlas_and_model_as_they_were(small_run,
     assert digests(user) == before
 
 
-def test_a_missing_atlas_stops_the_plan_naming_the_file_and_the_config_key(tmp_path):
+@pytest.mark.parametrize(
+    "key, name, said_too",
+    [
+        (
+            "atlas",
+            "atlas.h5ad",
+            [
+                "the reference atlas is not there (config key reference.atlas)",
+                "reference.atlas_url",  # and how to have it fetched
+            ],
+        ),
+        (
+            "model",
+            "model",
+            ["no saved scvi-tools model there (model.pt; config key reference.model)"],
+        ),
+    ],
+)
+def test_a_missing_atlas_or_model_stops_the_plan_naming_it_and_the_config_key(
+    tmp_path, key, name, said_too
+):
     workdir = copy_workflow(tmp_path / "run")
-    missing = tmp_path / "nowhere" / "atlas.h5ad"
-    config = write_small_config(workdir, edit=lambda c: c["reference"].update(atlas=str(missing)))
+    missing = tmp_path / "nowhere" / name
+    config = write_small_config(workdir, edit=lambda c: c["reference"].update({key: str(missing)}))
     result = run_snakemake(workdir, "-n", "--configfile", config, check=False)
     assert result.returncode != 0
     said = result.stdout + result.stderr
-    assert f"{missing}: the reference atlas is not there (config key reference.atlas)" in said
-    assert "reference.atlas_url" in said  # and how to have it fetched
+    assert f"{missing}: {said_too[0]}" in said
+    for words in said_too[1:]:
+        assert words in said
 
 
 def test_an_atlas_from_a_url_is_fetched_by_obtain_atlas(tmp_path):
@@ -66,15 +87,3 @@ def test_an_atlas_from_a_url_is_fetched_by_obtain_atlas(tmp_path):
     plan = run_snakemake(workdir, "-n", "--configfile", config).stdout
     assert plan.count("rule obtain_atlas:") == 1
     assert f"output: {fetched}" in plan
-
-
-def test_a_missing_model_folder_stops_the_plan_naming_it_and_the_config_key(tmp_path):
-    workdir = copy_workflow(tmp_path / "run")
-    missing = tmp_path / "nowhere" / "model"
-    config = write_small_config(workdir, edit=lambda c: c["reference"].update(model=str(missing)))
-    result = run_snakemake(workdir, "-n", "--configfile", config, check=False)
-    assert result.returncode != 0
-    said = result.stdout + result.stderr
-    assert (
-        f"{missing}: no saved scvi-tools model there (model.pt; config key reference.model)" in said
-    )

@@ -36,6 +36,7 @@ config.update(canonical_config)
 sys.path.insert(0, str(Path(workflow.current_basedir).parent / "scripts"))
 from atlasmap.contract import (  # noqa: E402
     DEPOSIT_FILES,
+    MODEL_FILE,
     MODES as ALL_MODES,
     deposit_file_names,
     is_url,
@@ -123,10 +124,10 @@ def deposit_file(role):
 
 def reference_atlas(wildcards):
     """The atlas file, or none when the config maps with the model alone. The user's
-    own atlas (no reference.atlas_url) must be there: no rule makes it."""
+    own atlas must be there, unless a rule makes it (the demo's, obtain_atlas)."""
     atlas = config["reference"]["atlas"]
-    if atlas and not FETCH_ATLAS and not Path(atlas).exists():
-        if Path(atlas) != Path(rules.generate_demo.output.atlas):
+    if atlas and not Path(atlas).exists():
+        if not any(each.is_producer(atlas) for each in workflow.rules):
             raise WorkflowError(
                 f"{atlas}: the reference atlas is not there (config key reference.atlas). "
                 "Put the atlas (h5ad or zarr, raw counts, the labels and batch columns) at "
@@ -142,9 +143,9 @@ def reference_model(wildcards):
     if FETCH_MODEL:
         return rules.fetch_model_package.output.model
     model = config["reference"]["model"]
-    if model and not Path(model, "model.pt").is_file():
+    if model and not Path(model, MODEL_FILE).is_file():
         raise WorkflowError(
-            f"{model}: no saved scvi-tools model there (model.pt; config key "
+            f"{model}: no saved scvi-tools model there ({MODEL_FILE}; config key "
             "reference.model). Name the folder a SCANVI model was saved to, set "
             "reference.model_package to take one out of a wheel, or null to train one."
         )

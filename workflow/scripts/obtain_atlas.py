@@ -1,4 +1,4 @@
-"""Rule obtain_atlas: fetch the reference atlas from reference.atlas_url, or say where to put it."""
+"""Rule obtain_atlas: fetch the reference atlas from reference.atlas_url."""
 
 from atlasmap.logs import log_to
 

@@ -38,6 +38,10 @@ def deposit_file_names(prefix: str) -> dict[str, str]:
 
 # --- Mapping and its outputs ------------------------------------------------------
 
+# The file a saved scvi-tools model folder holds (read by reference.read_model_info;
+# its absence stops the plan, common.smk).
+MODEL_FILE = "model.pt"
+
 # The {mode} wildcard: scArches surgery or a frozen embedding.
 MODES = ("surgery", "embed")
 # obsm key of the scANVI latent space in mapped.h5ad.

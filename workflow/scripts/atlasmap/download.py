@@ -380,22 +380,17 @@ def fetch_deposit(
 
 
 def fetch_atlas(
-    url: str | None,
+    url: str,
     dest: str | os.PathLike,
     settings: DownloadSettings = DownloadSettings(),
     checksum: str | None = None,
 ) -> None:
-    """Fetch the reference atlas, or fail with what the user must do.
+    """Fetch the reference atlas from ``url`` (reference.atlas_url) to ``dest``.
 
-    Unlike deposit files, an atlas is stored as it comes (h5ad is not gzipped).
+    Unlike deposit files, an atlas is stored as it comes (h5ad is not gzipped). A
+    missing atlas without a URL is refused at planning (common.smk, reference_atlas).
     """
     dest = Path(dest)
-    if not url:
-        raise AtlasmapInputError(
-            f"{dest}: the reference atlas is not there (config key reference.atlas). Put the "
-            "atlas (h5ad or zarr, raw counts, the labels and batch columns) at that path, or "
-            "set reference.atlas_url to fetch it; see the README, 'The scPDAC tutorial study'."
-        )
     if urllib.parse.urlparse(url).scheme not in {"http", "https"}:
         raise AtlasmapInputError(f"reference.atlas_url: {url!r} is not an http(s) URL")
     partial = Partial.beside(dest)

@@ -13,11 +13,10 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from .contract import MODEL_FILE
 from .errors import AtlasmapInputError
 
 log = logging.getLogger(__name__)
-
-MODEL_FILE = "model.pt"
 
 
 def read_atlas(path: str | os.PathLike) -> ad.AnnData:
