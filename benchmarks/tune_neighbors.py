@@ -29,8 +29,28 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from synthetic import Study  # noqa: E402
 
-# (trees, nodes inspected per search as a multiple of Annoy's default, trees x neighbours)
-GRID = ((3, 1), (5, 1), (5, 2), (5, 3), (5, 4), (6, 2), (6, 3), (8, 1), (8, 2), (10, 1), (15, 1))
+# (trees, nodes inspected per search as a multiple of Annoy's default, trees x neighbours,
+# passes of the local join after the search)
+GRID = (
+    (5, 1, 0),
+    (5, 3, 0),
+    (5, 4, 0),
+    (3, 1, 1),
+    (3, 2, 1),
+    (3, 1, 2),
+    (5, 1, 1),
+    (5, 2, 1),
+    (5, 1, 2),
+    (8, 1, 1),
+)
+
+
+def method_name(trees: int, times: int, passes: int) -> str:
+    return (
+        f"annoy, {trees} trees"
+        + (f", search_k x{times}" if times > 1 else "")
+        + (f", refine {passes}" if passes else "")
+    )
 
 
 def synthetic_latent(model_dir: Path, n_cells: int, seed: int = 1):
@@ -101,19 +121,20 @@ def main(argv=None) -> None:
         ),
         "scanpy default": lambda a: sc.pp.neighbors(a, n_neighbors=k, use_rep="X_scANVI_emb"),
         **{
-            f"annoy, {trees} trees" + (f", search_k x{times}" if times > 1 else ""): (
-                lambda a, t=trees, x=times: annoy_neighbors(
+            method_name(trees, times, passes): (
+                lambda a, t=trees, x=times, r=passes: annoy_neighbors(
                     a,
                     # sklearn-ann asks for k + 1 neighbours (each cell is its own first)
                     EmbeddingSettings(
                         n_neighbors=k,
                         n_trees=t,
                         search_k=x * t * (k + 1) if x > 1 else -1,
+                        refine=r,
                         n_jobs=2,
                     ),
                 )
             )
-            for trees, times in GRID
+            for trees, times, passes in GRID
         },
     }
     seconds, agreement, recall = compare_neighbour_methods(
@@ -133,7 +154,7 @@ def main(argv=None) -> None:
     args.out.write_text(
         "\n".join(
             [
-                "# Annoy's default number of trees",
+                "# Annoy's default trees, search and refinement",
                 "",
                 f"`python benchmarks/tune_neighbors.py {args.model} --cells {args.cells}"
                 + (f" --atlas {args.atlas}" if args.atlas else "")
@@ -156,7 +177,8 @@ def main(argv=None) -> None:
                     else ""
                 )
                 + "; recall: the share of the exact neighbours found. search_k xN: N times "
-                "Annoy's own nodes inspected per search (trees x 16).",
+                "Annoy's own nodes inspected per search (trees x 16); refine N: N passes of the "
+                "local join (each cell also measures its neighbours' neighbours).",
                 "",
                 table.round(4).to_markdown(index=False),
                 "",

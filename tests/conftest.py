@@ -162,3 +162,8 @@ def rules_info() -> list[dict]:
         text=True,
     ).stdout
     return json.loads(out)
+
+
+def neighbour_recall(found, exact) -> float:
+    """The share of each row's exact neighbours (``exact``: cells x k) in ``found``."""
+    return float(sum(len(set(a) & set(b)) for a, b in zip(found, exact, strict=True)) / exact.size)

@@ -11,6 +11,7 @@ from atlasmap.embedding import (
     neighbors_umap,
     project_onto_reference,
     read_reference_layout,
+    search_reference,
     start_positions,
     write_reference_layout,
 )
@@ -142,6 +143,42 @@ def test_layout_files_round_trip_and_refuse_a_mismatch(reference, tmp_path):
     # A layout of other atlas cells than the expanded atlas's.
     with pytest.raises(AtlasmapInputError, match="rerun layout_reference"):
         neighbors_umap(expanded(reference, query_latent), SETTINGS, other)
+
+
+def test_a_layout_file_without_the_reference_graph_is_refused(reference, tmp_path):
+    """A layout written before the files held the reference's graph: rerun, not guess."""
+    _, _, _, layout = reference
+    coords, index = tmp_path / "umap.h5ad", tmp_path / "annoy_index.ann"
+    write_reference_layout(layout, coords=coords, index=index)
+    old = ad.read_h5ad(coords)
+    del old.obsm["annoy_neighbors"]
+    old.write_h5ad(coords)
+    with pytest.raises(AtlasmapInputError, match="umap.h5ad.*annoy_neighbors.*rerun"):
+        read_reference_layout(coords=coords, index=index)
+
+
+def test_refined_projection_finds_more_of_the_exact_reference_neighbours(reference):
+    """neighbors.refine also serves the projection: the query's Annoy neighbours are
+    joined through the reference's own graph, kept in its layout."""
+    from dataclasses import replace
+
+    from conftest import neighbour_recall
+    from sklearn.neighbors import NearestNeighbors
+
+    centres, _, latent, layout = reference
+    _, query_latent = cells(500, 9, centres)
+    exact = NearestNeighbors(n_neighbors=15).fit(latent).kneighbors(query_latent)[1]
+    assert layout.neighbors.shape == (len(latent), 16)
+    assert (layout.neighbors[:, 0] == np.arange(len(latent))).all()
+
+    def recall(settings):
+        found, distances = search_reference(layout, query_latent, 15, settings)
+        assert (np.diff(distances, axis=1) >= 0).all()
+        return neighbour_recall(found, exact)
+
+    coarse = replace(SETTINGS, search_k=16, refine=0)  # about one leaf of each tree
+    assert recall(replace(coarse, refine=1)) > recall(coarse) + 0.1
+    assert recall(replace(coarse, refine=1)) > 0.9
 
 
 def test_start_positions_are_umap_learns_initialisation():

@@ -45,6 +45,7 @@ def test_the_config_says_what_the_tutorial_does():
     assert config["neighbors"]["n_neighbors"] == 15
     assert config["neighbors"]["n_trees"] == 10  # AnnoyTransformer's default, as the tutorial
     assert config["neighbors"]["search_k"] == -1  # and its search
+    assert config["neighbors"]["refine"] == 0  # and its graph as it comes
     assert config["umap"]["layout"] == "joint"  # atlas and query laid out together
     assert config["umap"]["query_alone_epochs"] is None  # sc.tl.umap's own epochs
     assert config["reference"]["labels_key"] == "Level_4"
