@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+from run_benchmark import workflow_copy  # benchmarks/ is on the path of its scripts
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = REPO / "benchmarks" / "runs" / "demo_seeds"
@@ -42,20 +42,7 @@ def run_seed(seed: int, cores: int) -> Path:
     A folder from an earlier run is reused: Snakemake reruns only what the
     current code and config change (a new call setting reruns only the calls).
     """
-    workdir = RUNS / f"seed_{seed}"
-    workdir.mkdir(parents=True, exist_ok=True)
-    # A Snakefile at the top, left by a copy from before workflow/Snakefile, would
-    # be the one Snakemake runs.
-    (workdir / "Snakefile").unlink(missing_ok=True)
-    for name in ("config", "workflow"):
-        target = workdir / name
-        if target.exists():
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, target)
+    workdir = workflow_copy(RUNS / f"seed_{seed}")
     command = [sys.executable, "-m", "snakemake", "--cores", str(cores), "--config", f"seed={seed}"]
     print(f"seed {seed}: {' '.join(command[2:])} in {workdir}", flush=True)
     subprocess.run(command, cwd=workdir, check=True, stdout=subprocess.DEVNULL)

@@ -38,6 +38,9 @@ SMOKE = {"sizes": [5_000], "atlas": 5_000, "genes": 3_000}
 
 
 def workflow_copy(dest: Path) -> Path:
+    """The workflow as it is now, copied into ``dest``; a copy left there by an earlier
+    run is replaced (kept, a rerun would measure that run's code), its results kept:
+    Snakemake reruns what the code changed."""
     dest.mkdir(parents=True, exist_ok=True)
     # A Snakefile at the top, left by a copy from before workflow/Snakefile, would
     # be the one Snakemake runs.
@@ -45,8 +48,10 @@ def workflow_copy(dest: Path) -> Path:
     for name in ("config", "workflow", "profiles"):
         src = REPO / name
         target = dest / name
-        if target.exists():
-            continue
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
         if src.is_dir():
             shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__"))
         else:

@@ -90,3 +90,26 @@ def test_smoke_benchmark_times_every_stage_and_measures_the_ratios(tmp_path):
     assert "not counted (5 trees, search_k 320; median of 3 rounds, " in row
     assert "): 9.9 s vs" in row
     assert row.endswith("| yes |")
+
+
+def test_a_rerun_benchmarks_the_current_code_not_an_earlier_runs_copy(tmp_path):
+    """A run folder holds a copy of the workflow; rerun in the same folder, the benchmark
+    once kept the earlier copy and so measured the earlier code."""
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from run_benchmark import workflow_copy
+
+    run = workflow_copy(tmp_path / "run_200000")
+    copied = run / "workflow" / "scripts" / "atlasmap" / "embedding.py"
+    copied.write_text("# the code of an earlier run\n")
+    (run / "workflow" / "scripts" / "atlasmap" / "gone.py").write_text("# removed since\n")
+    (run / "results").mkdir()
+    (run / "results" / "mapped.h5ad").write_text("an earlier result")
+    workflow_copy(run)
+    current = REPO / "workflow" / "scripts" / "atlasmap" / "embedding.py"
+    assert copied.read_text() == current.read_text()
+    assert not (run / "workflow" / "scripts" / "atlasmap" / "gone.py").exists()
+    assert (run / "results" / "mapped.h5ad").read_text() == "an earlier result"
