@@ -152,3 +152,16 @@ def test_config_readme_states_the_schema_defaults():
         assert yaml.safe_load(written) == value, f"config/README.md: `{key}` default {written}"
         checked += 1
     assert checked > 40
+
+
+def test_the_template_for_real_data_carries_no_demo_shortcut():
+    """config/template.yaml is what a user copies for a real atlas: it must validate, and
+    train and call with the schema's own settings, not the demo's short training."""
+    template = check(yaml.safe_load((REPO / "config" / "template.yaml").read_text()))
+    defaults = schema_defaults()
+    assert template["reference"]["training"] == defaults["reference"]["training"]
+    assert template["mapping"]["calls"] == defaults["mapping"]["calls"]
+    assert template["mapping"]["unknown_threshold"] == defaults["mapping"]["unknown_threshold"]
+    assert template["reference"]["model"] is None  # trained here, by the schema's rule
+    demo = (REPO / "config" / "config.yaml").read_text()
+    assert "DEMO SHORTCUT" in demo.split("training:")[0], "the demo's training is not marked"
