@@ -449,13 +449,20 @@ def map_once(query, atlas, model_dir: Path, mode: str, seed: int, surgery_epochs
     return result, round(time.time() - start, 1)
 
 
-def call_table(result, **settings) -> tuple[pd.DataFrame, dict, float]:
+def call_table(result, atlas, query, **settings) -> tuple[pd.DataFrame, dict, float]:
+    """The library's calls of a mapping; the ensemble's expression member reads the
+    reference's and the query's counts on all their genes, as the workflow's does."""
     from atlasmap.calls import CallSettings, call_embedded
 
     start = time.time()
     expanded = result.expanded
     table, report = call_embedded(
-        expanded.obs, dict(expanded.obsm), expanded.uns["atlasmap"], CallSettings(**settings)
+        expanded.obs,
+        dict(expanded.obsm),
+        expanded.uns["atlasmap"],
+        CallSettings(**settings),
+        query_expression=query,
+        atlas_expression=lambda: atlas,
     )
     return table, report, round(time.time() - start, 2)
 
@@ -485,7 +492,7 @@ def score_table(table: pd.DataFrame, reference_labels, threshold=None, cutoff=No
 
 def logistic_regression(atlas: ad.AnnData, query: ad.AnnData, genes) -> dict:
     """sklearn LogisticRegression (max_iter 1000) on log-normalised counts of the HVGs."""
-    from atlasmap.baseline import log_normalise
+    from atlasmap.expression import log_normalise
     from sklearn.linear_model import LogisticRegression
 
     start = time.time()
@@ -589,7 +596,7 @@ def celltypist_baseline(atlas: ad.AnnData, query: ad.AnnData) -> dict:
 # --------------------------------------------------------------------------- the plan
 
 MODES = ("surgery", "embed")
-METHODS = ("knn", "classifier", "consensus")
+METHODS = ("ensemble", "knn", "classifier", "consensus")
 # The batch correction of the novelty score as the tuning grid and the tables name it.
 OFF = "off"
 
@@ -705,6 +712,8 @@ def run_tuning_fold(data, plan, run_dir: Path, fold: dict) -> str:
                 ):
                     table, report, _ = call_table(
                         result,
+                        atlas,
+                        query,
                         method=method,
                         n_neighbors=k,
                         novelty_false_positive_rate=fpr,
@@ -822,7 +831,7 @@ def run_query(data, plan, run_dir: Path, chosen: dict, name: str, seed: int) -> 
         settings["no_batch_correction"] = {**defaults, "novelty_batch_quantile": None}
         settings["tuned"] = chosen
         for label, s in settings.items():
-            table, report, seconds = call_table(result, **s, seed=seed)
+            table, report, seconds = call_table(result, atlas, query, **s, seed=seed)
             record["calls"][label] = {
                 "settings": s,
                 "seconds": seconds,

@@ -74,6 +74,9 @@ SMALL = {
     "demo": {"reference_cells": 1500, "query_cells": 600, "genes": 400},
     "training": {"n_top_genes": 300, "scvi_max_epochs": 15, "scanvi_max_epochs": 8},
     "surgery": {"max_epochs": 4},
+    # The calls' ensemble reads the atlas's and the query's counts: the small runs take
+    # that path end to end (the demo's own config keeps the default kNN vote).
+    "calls": {"method": "ensemble"},
 }
 
 
@@ -85,6 +88,7 @@ def write_small_config(workdir: Path, name: str = "small.yaml", edit=None) -> st
     config["demo"].update(SMALL["demo"])
     config["reference"]["training"].update(SMALL["training"])
     config["mapping"]["surgery"].update(SMALL["surgery"])
+    config["mapping"].setdefault("calls", {}).update(SMALL["calls"])
     if edit:
         edit(config)
     (workdir / "config" / name).write_text(yaml.safe_dump(config))

@@ -77,13 +77,15 @@ HIERARCHY = pd.DataFrame(
 def toy():
     rng = np.random.default_rng(1)
     latent, labels, batches = blobs(rng, CENTRES, 300)
-    model = fit_call_model(latent, labels, batches, settings=CallSettings(n_neighbors=20))
+    model = fit_call_model(
+        latent, labels, batches, settings=CallSettings(method="knn", n_neighbors=20)
+    )
     return rng, model
 
 
 def test_a_cell_far_from_every_reference_cell_is_novel_and_unknown(toy):
     rng, model = toy
-    settings = CallSettings(n_neighbors=20)
+    settings = CallSettings(method="knn", n_neighbors=20)
     seen = np.vstack([rng.normal(c, 0.3, (100, 3)) for c in CENTRES.values()])
     unseen = rng.normal([0, 0, 4], 0.3, (100, 3))  # a type the reference lacks
     table = call_cells(model, np.vstack([seen, unseen]), settings=settings)
@@ -110,7 +112,7 @@ def test_a_query_batch_shifted_as_a_whole_keeps_the_false_positive_rate(quantile
     """
     rng = np.random.default_rng(1)
     latent, labels, batches = blobs(rng, CENTRES, 300)
-    settings = CallSettings(n_neighbors=20, novelty_batch_quantile=quantile)
+    settings = CallSettings(method="knn", n_neighbors=20, novelty_batch_quantile=quantile)
     model = fit_call_model(latent, labels, batches, settings=settings)
     rng = np.random.default_rng(5)
     seen = np.vstack([rng.normal(c, 0.3, (100, 3)) for c in CENTRES.values()])
@@ -131,7 +133,7 @@ def test_a_query_batch_shifted_as_a_whole_keeps_the_false_positive_rate(quantile
 def test_novelty_switched_off_flags_nothing_far(toy):
     rng, _ = toy
     latent, labels, batches = blobs(rng, CENTRES, 100)
-    settings = CallSettings(n_neighbors=20, novelty=False, unknown_threshold=0.0)
+    settings = CallSettings(method="knn", n_neighbors=20, novelty=False, unknown_threshold=0.0)
     model = fit_call_model(latent, labels, batches, settings=settings)
     table = call_cells(model, rng.normal([0, 0, 8], 0.3, (20, 3)), settings=settings)
     assert (table["predicted_celltype"] != "Unknown").all()
@@ -140,13 +142,13 @@ def test_novelty_switched_off_flags_nothing_far(toy):
 def test_calibration_makes_probabilities_match_accuracy(toy):
     """CD4 and CD8 overlap: raw vote shares overstate how often the call is right."""
     rng, model = toy
-    settings = CallSettings(n_neighbors=20, novelty=False)
+    settings = CallSettings(method="knn", n_neighbors=20, novelty=False)
     truth = np.repeat(list(CENTRES), 300)
     cells = np.vstack([rng.normal(c, 0.3, (300, 3)) for c in CENTRES.values()])
     calibrated = call_cells(model, cells, settings=settings)
     raw_model = fit_call_model(
         *blobs(np.random.default_rng(1), CENTRES, 300),
-        settings=CallSettings(n_neighbors=20, calibrate=False, novelty=False),
+        settings=CallSettings(method="knn", n_neighbors=20, calibrate=False, novelty=False),
     )
     raw = call_cells(raw_model, cells, settings=settings)
     right = calibrated["candidate_celltype"].to_numpy() == truth
@@ -323,7 +325,42 @@ def toy_embedded(rng, n=200):
     return obs, obsm, run
 
 
-@pytest.mark.parametrize("method", ["knn", "consensus"])
+def toy_counts(rng, labels, cells, n_markers=10, background=0.3):
+    """Counts (layer "counts", all genes by symbol): each label expresses its own marker
+    genes; a label not in ``MARKED`` (a type the reference lacks) expresses genes of its own."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    kinds = [*MARKED, "other"]
+    means = np.full((len(kinds), n_markers * len(kinds)), background)
+    for i in range(len(kinds)):
+        means[i, i * n_markers : (i + 1) * n_markers] = 6.0
+    row = [kinds.index(x) if x in MARKED else len(MARKED) for x in labels]
+    counts = sp.csr_matrix(rng.poisson(means[row]).astype(np.float32))
+    genes = pd.Index([f"G{i}" for i in range(means.shape[1])])
+    return ad.AnnData(
+        X=counts,
+        obs=pd.DataFrame(index=pd.Index(cells)),
+        var=pd.DataFrame({"gene_ids": [f"ENSG{i:011d}" for i in range(len(genes))]}, index=genes),
+        layers={"counts": counts},
+    )
+
+
+MARKED = ["B", "CD4", "CD8", "Mono"]
+
+
+def toy_expression(obs, seed=7):
+    """Counts of an expanded atlas's atlas cells and of its query cells (CD4, then unseen)."""
+    rng = np.random.default_rng(seed)
+    atlas = (obs["source"] == "atlas").to_numpy()
+    query_labels = ["CD4"] * 40 + ["unseen"] * (int((~atlas).sum()) - 40)
+    return (
+        toy_counts(rng, obs.loc[atlas, "Level_4"], obs.index[atlas]),
+        toy_counts(rng, query_labels, obs.loc[~atlas, "barcode"]),
+    )
+
+
+@pytest.mark.parametrize("method", ["knn", "consensus", "ensemble"])
 def test_calls_from_the_fit_made_once_per_reference_are_the_calls_fitted_in_place(tmp_path, method):
     """fit_calls fits on the atlas once; every query and mode reads that fit back: the
     calls, probabilities, novelty and report are those of a fit made in the call step."""
@@ -336,8 +373,11 @@ def test_calls_from_the_fit_made_once_per_reference_are_the_calls_fitted_in_plac
     from atlasmap.mapping import EMBEDDING_KEY, PROBABILITIES_KEY
 
     obs, obsm, run = toy_embedded(np.random.default_rng(3))
+    atlas_counts, query_counts = toy_expression(obs)
     settings = CallSettings(method=method, n_neighbors=20, calibration_folds=3)
-    in_place, in_place_report = call_embedded(obs, obsm, run, settings)
+    in_place, in_place_report = call_embedded(
+        obs, obsm, run, settings, None, query_counts, lambda: atlas_counts
+    )
 
     atlas = (obs["source"] == "atlas").to_numpy()
     fitted = fit_reference_calls(
@@ -349,15 +389,19 @@ def test_calls_from_the_fit_made_once_per_reference_are_the_calls_fitted_in_plac
         batch_key="batch",
         label_levels=run["label_levels"],
         settings=settings,
+        expression=atlas_counts if method == "ensemble" else None,
     )
     write_reference_calls(fitted, tmp_path / "call_model.npz")
     reused, reused_report = call_embedded(
-        obs, obsm, run, settings, read_reference_calls(tmp_path / "call_model.npz")
+        obs, obsm, run, settings, read_reference_calls(tmp_path / "call_model.npz"), query_counts
     )
     pd.testing.assert_frame_equal(reused, in_place)
     assert reused_report == json_round_trip(in_place_report)
     assert (in_place.loc["q40":, "unknown_reason"] == "novelty").mean() > 0.9  # the unseen type
     assert set(in_place["predicted_Level_3"]) >= {"T cell"}
+    if method == "ensemble":
+        assert (in_place.loc[:"q39", "expression_celltype"] == "CD4").all()
+        assert in_place_report["held_out_member_accuracy"]["expression"] > 0.95
 
 
 def rng_shift(n):
@@ -370,23 +414,35 @@ def json_round_trip(value):
     return json.loads(json.dumps(value, default=float))
 
 
-def test_a_fit_of_another_atlas_or_other_settings_is_refused(tmp_path):
+def write_embedded_atlas(path, obs, obsm, run) -> np.ndarray:
+    """embed_reference's file of the toy expanded atlas's atlas cells; returns their mask."""
     import anndata as ad
-    from atlasmap.calls import call_embedded, fit_calls_files, read_reference_calls
-    from atlasmap.errors import AtlasmapInputError
     from atlasmap.io import write_h5ad
     from atlasmap.mapping import EMBEDDED_ATLAS_KEY
 
-    obs, obsm, run = toy_embedded(np.random.default_rng(4))
     atlas = (obs["source"] == "atlas").to_numpy()
     embedded_atlas = ad.AnnData(
         obs=obs.loc[atlas].drop(columns=["source", "barcode"]),
         obsm={key: value[atlas] for key, value in obsm.items()},
         uns={EMBEDDED_ATLAS_KEY: {"classifier_labels": run["classifier_labels"]}},
     )
-    write_h5ad(embedded_atlas, tmp_path / "embedded_atlas.h5ad")
-    settings = CallSettings(n_neighbors=20, calibration_folds=3)
-    reference = {"labels_key": "Level_4", "batch_key": "batch", "label_levels": ["Level_3"]}
+    write_h5ad(embedded_atlas, path)
+    return atlas
+
+
+def test_a_fit_of_another_atlas_or_other_settings_is_refused(tmp_path):
+    from atlasmap.calls import call_embedded, fit_calls_files, read_reference_calls
+    from atlasmap.errors import AtlasmapInputError
+
+    obs, obsm, run = toy_embedded(np.random.default_rng(4))
+    atlas = write_embedded_atlas(tmp_path / "embedded_atlas.h5ad", obs, obsm, run)
+    settings = CallSettings(method="knn", n_neighbors=20, calibration_folds=3)
+    reference = {
+        "labels_key": "Level_4",
+        "batch_key": "batch",
+        "label_levels": ["Level_3"],
+        "counts_layer": "counts",
+    }
     fit_calls_files(
         atlas_path=tmp_path / "embedded_atlas.h5ad",
         reference=reference,
@@ -397,7 +453,9 @@ def test_a_fit_of_another_atlas_or_other_settings_is_refused(tmp_path):
     call_embedded(obs, obsm, run, settings, fitted)  # the atlas it was fitted on: fine
 
     with pytest.raises(AtlasmapInputError, match="other mapping.calls settings.*n_neighbors"):
-        call_embedded(obs, obsm, run, CallSettings(n_neighbors=30, calibration_folds=3), fitted)
+        call_embedded(
+            obs, obsm, run, CallSettings(method="knn", n_neighbors=30, calibration_folds=3), fitted
+        )
     fewer = np.flatnonzero(atlas)[10:]
     keep = np.r_[fewer, np.flatnonzero(~atlas)]
     with pytest.raises(AtlasmapInputError, match="another atlas; rerun fit_calls"):
@@ -418,3 +476,118 @@ def test_a_fit_of_another_atlas_or_other_settings_is_refused(tmp_path):
             output=tmp_path / "other.npz",
         )
     assert not (tmp_path / "other.npz").exists()
+
+
+def test_the_expression_member_calls_right_what_the_latent_confuses():
+    """CD4 and CD8 overlap in the latent but not in expression (another lab's cells sit
+    between clusters): the ensemble calls them right, kNN alone cannot, and each held-out
+    fold's expression classifier was fitted without that fold's cells."""
+    rng = np.random.default_rng(11)
+    centres = {**CENTRES, "CD8": [0.1, 0, 0]}  # on top of CD4 in the latent
+    latent, labels, batches = blobs(rng, centres, 150)
+    cells = pd.Index([f"a{i}" for i in range(len(labels))])
+    atlas_counts = toy_counts(rng, labels, cells)
+    truth = np.repeat(["CD4", "CD8"], 100)
+    query_latent = rng.normal(0.05, 0.3, (200, 3))
+    query_counts = toy_counts(rng, truth, [f"q{i}" for i in range(200)])
+    right = {}
+    for method in ("knn", "ensemble"):
+        settings = CallSettings(
+            method=method,
+            n_neighbors=20,
+            novelty=False,
+            unknown_threshold=0,
+            expression_weight=0.5,
+        )
+        model = fit_call_model(latent, labels, batches, settings=settings, expression=atlas_counts)
+        expression = None
+        if model.expression is not None:
+            expression = model.expression.probabilities(query_counts, "counts", "query")
+        table = call_cells(model, query_latent, settings=settings, expression_probs=expression)
+        right[method] = (table["candidate_celltype"].to_numpy() == truth).mean()
+        if method == "ensemble":
+            assert model.report["held_out_member_accuracy"]["expression"] > 0.95
+            assert model.report["held_out_member_accuracy"]["knn"] < 0.9
+            assert (table["expression_celltype"].to_numpy() == truth).mean() > 0.95
+    assert right["knn"] < 0.7
+    assert right["ensemble"] > 0.9
+
+
+def test_a_query_named_by_ensembl_ids_reaches_the_expression_member():
+    rng = np.random.default_rng(12)
+    latent, labels, batches = blobs(rng, CENTRES, 100)
+    atlas_counts = toy_counts(rng, labels, [f"a{i}" for i in range(len(labels))])
+    settings = CallSettings(method="ensemble", n_neighbors=20, novelty=False)
+    model = fit_call_model(latent, labels, batches, settings=settings, expression=atlas_counts)
+    query = toy_counts(rng, ["B"] * 30, [f"q{i}" for i in range(30)])
+    by_id = query.copy()
+    by_id.var_names = by_id.var["gene_ids"].to_numpy()
+    by_id.var = by_id.var.drop(columns="gene_ids")
+    np.testing.assert_allclose(
+        model.expression.probabilities(by_id, "counts", "query"),
+        model.expression.probabilities(query, "counts", "query"),
+    )
+
+
+def test_labels_short_of_cells_are_called_and_reported_not_dropped():
+    """A label of 8 cells, all in one batch, with a vote of 20 neighbours: its fold's
+    training lacks it (the expression classifier gives it probability 0 there), the fit
+    goes on, and calls.json names the label and why."""
+    from atlasmap.expression import fit_linear
+
+    rng = np.random.default_rng(13)
+    latent, labels, batches = blobs(rng, CENTRES, 200)
+    rare = rng.normal([0, 0, 5], 0.2, (8, 3))
+    latent = np.vstack([latent, rare])
+    labels = np.concatenate([labels, ["pDC"] * 8])
+    batches = np.concatenate([batches, ["b0"] * 8])
+    counts = toy_counts(rng, labels, [f"a{i}" for i in range(len(labels))])
+    settings = CallSettings(method="ensemble", n_neighbors=20, calibration_folds=3)
+    model = fit_call_model(latent, labels, batches, settings=settings, expression=counts)
+    short = model.report["labels_short_of_cells"]
+    assert short["pDC"]["cells"] == 8 and short["pDC"]["fewer_than_n_neighbors"] == 20
+    assert "only_in_fold" in short["pDC"]
+    assert "pDC" in list(model.labels)
+
+    codes = np.array([0, 0, 1, 1, 0, 1])
+    coef, intercept = fit_linear(np.eye(6, 4), codes, 3)
+    assert coef.shape == (3, 4) and np.isneginf(intercept[2]) and not coef[2].any()
+
+
+def test_the_ensembles_fit_reads_the_atlas_counts_and_refuses_another_atlas(tmp_path):
+    """fit_calls reads the atlas's counts on all its genes beside embed_reference's file;
+    an atlas file whose cells are not the embedded ones is refused, naming the file, and
+    no fit is written."""
+    from atlasmap.calls import fit_calls_files
+    from atlasmap.errors import AtlasmapInputError
+    from atlasmap.io import write_h5ad
+
+    obs, obsm, run = toy_embedded(np.random.default_rng(4))
+    write_embedded_atlas(tmp_path / "embedded_atlas.h5ad", obs, obsm, run)
+    counts, _ = toy_expression(obs)
+    write_h5ad(counts, tmp_path / "atlas.h5ad")
+    reference = {
+        "labels_key": "Level_4",
+        "batch_key": "batch",
+        "label_levels": ["Level_3"],
+        "counts_layer": "counts",
+    }
+    settings = CallSettings(method="ensemble", n_neighbors=20, calibration_folds=3)
+    fitted = fit_calls_files(
+        atlas_path=tmp_path / "embedded_atlas.h5ad",
+        reference=reference,
+        settings=settings,
+        output=tmp_path / "call_model.npz",
+        counts_path=tmp_path / "atlas.h5ad",
+    )
+    assert len(fitted.model.expression.genes) == counts.n_vars
+    write_h5ad(counts[::-1].copy(), tmp_path / "other.h5ad")
+    with pytest.raises(AtlasmapInputError, match="other.h5ad: its cells are not those"):
+        fit_calls_files(
+            atlas_path=tmp_path / "embedded_atlas.h5ad",
+            reference=reference,
+            settings=settings,
+            output=tmp_path / "other_fit.npz",
+            counts_path=tmp_path / "other.h5ad",
+        )
+    assert not (tmp_path / "other_fit.npz").exists()

@@ -50,7 +50,12 @@ def test_each_mode_delivers_the_contract(small_run, mode):
     assert list(qc["sample"]) == ["PA01", "PA02", "all"]
     assert {"share_unknown", "share_unknown_novelty", "novelty_median", "novelty_q99"} <= set(qc)
     calls = json.loads((out / "calls.json").read_text())
-    assert calls["method"] == "knn" and calls["novelty_cutoff"] > 0
+    assert calls["method"] == "ensemble" and calls["novelty_cutoff"] > 0
+    # Each member of the ensemble is kept beside the call, and the fit says what it saw.
+    members = ["knn_celltype", "knn_probability", "expression_celltype", "expression_probability"]
+    assert set(members) <= set(predictions.columns) and set(members) <= set(mapped.obs)
+    assert set(calls["held_out_member_accuracy"]) >= {"knn", "expression", "classifier"}
+    assert calls["expression_genes"] > 0 and calls["held_out_caveats"]
 
     metrics = json.loads((out / "metrics.json").read_text())
     for side in ("mapping", "baseline"):

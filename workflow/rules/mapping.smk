@@ -38,6 +38,10 @@ rule call_celltypes:
         embedded=rules.map_query.output.embedded,
         mapping_qc=rules.map_query.output.qc,
         reference_calls=reference_calls,
+        # The expression member reads the query's counts on all its genes (and the
+        # atlas's, where a mapping moved the atlas cells and the fit is made here).
+        query=rules.subset_query.output.h5ad,
+        atlas=reference_atlas,
     output:
         predictions="results/{query}/{mode}/predictions.tsv",
         qc=report(
@@ -59,6 +63,7 @@ rule call_celltypes:
     priority: surgery_first
     params:
         mapping=calls_params,
+        counts_layer=lookup(dpath="reference/counts_layer", within=config),
         seed=lookup(dpath="seed", within=config),
     threads: side_by_side(2)
     resources:

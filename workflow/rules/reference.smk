@@ -118,6 +118,8 @@ rule embed_reference:
 rule fit_calls:
     input:
         atlas=rules.embed_reference.output.atlas,
+        # The expression member reads the atlas's counts on all its genes.
+        counts=reference_atlas,
     output:
         model="results/reference/call_model.npz",
     log:

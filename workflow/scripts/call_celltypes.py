@@ -1,4 +1,4 @@
-"""Rule call_celltypes: label transfer, calibration and novelty from the mapped latent."""
+"""Rule call_celltypes: label transfer (latent and expression), calibration and novelty."""
 
 from atlasmap.logs import log_to
 
@@ -16,4 +16,7 @@ call_celltypes_files(
     qc_path=snakemake.output.qc,
     report_path=snakemake.output.calls,
     reference_calls_path=snakemake.input.reference_calls or None,
+    query_path=snakemake.input.query,
+    atlas_path=snakemake.input.atlas or None,
+    counts_layer=snakemake.params.counts_layer,
 )

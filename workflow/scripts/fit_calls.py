@@ -14,4 +14,5 @@ fit_calls_files(
         snakemake.params.mapping, seed=snakemake.params.seed, n_jobs=snakemake.threads
     ),
     output=snakemake.output.model,
+    counts_path=snakemake.input.counts,
 )

@@ -7,22 +7,12 @@ import logging
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
+from .expression import log_normalise
 from .genes import align_to_genes
 from .io import read_h5ad
 
 log = logging.getLogger(__name__)
-
-
-def log_normalise(counts: sp.spmatrix, target_sum: float = 1e4) -> sp.csr_matrix:
-    """log1p of counts scaled to ``target_sum`` per cell (scanpy's default), kept sparse."""
-    counts = sp.csr_matrix(counts, dtype=np.float32)
-    totals = np.asarray(counts.sum(axis=1)).ravel()
-    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
-    out = sp.diags(scale.astype(np.float32)) @ counts
-    out.data = np.log1p(out.data)
-    return sp.csr_matrix(out)
 
 
 def logistic_baseline(

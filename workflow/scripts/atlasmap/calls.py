@@ -7,11 +7,18 @@ seconds. Everything that decides a call is fitted on the reference alone:
 * **label transfer** — ``knn``: a distance-weighted vote of the query cell's
   nearest reference cells (a Gaussian kernel whose bandwidth is the
   reference's own typical neighbour distance, so nearer cells weigh more);
-  ``classifier``: scANVI's classifier head; ``consensus``: the mean of both.
+  ``classifier``: scANVI's classifier head; ``consensus``: the mean of both;
+  ``ensemble``: the kNN vote and a logistic regression on the cells'
+  log-normalised expression (``expression.py``), weighted by
+  ``expression_weight``; the members' agreement enters the calibration.
 * **calibration** — the reference is split by batch (grouped folds); each
   held-out batch is called from the other batches, as a query from a new
-  batch would be, and an isotonic map from the raw top probability to the
-  observed share of right calls is fitted on those out-of-fold calls.
+  batch would be (the expression classifier refitted without it), and an
+  isotonic map from the raw top probability to the observed share of right
+  calls is fitted on those out-of-fold calls, one for the cells whose members
+  agree and one for those whose members disagree. The held-out cells' latent
+  still comes from a model trained with their labels: ``calls.json`` says so
+  (``held_out_caveats``), and how the held-out figures can flatter.
 * **novelty** — a cell's mean distance to its nearest reference cells,
   divided by the typical out-of-fold distance of reference cells called with
   the same label, and by its batch's shift from the reference (a quantile of
@@ -30,18 +37,22 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
 from .errors import AtlasmapInputError
+from .expression import ExpressionModel, fit_expression_model, fit_linear
 
 log = logging.getLogger(__name__)
 
 UNKNOWN = "Unknown"
 # unknown_reason of a cell that was called (not rejected).
 CALLED = "none"
-METHODS = ("knn", "classifier", "consensus")
+METHODS = ("knn", "classifier", "consensus", "ensemble")
+# Methods with the expression member, which need the cells' counts.
+EXPRESSION_METHODS = ("ensemble",)
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,14 @@ class CallSettings:
     calibrate: bool = True
     calibration_folds: int = 5
     calibration_cells: int = 20_000
+    # The ensemble's expression member: its weight (the kNN vote has the rest), the
+    # reference's variable genes it reads, its penalty and the atlas cells each fit may
+    # use. The best ensemble on held-out reference batches (benchmarks/tune_ensemble.md);
+    # there the kNN vote alone was as good, so it stays the default method.
+    expression_weight: float = 0.25
+    expression_genes: int = 2000
+    expression_c: float = 1.0
+    expression_cells: int = 20_000
     seed: int = 0
     n_jobs: int = 1
 
@@ -143,11 +162,20 @@ class CallModel:
     calibration_x: np.ndarray | None
     calibration_y: np.ndarray | None
     report: dict = field(default_factory=dict)
+    # The ensemble's expression member, and the calibration of the cells whose
+    # members disagree (calibration_x/y then holds that of the cells where they agree).
+    expression: ExpressionModel | None = None
+    disagree_x: np.ndarray | None = None
+    disagree_y: np.ndarray | None = None
 
-    def calibrated(self, raw: np.ndarray) -> np.ndarray:
+    def calibrated(self, raw: np.ndarray, agree: np.ndarray | None = None) -> np.ndarray:
         if self.calibration_x is None:
             return raw
-        return np.interp(raw, self.calibration_x, self.calibration_y)
+        out = np.interp(raw, self.calibration_x, self.calibration_y)
+        if agree is not None and self.disagree_x is not None:
+            apart = ~np.asarray(agree, dtype=bool)
+            out[apart] = np.interp(raw[apart], self.disagree_x, self.disagree_y)
+        return out
 
 
 def _folds(groups: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:
@@ -194,9 +222,21 @@ def _rounded(per_batch: pd.Series) -> dict[str, float]:
     return {str(b): round(float(v), 4) for b, v in per_batch.items()}
 
 
-def _method_probabilities(method: str, knn_probs, classifier_probs):
+def _method_probabilities(
+    settings: CallSettings, knn_probs, classifier_probs, expression_probs=None
+) -> np.ndarray:
+    """Per-label probabilities of the method the settings name, from its members'."""
+    method = settings.method
     if method == "knn":
         return knn_probs
+    if method in EXPRESSION_METHODS:
+        if expression_probs is None:
+            raise AtlasmapInputError(
+                f"mapping.calls.method {method!r} needs the cells' expression (counts), "
+                "which this call was not given"
+            )
+        w = settings.expression_weight
+        return (1.0 - w) * knn_probs + w * expression_probs
     if classifier_probs is None:
         raise AtlasmapInputError(
             f"mapping.calls.method {method!r} needs the scANVI classifier's probabilities, "
@@ -205,6 +245,13 @@ def _method_probabilities(method: str, knn_probs, classifier_probs):
     if method == "classifier":
         return classifier_probs
     return 0.5 * (knn_probs + classifier_probs)
+
+
+def members_agree(knn_probs: np.ndarray, expression_probs: np.ndarray | None) -> np.ndarray | None:
+    """Per cell, whether the kNN vote and the expression classifier name the same label."""
+    if expression_probs is None:
+        return None
+    return knn_probs.argmax(axis=1) == expression_probs.argmax(axis=1)
 
 
 def _isotonic(raw: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -222,6 +269,8 @@ def fit_call_model(
     classifier_probs: np.ndarray | None = None,
     classifier_labels=None,
     settings: CallSettings = CallSettings(),
+    expression: ad.AnnData | None = None,
+    expression_layer: str | None = "counts",
 ) -> CallModel:
     """Fit label transfer, calibration and novelty cut-off on the reference cells.
 
@@ -229,6 +278,8 @@ def fit_call_model(
     probabilities for the reference cells; needed by the classifier and
     consensus methods. Their out-of-fold calls use them as they are: the
     classifier was trained on those cells, so its calibration is optimistic.
+    ``expression`` holds the same cells' counts (in ``expression_layer``), for the
+    ensemble's expression member; it is refitted without each held-out fold.
     """
     s = settings
     if s.method not in METHODS:
@@ -242,6 +293,7 @@ def fit_call_model(
     k = int(min(s.n_neighbors, len(latent) - 1))
     if k < 1:
         raise AtlasmapInputError("the reference needs at least two cells to call labels from")
+    expression_model, logged = _fit_expression_member(expression, expression_layer, codes, names, s)
 
     # The kernel's bandwidth: the reference's own typical distance to its k-th neighbour.
     probe = rng.choice(len(latent), size=min(len(latent), 5000), replace=False)
@@ -249,29 +301,16 @@ def fit_call_model(
     bandwidth = float(np.median(self_knn.query(latent[probe], k + 1)[0][:, -1]))
     bandwidth = max(bandwidth, 1e-6)
 
-    folds = _folds(np.asarray(batches).astype(str), s.calibration_folds, s.seed)
-    budget = min(len(latent), s.calibration_cells)
-    sampled = np.zeros(len(latent), dtype=bool)
-    sampled[rng.choice(len(latent), size=budget, replace=False)] = True
     batches = np.asarray(batches).astype(str)
-    oof_cells, oof_probs, oof_dist = [], [], []
-    for held in folds:
-        train = np.setdiff1d(np.arange(len(latent)), held)
-        held = held[sampled[held]]
-        if len(train) <= k or not len(held):
-            continue
-        knn = LatentKNN(latent[train], codes[train], n_labels, k, bandwidth, s.n_jobs)
-        probs, dist = knn.query(latent[held])
-        oof_cells.append(held)
-        oof_probs.append(probs)
-        oof_dist.append(dist)
-    cells = np.concatenate(oof_cells)
-    knn_probs = np.vstack(oof_probs)
-    dist = np.concatenate(oof_dist)
-    probs = _method_probabilities(s.method, knn_probs, None if clf is None else clf[cells])
+    folds = _folds(batches, s.calibration_folds, s.seed)
+    oof = _out_of_fold(latent, codes, n_labels, folds, k, bandwidth, logged, s, rng)
+    cells, knn_probs, dist = oof["cells"], oof["knn"], oof["distance"]
+    expr_probs = oof["expression"]
+    probs = _method_probabilities(s, knn_probs, None if clf is None else clf[cells], expr_probs)
     best = probs.argmax(axis=1)
     raw = probs[np.arange(len(best)), best]
     correct = (best == codes[cells]).astype(float)
+    agree = members_agree(knn_probs, expr_probs)
 
     # Typical distance per called label (overall median where a label is rarely called).
     overall = float(np.median(dist))
@@ -285,37 +324,44 @@ def fit_call_model(
     score = dist / scale[best] / shift
     cutoff = float(np.quantile(score, 1.0 - s.novelty_false_positive_rate)) if s.novelty else np.inf
 
-    cal_x = cal_y = None
-    if s.calibrate:
-        cal_x, cal_y = _isotonic(raw, correct)
     model = CallModel(
         labels=names,
         knn=LatentKNN(latent, codes, n_labels, k, bandwidth, s.n_jobs),
         distance_scale=scale,
         novelty_cutoff=cutoff,
         novelty_batch_quantile=s.novelty_batch_quantile if s.novelty else None,
-        calibration_x=cal_x,
-        calibration_y=cal_y,
+        calibration_x=None,
+        calibration_y=None,
+        expression=expression_model,
     )
-    calibrated = model.calibrated(raw)
+    if s.calibrate:
+        _fit_calibration(model, raw, correct, agree)
+    calibrated = model.calibrated(raw, agree)
     flagged = (calibrated < s.unknown_threshold) | (score > cutoff)
     shift_of_batch = _per_batch(shift, batches[cells])
     model.report = {
         "method": s.method,
         "n_neighbors": k,
         "bandwidth": round(bandwidth, 6),
-        "folds": len(oof_cells),
+        "folds": oof["folds"],
         "held_out_cells": int(len(cells)),
         "held_out_accuracy": round(float(correct.mean()), 4),
+        "held_out_member_accuracy": _member_accuracy(oof, clf, codes),
+        "held_out_members_agree": None if agree is None else round(float(agree.mean()), 4),
         "held_out_mean_raw_probability": round(float(raw.mean()), 4),
         "held_out_mean_calibrated_probability": round(float(calibrated.mean()), 4),
         "held_out_share_unknown": round(float(flagged.mean()), 4),
+        "held_out_caveats": _caveats(batches, s),
+        "labels_short_of_cells": _labels_short_of_cells(codes, names, folds, k),
         "novelty_cutoff": round(cutoff, 4) if np.isfinite(cutoff) else None,
         "novelty_false_positive_rate": s.novelty_false_positive_rate if s.novelty else None,
         "novelty_batch_quantile": model.novelty_batch_quantile,
         "held_out_batch_shift": _rounded(shift_of_batch),
         "unknown_threshold": s.unknown_threshold,
     }
+    if expression_model is not None:
+        model.report["expression_genes"] = len(expression_model.genes)
+        model.report["expression_weight"] = s.expression_weight
     if s.novelty:
         cell_shift = pd.Series(batches).map(shift_of_batch).fillna(1.0).to_numpy(dtype=float)
         model.report["held_out_label_detection"] = _held_out_label_detection(
@@ -323,6 +369,144 @@ def fit_call_model(
         )
     log.info("calls fitted on the reference: %s", model.report)
     return model
+
+
+def _fit_expression_member(expression, layer, codes, names, s: CallSettings):
+    """The expression classifier on every atlas cell and the atlas's logged expression on
+    its genes (for the refits without each fold); none where the method does without."""
+    if s.method not in EXPRESSION_METHODS:
+        return None, None
+    if expression is None:
+        raise AtlasmapInputError(
+            f"mapping.calls.method {s.method!r} needs the atlas cells' counts, "
+            "which the calls' fit was not given"
+        )
+    if expression.n_obs != len(codes):
+        raise AtlasmapInputError(
+            f"the atlas's counts hold {expression.n_obs} cells, its latent {len(codes)}: "
+            "not the same atlas"
+        )
+    return fit_expression_model(
+        expression,
+        codes,
+        len(names),
+        layer=layer,
+        n_genes=s.expression_genes,
+        C=s.expression_c,
+        max_cells=s.expression_cells,
+        seed=s.seed,
+    )
+
+
+def _out_of_fold(latent, codes, n_labels, folds, k, bandwidth, logged, s, rng) -> dict:
+    """Each sampled cell of each held-out fold scored by members fitted without that fold:
+    the kNN vote among the other folds' cells, the expression classifier refitted on them."""
+    budget = min(len(latent), s.calibration_cells)
+    sampled = np.zeros(len(latent), dtype=bool)
+    sampled[rng.choice(len(latent), size=budget, replace=False)] = True
+    out = {"cells": [], "knn": [], "distance": [], "expression": []}
+    for held in folds:
+        train = np.setdiff1d(np.arange(len(latent)), held)
+        held = held[sampled[held]]
+        if len(train) <= k or not len(held):
+            continue
+        knn = LatentKNN(latent[train], codes[train], n_labels, k, bandwidth, s.n_jobs)
+        probs, dist = knn.query(latent[held])
+        out["cells"].append(held)
+        out["knn"].append(probs)
+        out["distance"].append(dist)
+        if logged is not None:
+            coef, intercept = fit_linear(
+                logged[train],
+                codes[train],
+                n_labels,
+                C=s.expression_c,
+                max_cells=s.expression_cells,
+                seed=s.seed,
+            )
+            member = ExpressionModel(np.zeros(0), None, coef, intercept)
+            out["expression"].append(member.probabilities_of_logged(logged[held]))
+    if not out["cells"]:
+        raise AtlasmapInputError(
+            f"no held-out fold could be scored: the atlas has {len(latent)} cells, and the "
+            f"calls need more than {k} (mapping.calls.n_neighbors) outside each fold"
+        )
+    return {
+        "folds": len(out["cells"]),
+        "cells": np.concatenate(out["cells"]),
+        "knn": np.vstack(out["knn"]),
+        "distance": np.concatenate(out["distance"]),
+        "expression": np.vstack(out["expression"]) if out["expression"] else None,
+    }
+
+
+def _fit_calibration(model: CallModel, raw, correct, agree) -> None:
+    """Isotonic maps raw -> P(right): one for all cells, or, with an expression member,
+    one where the members agree and one where they disagree (each needs 50 cells)."""
+    if agree is None or agree.all() or (~agree).sum() < 50 or agree.sum() < 50:
+        model.calibration_x, model.calibration_y = _isotonic(raw, correct)
+        return
+    model.calibration_x, model.calibration_y = _isotonic(raw[agree], correct[agree])
+    model.disagree_x, model.disagree_y = _isotonic(raw[~agree], correct[~agree])
+
+
+def _member_accuracy(oof: dict, clf, codes) -> dict:
+    """Out-of-fold accuracy of each member alone."""
+    truth = codes[oof["cells"]]
+    members = {"knn": oof["knn"], "expression": oof["expression"]}
+    if clf is not None:
+        members["classifier"] = clf[oof["cells"]]
+    return {
+        name: round(float((probs.argmax(axis=1) == truth).mean()), 4)
+        for name, probs in members.items()
+        if probs is not None
+    }
+
+
+def _caveats(batches: np.ndarray, s: CallSettings) -> list[str]:
+    """Why the held-out figures can flatter the calls, said beside them in calls.json."""
+    out = [
+        "the held-out cells' latent comes from the reference model, trained with their "
+        "labels: the kNN vote (and scANVI's classifier) see them closer to their own label "
+        "than a query's cells will be"
+    ]
+    if len(pd.unique(batches)) < 2:
+        out.append(
+            "the atlas has one batch: the folds are random cells of the same batch, so the "
+            "held-out accuracy and calibration do not see a new batch's shift (on the "
+            "benchmark's one-batch PBMC references: 0.99 held out against 0.77-0.79 on a "
+            "query from another lab; benchmarks/tune_ensemble.md)"
+        )
+    if s.method in EXPRESSION_METHODS:
+        out.append(
+            "the expression classifier is refitted without each held-out fold (its genes, "
+            "chosen without labels, are the whole atlas's)"
+        )
+    return out
+
+
+def _labels_short_of_cells(codes, names, folds, k) -> dict:
+    """Labels with fewer cells than the calls need, and what that does: under ``k`` cells
+    a label cannot win the kNN vote on numbers alone; a fold whose other folds lack a
+    label cannot call its cells of that label, and its calibration counts them wrong."""
+    out = {}
+    counts = np.bincount(codes, minlength=len(names))
+    fold_of = np.full(len(codes), -1)
+    for i, held in enumerate(folds):
+        fold_of[held] = i
+    for code, name in enumerate(names):
+        notes = {}
+        if counts[code] < k:
+            notes["cells"] = int(counts[code])
+            notes["fewer_than_n_neighbors"] = int(k)
+        own = fold_of[codes == code]
+        if len(folds) > 1 and len(np.unique(own)) == 1:
+            notes["only_in_fold"] = int(own[0])
+        if notes:
+            out[str(name)] = notes
+    if out:
+        log.warning("atlas labels short of cells for the calls (reported in calls.json): %s", out)
+    return out
 
 
 def _held_out_label_detection(latent, codes, names, folds, model, rng, cell_shift) -> dict:
@@ -375,6 +559,7 @@ def call_cells(
     settings: CallSettings = CallSettings(),
     index=None,
     batches=None,
+    expression_probs: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """The calls of query cells at every level, with probability, uncertainty and novelty.
 
@@ -385,16 +570,19 @@ def call_cells(
     rejected), ``novelty_score``
     (1 = as far from the reference as its own cells typically are, after
     dividing by the shift of the cell's batch, ``batches``, from the reference),
-    ``unknown_reason`` (``none``, ``probability`` or ``novelty``), then
-    ``predicted_<level>``/``probability_<level>`` for each coarser level.
+    ``unknown_reason`` (``none``, ``probability`` or ``novelty``), each member's
+    best label and its probability (``knn_celltype``/``knn_probability``, and
+    ``expression_celltype``/``expression_probability`` given ``expression_probs``,
+    the expression classifier's per-label probabilities in ``model.labels``'
+    order), then ``predicted_<level>``/``probability_<level>`` for each coarser level.
     """
     s = settings
     knn_probs, dist = model.knn.query(latent)
     clf = _align_probabilities(classifier_probs, classifier_labels, model.labels)
-    probs = _method_probabilities(s.method, knn_probs, clf)
+    probs = _method_probabilities(s, knn_probs, clf, expression_probs)
     best = probs.argmax(axis=1)
     raw = probs[np.arange(len(best)), best]
-    probability = model.calibrated(raw)
+    probability = model.calibrated(raw, members_agree(knn_probs, expression_probs))
     novelty = dist / model.distance_scale[best]
     if batches is None:
         batches = np.zeros(len(best))
@@ -413,6 +601,7 @@ def call_cells(
             "candidate_celltype": candidate,
             "novelty_score": novelty,
             "unknown_reason": reason,
+            **_member_columns(model.labels, knn_probs, expression_probs),
         },
         index=index,
     )
@@ -422,6 +611,18 @@ def call_cells(
         out = pd.concat([out, coarse], axis=1)
     # Each query batch's shift from the atlas, for the run record.
     out.attrs["batch_shift"] = _rounded(_per_batch(shift, batches))
+    return out
+
+
+def _member_columns(labels, knn_probs, expression_probs) -> dict:
+    """Each member's best label and its probability, per cell."""
+    out = {}
+    for name, probs in (("knn", knn_probs), ("expression", expression_probs)):
+        if probs is None:
+            continue
+        best = probs.argmax(axis=1)
+        out[f"{name}_celltype"] = labels[best]
+        out[f"{name}_probability"] = probs[np.arange(len(best)), best]
     return out
 
 
@@ -452,6 +653,9 @@ def coarser_calls(probs, labels, called, probability, reason, hierarchy, setting
             object
         )
         level_p = top_p.copy()
+        # The candidate's parent is at least as likely right as the candidate, and the
+        # top group holds at least the parent's share: never below the finest probability.
+        level_p = np.maximum(level_p, probability)
         known = reason == CALLED
         fixed_parent = parent.reindex(pd.Index(called[known])).to_numpy()
         level_call[known] = np.where(pd.isna(fixed_parent), UNKNOWN, fixed_parent)
@@ -524,11 +728,19 @@ def fit_reference_calls(
     batch_key: str,
     label_levels,
     settings: CallSettings = CallSettings(),
+    expression: ad.AnnData | None = None,
+    expression_layer: str | None = "counts",
 ) -> ReferenceCalls:
     """:func:`fit_call_model` on the atlas cells, with the label hierarchy of the
-    coarser ``label_levels`` that the calls at every level follow."""
+    coarser ``label_levels`` that the calls at every level follow. ``expression``:
+    the atlas cells' counts (``expression_layer``), in the order of ``atlas_obs``."""
     from .reference import label_hierarchy
 
+    if expression is not None and not expression.obs_names.equals(atlas_obs.index):
+        raise AtlasmapInputError(
+            "the atlas's counts and its embedded cells differ (names or order): "
+            "rerun embed_reference"
+        )
     model = fit_call_model(
         latent,
         atlas_obs[labels_key].astype(str).to_numpy(),
@@ -536,6 +748,8 @@ def fit_reference_calls(
         probabilities,
         classifier_labels,
         settings,
+        expression=expression,
+        expression_layer=expression_layer,
     )
     levels = [lv for lv in label_levels if lv != labels_key]
     hierarchy = label_hierarchy(atlas_obs, [*levels, labels_key], labels_key)
@@ -582,9 +796,16 @@ def write_reference_calls(fitted: ReferenceCalls, path) -> None:
         "distance_scale": np.asarray(model.distance_scale, dtype=np.float64),
         "meta": np.asarray(json.dumps(meta, default=float)),
     }
-    if model.calibration_x is not None:
-        arrays["calibration_x"] = np.asarray(model.calibration_x, dtype=np.float64)
-        arrays["calibration_y"] = np.asarray(model.calibration_y, dtype=np.float64)
+    for key in ("calibration_x", "calibration_y", "disagree_x", "disagree_y"):
+        if getattr(model, key) is not None:
+            arrays[key] = np.asarray(getattr(model, key), dtype=np.float64)
+    expression = model.expression
+    if expression is not None:
+        arrays["expression_genes"] = np.asarray(expression.genes, dtype=str)
+        arrays["expression_coef"] = np.asarray(expression.coef, dtype=np.float32)
+        arrays["expression_intercept"] = np.asarray(expression.intercept, dtype=np.float64)
+        if expression.gene_ids is not None:
+            arrays["expression_gene_ids"] = np.asarray(expression.gene_ids, dtype=str)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
 
@@ -612,7 +833,17 @@ def read_reference_calls(path, n_jobs: int = 1) -> ReferenceCalls:
         calibration_x=arrays.get("calibration_x"),
         calibration_y=arrays.get("calibration_y"),
         report=meta["report"],
+        disagree_x=arrays.get("disagree_x"),
+        disagree_y=arrays.get("disagree_y"),
     )
+    if "expression_coef" in arrays:
+        ids = arrays.get("expression_gene_ids")
+        model.expression = ExpressionModel(
+            arrays["expression_genes"].astype(object),
+            None if ids is None else ids.astype(object),
+            arrays["expression_coef"],
+            arrays["expression_intercept"],
+        )
     hierarchy = None
     if meta["hierarchy"] is not None:
         h = meta["hierarchy"]
@@ -630,9 +861,11 @@ def read_reference_calls(path, n_jobs: int = 1) -> ReferenceCalls:
 
 
 def fit_calls_files(
-    *, atlas_path, reference: dict, settings: CallSettings, output
+    *, atlas_path, reference: dict, settings: CallSettings, output, counts_path=None
 ) -> ReferenceCalls:
-    """:func:`fit_reference_calls` from embed_reference's file to the fit's file."""
+    """:func:`fit_reference_calls` from embed_reference's file to the fit's file; the
+    expression member reads the atlas's counts on all its genes from ``counts_path``
+    (the atlas itself: embed_reference's file holds only the model's genes)."""
     from .io import read_annotations
     from .mapping import EMBEDDING_KEY, PROBABILITIES_KEY, reference_latent
     from .reference import check_atlas_columns
@@ -655,9 +888,33 @@ def fit_calls_files(
         batch_key=reference["batch_key"],
         label_levels=[lv for lv in reference["label_levels"] if lv in obs.columns],
         settings=settings,
+        expression=_atlas_counts(counts_path, obs.index, reference["counts_layer"], settings),
+        expression_layer=reference["counts_layer"],
     )
     write_reference_calls(fitted, output)
     return fitted
+
+
+def _atlas_counts(path, cells: pd.Index, layer: str | None, settings: CallSettings):
+    """The atlas's counts for the expression member, its cells checked to be ``cells``
+    (none where the method does without)."""
+    from .reference import atlas_counts_layer, read_atlas
+
+    if settings.method not in EXPRESSION_METHODS:
+        return None
+    if not path:
+        raise AtlasmapInputError(
+            f"mapping.calls.method {settings.method!r} needs the atlas's counts "
+            "(reference.atlas), which fit_calls was not given"
+        )
+    atlas = read_atlas(path)
+    if not atlas.obs_names.equals(cells):
+        raise AtlasmapInputError(
+            f"{path}: its cells are not those of the embedded atlas, in order: "
+            "rerun embed_reference"
+        )
+    atlas_counts_layer(atlas, layer, str(path))
+    return atlas
 
 
 def read_embedded(path) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict]:
@@ -675,10 +932,18 @@ def call_embedded(
     run: dict,
     settings: CallSettings = CallSettings(),
     fitted: ReferenceCalls | None = None,
+    query_expression: ad.AnnData | None = None,
+    atlas_expression=None,
+    counts_layer: str | None = "counts",
 ) -> tuple[pd.DataFrame, dict]:
     """Calls of the query cells of an embedded expanded atlas, fitted on its atlas cells,
     or taken from ``fitted`` (made once per reference by :func:`fit_reference_calls`,
     checked to be of these atlas cells and settings).
+
+    The ensemble's expression member reads ``query_expression`` (the query cells'
+    counts in layer ``"counts"``, named by barcode, on any genes) and, where the fit
+    is made here, ``atlas_expression()`` (a function giving the atlas cells' counts
+    in ``counts_layer``, called only then).
 
     Returns the prediction table (one row per query cell, indexed by barcode,
     the query's metadata after the call columns) and the fit report.
@@ -734,6 +999,10 @@ def call_embedded(
                 batch_key=run["batch_key"],
                 label_levels=run.get("label_levels", []),
                 settings=s,
+                expression=None
+                if s.method not in EXPRESSION_METHODS or atlas_expression is None
+                else atlas_expression(),
+                expression_layer=counts_layer,
             )
         model, hierarchy = fitted.model, fitted.hierarchy
     query_obs = obs.loc[is_query]
@@ -747,11 +1016,13 @@ def call_embedded(
         s,
         index=barcodes,
         batches=query_obs[run["batch_key"]].astype(str).to_numpy(),
+        expression_probs=_query_expression_probs(model, s, query_expression, barcodes),
     )
     report = {**model.report, "query_batch_shift": calls.attrs.get("batch_shift", {})}
     if model.knn.k == 0:
         calls["prediction_uncertainty"] = np.nan
         calls["novelty_score"] = np.nan
+        calls = calls.drop(columns=["knn_celltype", "knn_probability"])
     # The query's own metadata columns, not the atlas-only ones the outer join added.
     own = run.get("query_columns")
     metadata = query_obs[list(own)] if own is not None else query_obs.drop(columns=["source"])
@@ -759,6 +1030,25 @@ def call_embedded(
     metadata.index = barcodes
     table = pd.concat([calls, metadata], axis=1)
     return table, report
+
+
+def _query_expression_probs(model: CallModel, s: CallSettings, query, barcodes):
+    """The expression member's probabilities of the query cells, in ``barcodes``' order."""
+    if model.expression is None or s.method not in EXPRESSION_METHODS:
+        return None
+    if query is None:
+        raise AtlasmapInputError(
+            f"mapping.calls.method {s.method!r} needs the query cells' counts, "
+            "which the call step was not given"
+        )
+    missing = barcodes.difference(pd.Index(query.obs_names.astype(str)))
+    if len(missing):
+        raise AtlasmapInputError(
+            f"the query's counts lack {len(missing)} of the mapped cells (e.g. "
+            f"{list(missing[:3])}): they come from another query"
+        )
+    cells = query[query.obs_names.get_indexer(barcodes)]
+    return model.expression.probabilities(cells, "counts", where="query")
 
 
 class _NoNeighbours:
@@ -816,18 +1106,32 @@ def call_celltypes_files(
     qc_path,
     report_path,
     reference_calls_path=None,
+    query_path=None,
+    atlas_path=None,
+    counts_layer: str | None = "counts",
 ) -> pd.DataFrame:
     """:func:`call_embedded` from map_query's files to the prediction table, QC and fit
     report; the fit on the atlas from fit_calls's file, if given."""
     import json
 
-    from .io import atomic_path
+    from .io import atomic_path, read_h5ad
 
     obs, obsm, run = read_embedded(embedded_path)
     fitted = None
     if reference_calls_path:
         fitted = read_reference_calls(reference_calls_path, n_jobs=settings.n_jobs)
-    table, report = call_embedded(obs, obsm, run, settings, fitted)
+    query = None
+    if query_path and settings.method in EXPRESSION_METHODS:
+        query = read_h5ad(query_path)
+
+    def atlas_expression():
+        return _atlas_counts(
+            atlas_path, obs.index[obs["source"] != "query"], counts_layer, settings
+        )
+
+    table, report = call_embedded(
+        obs, obsm, run, settings, fitted, query, atlas_expression, counts_layer
+    )
     qc = call_qc(table, pd.read_csv(mapping_qc_path, sep="\t"), run["batch_key"])
     log.info(
         "%d query cells: %.1f%% Unknown (%.1f%% for low probability, %.1f%% novel)",
@@ -866,7 +1170,7 @@ def attach_calls(adata, predictions: pd.DataFrame) -> None:
     levels = [lv for lv in levels if lv != "celltype"]
     from .mapping import CALL_COLUMNS
 
-    columns = [*CALL_COLUMNS]
+    columns = [c for c in CALL_COLUMNS if c in table]
     columns += [f"{kind}_{lv}" for lv in levels for kind in ("predicted", "probability")]
     for column in columns:
         numeric = pd.api.types.is_numeric_dtype(table[column])
@@ -885,6 +1189,22 @@ def attach_calls(adata, predictions: pd.DataFrame) -> None:
 
 
 def call_mapping(result, settings: CallSettings = CallSettings()) -> tuple[pd.DataFrame, dict]:
-    """:func:`call_embedded` on a :class:`~atlasmap.mapping.MappingResult` in memory."""
+    """:func:`call_embedded` on a :class:`~atlasmap.mapping.MappingResult` in memory; the
+    expression member reads the expanded atlas's counts (the model's genes)."""
     expanded = result.expanded
-    return call_embedded(expanded.obs, dict(expanded.obsm), expanded.uns["atlasmap"], settings)
+    is_query = (expanded.obs["source"] == "query").to_numpy()
+    query = expanded[is_query]
+    query = ad.AnnData(
+        X=query.layers["counts"],
+        obs=pd.DataFrame(index=pd.Index(query.obs["barcode"].astype(str))),
+        var=pd.DataFrame(index=expanded.var_names),
+        layers={"counts": query.layers["counts"]},
+    )
+    return call_embedded(
+        expanded.obs,
+        dict(expanded.obsm),
+        expanded.uns["atlasmap"],
+        settings,
+        query_expression=query,
+        atlas_expression=lambda: expanded[~is_query],
+    )

@@ -56,6 +56,12 @@ CALL_COLUMNS = [
     "prediction_uncertainty",
     "novelty_score",
     "unknown_reason",
+    # Each member of the call's ensemble: its best label and that label's probability
+    # (the expression member's only where the method has one).
+    "knn_celltype",
+    "knn_probability",
+    "expression_celltype",
+    "expression_probability",
 ]
 
 # --- Figures ----------------------------------------------------------------------
