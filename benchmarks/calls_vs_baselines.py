@@ -60,14 +60,12 @@ def metrics(truth, predicted, candidate, probability, reference_labels) -> dict:
 
 
 def logistic_regression(atlas, query, reference_labels) -> dict:
-    from atlasmap.expression import fit_linear, log_normalise, select_genes
+    from atlasmap.expression import ExpressionModel, fit_linear, log_normalise, select_genes
 
     logged = log_normalise(atlas.layers["counts"])
     keep = select_genes(logged, atlas.var_names, 2000)
     codes, names = pd.factorize(atlas.obs[rd.LABELS_KEY].astype(str), sort=True)
     coef, intercept = fit_linear(logged[:, keep], codes, len(names), max_cells=10**9)
-    from atlasmap.expression import ExpressionModel
-
     model = ExpressionModel(np.asarray(atlas.var_names[keep], dtype=object), None, coef, intercept)
     probs = model.probabilities(query, "counts", "query")
     best = np.asarray(names)[probs.argmax(axis=1)]

@@ -652,10 +652,9 @@ def coarser_calls(probs, labels, called, probability, reason, hierarchy, setting
         level_call = np.where(top_p >= settings.unknown_threshold, groups[top], UNKNOWN).astype(
             object
         )
-        level_p = top_p.copy()
         # The candidate's parent is at least as likely right as the candidate, and the
         # top group holds at least the parent's share: never below the finest probability.
-        level_p = np.maximum(level_p, probability)
+        level_p = np.maximum(top_p, probability)
         known = reason == CALLED
         fixed_parent = parent.reindex(pd.Index(called[known])).to_numpy()
         level_call[known] = np.where(pd.isna(fixed_parent), UNKNOWN, fixed_parent)
@@ -730,6 +729,7 @@ def fit_reference_calls(
     settings: CallSettings = CallSettings(),
     expression: ad.AnnData | None = None,
     expression_layer: str | None = "counts",
+    expression_where: str = "the atlas's counts",
 ) -> ReferenceCalls:
     """:func:`fit_call_model` on the atlas cells, with the label hierarchy of the
     coarser ``label_levels`` that the calls at every level follow. ``expression``:
@@ -738,7 +738,7 @@ def fit_reference_calls(
 
     if expression is not None and not expression.obs_names.equals(atlas_obs.index):
         raise AtlasmapInputError(
-            "the atlas's counts and its embedded cells differ (names or order): "
+            f"{expression_where}: its cells are not those of the embedded atlas, in order: "
             "rerun embed_reference"
         )
     model = fit_call_model(
@@ -888,16 +888,17 @@ def fit_calls_files(
         batch_key=reference["batch_key"],
         label_levels=[lv for lv in reference["label_levels"] if lv in obs.columns],
         settings=settings,
-        expression=_atlas_counts(counts_path, obs.index, reference["counts_layer"], settings),
+        expression=_atlas_counts(counts_path, reference["counts_layer"], settings),
         expression_layer=reference["counts_layer"],
+        expression_where=str(counts_path),
     )
     write_reference_calls(fitted, output)
     return fitted
 
 
-def _atlas_counts(path, cells: pd.Index, layer: str | None, settings: CallSettings):
-    """The atlas's counts for the expression member, its cells checked to be ``cells``
-    (none where the method does without)."""
+def _atlas_counts(path, layer: str | None, settings: CallSettings):
+    """The atlas's counts for the expression member (none where the method does without);
+    fit_reference_calls checks its cells against the embedded atlas's."""
     from .reference import atlas_counts_layer, read_atlas
 
     if settings.method not in EXPRESSION_METHODS:
@@ -908,11 +909,6 @@ def _atlas_counts(path, cells: pd.Index, layer: str | None, settings: CallSettin
             "(reference.atlas), which fit_calls was not given"
         )
     atlas = read_atlas(path)
-    if not atlas.obs_names.equals(cells):
-        raise AtlasmapInputError(
-            f"{path}: its cells are not those of the embedded atlas, in order: "
-            "rerun embed_reference"
-        )
     atlas_counts_layer(atlas, layer, str(path))
     return atlas
 
@@ -1125,9 +1121,7 @@ def call_celltypes_files(
         query = read_h5ad(query_path)
 
     def atlas_expression():
-        return _atlas_counts(
-            atlas_path, obs.index[obs["source"] != "query"], counts_layer, settings
-        )
+        return _atlas_counts(atlas_path, counts_layer, settings)
 
     table, report = call_embedded(
         obs, obsm, run, settings, fitted, query, atlas_expression, counts_layer

@@ -148,7 +148,7 @@ def fit_expression_model(
 ) -> tuple[ExpressionModel, sp.csr_matrix]:
     """The expression classifier on all atlas cells, and the atlas's log-normalised
     expression on its genes (for the out-of-fold fits)."""
-    from .genes import id_to_symbol_table
+    from .genes import gene_ids_of
     from .reference import atlas_counts_layer
 
     atlas_counts_layer(atlas, layer, "reference.atlas")
@@ -156,12 +156,7 @@ def fit_expression_model(
     keep = select_genes(logged, atlas.var_names, n_genes)
     logged = logged[:, keep]
     genes = np.asarray(atlas.var_names[keep].astype(str), dtype=object)
-    gene_ids = None
-    table = id_to_symbol_table(atlas.var, atlas.var_names)
-    if table is not None:
-        by_symbol = pd.Series(table.index, index=table.to_numpy())
-        by_symbol = by_symbol[~by_symbol.index.duplicated()]
-        gene_ids = by_symbol.reindex(pd.Index(genes)).fillna("").to_numpy(dtype=object)
+    gene_ids = gene_ids_of(atlas.var, atlas.var_names, genes)
     coef, intercept = fit_linear(logged, codes, n_labels, C=C, max_cells=max_cells, seed=seed)
     log.info(
         "expression classifier: logistic regression on %d seurat-flavour variable genes "

@@ -234,3 +234,14 @@ def id_to_symbol_table(var: pd.DataFrame, var_names: pd.Index) -> pd.Series | No
         var_names.astype(str).to_numpy(), index=strip_version(pd.Index(var["gene_ids"]))
     )
     return table[~table.index.duplicated()]
+
+
+def gene_ids_of(var: pd.DataFrame, var_names: pd.Index, genes) -> np.ndarray | None:
+    """The Ensembl id of each of ``genes`` (symbols among ``var_names``), from an atlas's
+    ``gene_ids`` column; "" where it has none; None when the atlas names no ids."""
+    id_to_symbol = id_to_symbol_table(var, var_names)
+    if id_to_symbol is None:
+        return None
+    symbol_to_id = pd.Series(id_to_symbol.index, index=id_to_symbol.to_numpy())
+    symbol_to_id = symbol_to_id[~symbol_to_id.index.duplicated()]
+    return symbol_to_id.reindex(pd.Index(genes)).fillna("").to_numpy(dtype=object)

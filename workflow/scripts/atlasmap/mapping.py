@@ -19,7 +19,13 @@ import scipy.sparse as sp
 
 from .contract import CALL_COLUMNS, EMBEDDING_KEY, MODES, SOURCES
 from .errors import AtlasmapInputError
-from .genes import GeneAlignment, align_to_genes, apply_transform, id_to_symbol_table
+from .genes import (
+    GeneAlignment,
+    align_to_genes,
+    apply_transform,
+    gene_ids_of,
+    id_to_symbol_table,
+)
 from .io import read_annotations, read_h5ad
 from .reference import (
     ModelInfo,
@@ -549,11 +555,9 @@ def embed_reference(
     embedded = ad.AnnData(X=counts, obs=atlas.obs.copy(), var=ref_aligned.var[[]].copy())
     if s.atlas_layer:
         embedded.layers[s.atlas_layer] = counts
-    id_to_symbol = id_to_symbol_table(atlas.var, atlas.var_names)
-    if id_to_symbol is not None:
-        symbol_to_id = pd.Series(id_to_symbol.index, index=id_to_symbol.to_numpy())
-        symbol_to_id = symbol_to_id[~symbol_to_id.index.duplicated()]
-        embedded.var["gene_ids"] = symbol_to_id.reindex(embedded.var_names).fillna("").to_numpy()
+    gene_ids = gene_ids_of(atlas.var, atlas.var_names, embedded.var_names)
+    if gene_ids is not None:
+        embedded.var["gene_ids"] = gene_ids
     embedded.obsm[EMBEDDING_KEY] = latent.astype(np.float32)
     embedded.obsm[PROBABILITIES_KEY] = probabilities.to_numpy().astype(np.float32)
     embedded.uns[EMBEDDED_ATLAS_KEY] = {
