@@ -806,6 +806,8 @@ def write_reference_calls(fitted: ReferenceCalls, path) -> None:
         arrays["expression_intercept"] = np.asarray(expression.intercept, dtype=np.float64)
         if expression.gene_ids is not None:
             arrays["expression_gene_ids"] = np.asarray(expression.gene_ids, dtype=str)
+        if expression.mean is not None:
+            arrays["expression_mean"] = np.asarray(expression.mean, dtype=np.float32)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
 
@@ -843,6 +845,7 @@ def read_reference_calls(path, n_jobs: int = 1) -> ReferenceCalls:
             None if ids is None else ids.astype(object),
             arrays["expression_coef"],
             arrays["expression_intercept"],
+            arrays.get("expression_mean"),
         )
     hierarchy = None
     if meta["hierarchy"] is not None:

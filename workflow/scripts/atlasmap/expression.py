@@ -27,10 +27,17 @@ from .genes import align_to_genes
 log = logging.getLogger(__name__)
 
 
-def log_normalise(counts: sp.spmatrix, target_sum: float = 1e4) -> sp.csr_matrix:
-    """log1p of counts scaled to ``target_sum`` per cell (scanpy's default), kept sparse."""
+def log_normalise(
+    counts: sp.spmatrix, target_sum: float = 1e4, totals: np.ndarray | None = None
+) -> sp.csr_matrix:
+    """log1p of counts scaled to ``target_sum`` per cell (scanpy's default), kept sparse.
+
+    ``totals``: each cell's counts over all its genes, when ``counts`` holds only some
+    of them (by default, the row sums of ``counts``)."""
     counts = sp.csr_matrix(counts, dtype=np.float32)
-    totals = np.asarray(counts.sum(axis=1)).ravel()
+    if totals is None:
+        totals = np.asarray(counts.sum(axis=1)).ravel()
+    totals = np.asarray(totals, dtype=np.float32)
     scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
     out = sp.diags(scale.astype(np.float32)) @ counts
     out.data = np.log1p(out.data)
@@ -59,25 +66,37 @@ class ExpressionModel:
     ``coef`` is labels x genes, ``intercept`` one per label; a label the fit never
     saw has an intercept of -inf (probability 0). ``gene_ids`` are the genes'
     Ensembl ids where the atlas names them (empty strings elsewhere), so that a
-    query named by ids matches too.
+    query named by ids matches too. ``mean``: the atlas cells' mean log-normalised
+    expression of each gene, which stands in for a gene the query does not measure.
     """
 
     genes: np.ndarray
     gene_ids: np.ndarray | None
     coef: np.ndarray
     intercept: np.ndarray
+    mean: np.ndarray | None = None
 
-    def probabilities_of_logged(self, logged: sp.spmatrix) -> np.ndarray:
-        """Per-label probabilities (cells x labels) of cells already on ``genes``, logged."""
+    def probabilities_of_logged(
+        self, logged: sp.spmatrix, unmeasured: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Per-label probabilities (cells x labels) of cells already on ``genes``, logged.
+
+        ``unmeasured``: a mask of the genes the cells' data set lacks (their columns are
+        zero). Read as zero they would say "not expressed", a marker's absence; they take
+        the atlas's mean instead, so that they move no cell towards any label."""
         scores = np.asarray(sp.csr_matrix(logged) @ self.coef.T, dtype=np.float64)
         scores += self.intercept
+        if unmeasured is not None and unmeasured.any() and self.mean is not None:
+            scores += self.coef[:, unmeasured] @ self.mean[unmeasured]
         scores -= scores.max(axis=1, keepdims=True)
         np.exp(scores, out=scores)
         return scores / scores.sum(axis=1, keepdims=True)
 
     def probabilities(self, cells: ad.AnnData, layer: str | None, where: str) -> np.ndarray:
         """Per-label probabilities of ``cells`` (counts in ``layer``), matched on gene names,
-        symbols or Ensembl ids; genes they lack count as not expressed, said in the log."""
+        symbols or Ensembl ids; genes they lack count as not expressed, said in the log.
+        Each cell is normalised by its counts over all its genes, as the atlas's cells were
+        for the fit, not over the classifier's genes alone."""
         id_to_symbol = None
         if self.gene_ids is not None:
             named = self.gene_ids != ""
@@ -91,7 +110,19 @@ class ExpressionModel:
             id_to_symbol=id_to_symbol,
             where=f"{where} (the calls' expression classifier)",
         )
-        return self.probabilities_of_logged(log_normalise(aligned.layers["counts"]))
+        counts = cells.layers[layer] if layer else cells.X
+        totals = np.asarray(counts.sum(axis=1)).ravel()
+        unmeasured = ~aligned.var["in_query"].to_numpy()
+        if unmeasured.any():
+            log.info(
+                "%s: %d of the expression classifier's %d genes are not measured: they take "
+                "the atlas's mean expression",
+                where,
+                int(unmeasured.sum()),
+                len(self.genes),
+            )
+        logged = log_normalise(aligned.layers["counts"], totals=totals)
+        return self.probabilities_of_logged(logged, unmeasured)
 
 
 def fit_linear(
@@ -164,4 +195,5 @@ def fit_expression_model(
         len(genes),
         min(len(codes), max_cells),
     )
-    return ExpressionModel(genes, gene_ids, coef, intercept), logged
+    mean = np.asarray(logged.mean(axis=0), dtype=np.float32).ravel()
+    return ExpressionModel(genes, gene_ids, coef, intercept, mean), logged
