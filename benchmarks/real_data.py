@@ -395,12 +395,16 @@ class EpochRecord(logging.Handler):
 
 def train_model(atlas: ad.AnnData, directory: Path, settings, seed: int) -> dict:
     """Train (or reuse) a reference model; returns what training took."""
-    from atlasmap.reference import save_model, train_reference_model
+    from atlasmap.reference import train_reference_model
 
     record_path = directory.parent / f"{directory.name}.json"
     if (directory / "model.pt").is_file() and record_path.is_file():
-        say(f"  model {directory.name}: reused")
-        return json.loads(record_path.read_text())
+        record = json.loads(record_path.read_text())
+        # A model trained by other settings (an earlier default) is trained again.
+        if record.get("settings") == asdict(settings) and record.get("seed") == seed:
+            say(f"  model {directory.name}: reused")
+            return record
+        say(f"  model {directory.name}: trained by other settings, trained again")
     handler = EpochRecord()
     logger = logging.getLogger("atlasmap.reference")
     logger.addHandler(handler)
@@ -418,18 +422,36 @@ def train_model(atlas: ad.AnnData, directory: Path, settings, seed: int) -> dict
         )
     finally:
         logger.removeHandler(handler)
+    seconds = time.time() - start
+    record = save_trained(model, directory, atlas, settings, seed, seconds, handler.lines)
+    say(f"  model {directory.name}: {record['seconds']:.0f} s; {'; '.join(handler.lines)}")
+    return record
+
+
+def save_trained(
+    model, directory: Path, atlas, settings, seed: int, seconds: float, epochs: list[str]
+) -> dict:
+    """Save a reference model with the record by which ``train_model`` reuses it;
+    ``epochs``: how far each stage trained, in words."""
+    from atlasmap.reference import save_model
+
     save_model(model, directory)
     record = {
-        "seconds": round(time.time() - start, 1),
+        "seconds": round(seconds, 1),
         "cells": atlas.n_obs,
         "labels": sorted(atlas.obs[LABELS_KEY].unique()),
-        "epochs": handler.lines,
+        "epochs": epochs,
         "settings": asdict(settings),
         "seed": seed,
     }
-    record_path.write_text(json.dumps(record, indent=2) + "\n")
-    say(f"  model {directory.name}: {record['seconds']:.0f} s; {'; '.join(handler.lines)}")
+    (directory.parent / f"{directory.name}.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def schema_model_dir(train: str, test: str, seed: int) -> Path:
+    """Where a tuning fold's reference model trained by the schema's rule
+    (``TrainingSettings()``) is kept: every tuning script maps with the same one."""
+    return RUNS / "schema_models" / f"{train}_to_{test}_seed{seed}"
 
 
 def map_once(query, atlas, model_dir: Path, mode: str, seed: int, surgery_epochs: int):
@@ -485,6 +507,21 @@ def score_table(table: pd.DataFrame, reference_labels, threshold=None, cutoff=No
         table["prediction_probability"],
         reference_labels,
     )
+
+
+def seen_scores(table: pd.DataFrame, seen) -> dict:
+    """On the cells whose true label the reference has: closed-set accuracy (the best
+    label, before Unknown), accuracy as called, and the share called Unknown."""
+    truth = table[TRUTH]
+    mask = truth.isin(seen).to_numpy()
+    right = (table["candidate_celltype"] == truth).to_numpy()[mask]
+    called = (table["predicted_celltype"] == truth).to_numpy()[mask]
+    unknown = (table["predicted_celltype"] == "Unknown").to_numpy()[mask]
+    return {
+        "closed_set_accuracy": float(right.mean()),
+        "accuracy_as_called": float(called.mean()),
+        "share_unknown": float(unknown.mean()),
+    }
 
 
 # --------------------------------------------------------------------------- baselines

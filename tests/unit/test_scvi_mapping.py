@@ -30,6 +30,8 @@ from atlasmap.reference import (
     read_model_info,
     save_model,
     train_reference_model,
+    train_scanvi_model,
+    train_scvi_model,
 )
 
 HELD_OUT = ["ATLAS_D05", "ATLAS_D06"]
@@ -408,6 +410,23 @@ def test_atlas_without_the_batch_key_is_an_error(query, reference):
         AtlasmapInputError, match=r"no obs column 'Sample_ID' \(config key reference.batch_key\)"
     ):
         map_query(query, a, model_dir, "embed", SETTINGS)
+
+
+def test_scanvi_stops_on_its_classification_loss_and_leaves_scvi_as_it_was(medium_study):
+    """scANVI starts from a trained scVI, so its validation ELBO is best at once and could
+    never stop it: it stops when its classifier's validation loss has not improved for
+    the patience, and the scVI model it started from is not changed."""
+    atlas, _, _ = split_reference(medium_study)
+    settings = TrainingSettings(
+        n_top_genes=200, scvi_max_epochs=5, scanvi_max_epochs=40, scanvi_early_stopping_patience=2
+    )
+    vae = train_scvi_model(atlas, "Level_4", "Sample_ID", settings=settings, seed=0)
+    before = {k: v.clone() for k, v in vae.module.state_dict().items()}
+    model = train_scanvi_model(vae, "Level_4", settings=settings)
+    losses = model.history["validation_classification_loss"].to_numpy().ravel()
+    assert len(model.history["elbo_train"]) == len(losses) < 40
+    assert len(losses) == int(np.argmin(losses)) + 1 + 2
+    assert all(torch.equal(before[k], v) for k, v in vae.module.state_dict().items())
 
 
 def test_training_on_an_atlas_without_the_labels_key_is_an_error(medium_study):
