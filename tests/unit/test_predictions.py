@@ -517,7 +517,7 @@ def test_the_expression_member_scales_a_query_cell_by_all_its_counts():
     """The classifier reads a few variable genes, but each cell is scaled by its counts
     over all its genes, for the fit and for a query alike: the atlas's own cells, read
     back as a query, get exactly the probabilities the fit gave them. (Scaled by the
-    classifier's genes alone, a cross-lab query lost 5-10 points.)"""
+    classifier's genes alone, it lost 2-7 points on the tuning folds.)"""
     from atlasmap.expression import fit_expression_model
 
     rng = np.random.default_rng(13)

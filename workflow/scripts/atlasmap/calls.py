@@ -57,7 +57,7 @@ EXPRESSION_METHODS = ("ensemble",)
 
 @dataclass(frozen=True)
 class CallSettings:
-    method: str = "knn"
+    method: str = "ensemble"
     # Chosen on held-out reference batches of the real-data benchmark.
     n_neighbors: int = 50
     unknown_threshold: float = 0.3
@@ -71,11 +71,11 @@ class CallSettings:
     calibration_cells: int = 20_000
     # The ensemble's expression member: its weight (the kNN vote has the rest), the
     # reference's variable genes it reads, its penalty and the atlas cells each fit may
-    # use. The best ensemble on held-out reference batches (benchmarks/tune_ensemble.md);
-    # there the kNN vote alone was as good, so it stays the default method.
-    expression_weight: float = 0.25
-    expression_genes: int = 2000
-    expression_c: float = 1.0
+    # use. Chosen, with the method, on held-out reference batches
+    # (benchmarks/tune_ensemble.md).
+    expression_weight: float = 0.5
+    expression_genes: int = 5000
+    expression_c: float = 0.01
     expression_cells: int = 20_000
     seed: int = 0
     n_jobs: int = 1
