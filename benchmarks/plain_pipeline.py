@@ -115,6 +115,7 @@ def run(config_path: Path, out: Path, threads: int = 2) -> None:
         reference=reference,
         settings=calls_settings,
         output=reference_calls,
+        counts_path=atlas,
     )
     for mode in modes:
         folder = results / mode
@@ -137,6 +138,9 @@ def run(config_path: Path, out: Path, threads: int = 2) -> None:
             qc_path=folder / "qc.tsv",
             report_path=folder / "calls.json",
             reference_calls_path=reference_calls,
+            query_path=subset,
+            atlas_path=atlas,
+            counts_layer=reference["counts_layer"],
         )
         evaluate_mapping_files(
             predictions_path=folder / "predictions.tsv",
