@@ -509,6 +509,14 @@ def score_table(table: pd.DataFrame, reference_labels, threshold=None, cutoff=No
     )
 
 
+def tuning_fold(data, train: str, test: str) -> tuple[ad.AnnData, ad.AnnData, set]:
+    """A tuning fold: the reference of data set ``train``, the query of ``test`` (its
+    labels kept as truth only), and the labels the reference has."""
+    atlas = concat_reference({train: data[train]})
+    query = as_query(data[test], f"heldout_{test}")
+    return atlas, query, set(atlas.obs[LABELS_KEY])
+
+
 def seen_scores(table: pd.DataFrame, seen) -> dict:
     """On the cells whose true label the reference has: closed-set accuracy (the best
     label, before Unknown), accuracy as called, and the share called Unknown."""

@@ -61,11 +61,9 @@ def run_fold(data, train: str, test: str, seed: int) -> list[dict]:
     out = RUN / f"{train}_to_{test}_seed{seed}_{grid_tag()}.json"
     if out.is_file():
         return json.loads(out.read_text())
-    atlas = rd.concat_reference({train: data[train]})
-    query = rd.as_query(data[test], f"heldout_{test}")
+    atlas, query, seen = rd.tuning_fold(data, train, test)
     model_dir = rd.schema_model_dir(train, test, seed)
     training = rd.train_model(atlas, model_dir, TrainingSettings(), seed=seed)
-    seen = set(atlas.obs[rd.LABELS_KEY])
     rows = []
     for mode in rd.MODES:
         result, _ = rd.map_once(query, atlas, model_dir, mode, seed, 10)

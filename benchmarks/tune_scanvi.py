@@ -60,12 +60,15 @@ def run_fold(data, train: str, test: str, seed: int) -> list[dict]:
     out = RUN / f"{train}_to_{test}_seed{seed}.json"
     if out.is_file():
         return json.loads(out.read_text())
-    atlas = rd.concat_reference({train: data[train]})
-    query = rd.as_query(data[test], f"heldout_{test}")
-    seen = set(atlas.obs[rd.LABELS_KEY])
+    atlas, query, seen = rd.tuning_fold(data, train, test)
     start = time.time()
     vae = train_scvi_model(
-        atlas, rd.LABELS_KEY, rd.BATCH_KEY, settings=ways()["recipe"], seed=seed, accelerator="cpu"
+        atlas,
+        rd.LABELS_KEY,
+        rd.BATCH_KEY,
+        settings=TrainingSettings(),
+        seed=seed,
+        accelerator="cpu",
     )
     scvi_seconds = time.time() - start
     scvi_epochs = len(vae.history["elbo_train"])
