@@ -517,6 +517,21 @@ def tuning_fold(data, train: str, test: str) -> tuple[ad.AnnData, ad.AnnData, se
     return atlas, query, set(atlas.obs[LABELS_KEY])
 
 
+def tuning_rows(run_fold, seeds, folds) -> pd.DataFrame:
+    """Every row of ``run_fold(data, train, test, seed)`` over the tuning ``folds``
+    ((train, test) pairs) and ``seeds``, on two threads."""
+    setup_process(2)
+    data, _ = load_labelled()
+    return pd.DataFrame(
+        [
+            row
+            for seed in seeds
+            for train, test in folds
+            for row in run_fold(data, train, test, seed)
+        ]
+    )
+
+
 def seen_scores(table: pd.DataFrame, seen) -> dict:
     """On the cells whose true label the reference has: closed-set accuracy (the best
     label, before Unknown), accuracy as called, and the share called Unknown."""

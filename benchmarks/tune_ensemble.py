@@ -109,13 +109,8 @@ def choose(frame: pd.DataFrame) -> pd.Series:
 
 
 def main() -> None:
-    rd.setup_process(2)
     start = time.time()
-    data, _ = rd.load_labelled()
-    rows = [
-        row for seed in SEEDS for train, test in FOLDS for row in run_fold(data, train, test, seed)
-    ]
-    frame = pd.DataFrame(rows)
+    frame = rd.tuning_rows(run_fold, SEEDS, FOLDS)
     chosen = choose(frame)
     ensemble = choose(frame[frame["expression_weight"] > 0])
     means = (

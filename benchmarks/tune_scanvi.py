@@ -126,13 +126,8 @@ def choose(frame: pd.DataFrame) -> tuple[str, pd.DataFrame]:
 
 
 def main() -> None:
-    rd.setup_process(2)
     start = time.time()
-    data, _ = rd.load_labelled()
-    rows = [
-        row for seed in SEEDS for train, test in FOLDS for row in run_fold(data, train, test, seed)
-    ]
-    frame = pd.DataFrame(rows)
+    frame = rd.tuning_rows(run_fold, SEEDS, FOLDS)
     chosen, _ = choose(frame)
     metrics = ["closed_set_accuracy", "accuracy_as_called", "share_unknown", "scanvi_epochs"]
     summary = frame.groupby("way")[metrics].agg(["mean", "std"]).round(3)
