@@ -532,6 +532,24 @@ def tuning_rows(run_fold, seeds, folds) -> pd.DataFrame:
     )
 
 
+def fold_tables(frame: pd.DataFrame, keys: list[str], metrics: list[str]) -> list[str]:
+    """Markdown lines of a tuning run: each setting's mean (sd) over folds, modes and
+    seeds, then its mean over seeds per fold and mode."""
+    summary = frame.groupby(keys)[metrics].agg(["mean", "std"]).round(3)
+    summary.columns = [f"{a} {b}" for a, b in summary.columns]
+    per_fold = frame.groupby(["fold", "mode", *keys])[metrics].mean().round(3).reset_index()
+    return [
+        "## Mean (sd) over folds, modes and seeds",
+        "",
+        summary.to_markdown(),
+        "",
+        "## Per fold and mode (mean over seeds)",
+        "",
+        per_fold.to_markdown(index=False),
+        "",
+    ]
+
+
 def seen_scores(table: pd.DataFrame, seen) -> dict:
     """On the cells whose true label the reference has: closed-set accuracy (the best
     label, before Unknown), accuracy as called, and the share called Unknown."""

@@ -113,18 +113,6 @@ def main() -> None:
     frame = rd.tuning_rows(run_fold, SEEDS, FOLDS)
     chosen = choose(frame)
     ensemble = choose(frame[frame["expression_weight"] > 0])
-    means = (
-        frame.groupby(SETTING)[["closed_set_accuracy", "accuracy_as_called", "share_unknown"]]
-        .agg(["mean", "std"])
-        .round(3)
-    )
-    means.columns = [f"{a} {b}" for a, b in means.columns]
-    per_fold = (
-        frame.groupby(["fold", "mode", *SETTING])[["closed_set_accuracy", "accuracy_as_called"]]
-        .mean()
-        .round(3)
-        .reset_index()
-    )
     optimism = (
         frame[frame["expression_weight"] == 0.0]
         .groupby("fold")[["held_out_accuracy_reference", "closed_set_accuracy"]]
@@ -161,14 +149,9 @@ def main() -> None:
         f"{ensemble.name[1]}, expression_c {ensemble.name[2]:g}** (closed-set "
         f"{ensemble['closed_set_accuracy']:.3f}, as called {ensemble['accuracy_as_called']:.3f}).",
         "",
-        "## Mean (sd) over folds, modes and seeds",
-        "",
-        means.to_markdown(),
-        "",
-        "## Per fold and mode (mean over seeds)",
-        "",
-        per_fold.to_markdown(index=False),
-        "",
+        *rd.fold_tables(
+            frame, SETTING, ["closed_set_accuracy", "accuracy_as_called", "share_unknown"]
+        ),
         "## How the reference's own held-out figures flatter (kNN vote alone)",
         "",
         "A one-batch reference's calibration folds are random cells of that batch, "

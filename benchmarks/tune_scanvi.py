@@ -130,9 +130,6 @@ def main() -> None:
     frame = rd.tuning_rows(run_fold, SEEDS, FOLDS)
     chosen, _ = choose(frame)
     metrics = ["closed_set_accuracy", "accuracy_as_called", "share_unknown", "scanvi_epochs"]
-    summary = frame.groupby("way")[metrics].agg(["mean", "std"]).round(3)
-    summary.columns = [f"{a} {b}" for a, b in summary.columns]
-    per_fold = frame.groupby(["fold", "mode", "way"])[metrics].mean().round(3).reset_index()
     lines = [
         "# How scANVI is trained, compared on held-out reference batches",
         "",
@@ -156,14 +153,7 @@ def main() -> None:
         f"accuracy, averaged over folds, modes and seeds, is more than {MARGIN} below the "
         f"earlier rule's. **Chosen: `{chosen}`.**",
         "",
-        "## Mean (sd) over folds, modes and seeds",
-        "",
-        summary.to_markdown(),
-        "",
-        "## Per fold and mode (mean over seeds)",
-        "",
-        per_fold.to_markdown(index=False),
-        "",
+        *rd.fold_tables(frame, ["way"], metrics),
     ]
     OUT.write_text("\n".join(lines))
     rd.say(f"wrote {OUT}: chosen {chosen}")

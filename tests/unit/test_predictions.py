@@ -643,3 +643,73 @@ def test_the_ensembles_fit_reads_the_atlas_counts_and_refuses_another_atlas(tmp_
             counts_path=tmp_path / "other.h5ad",
         )
     assert not (tmp_path / "other_fit.npz").exists()
+
+
+def noisy_classifier(rng, labels, names, right=0.6):
+    """Classifier probabilities that name the true label for a share ``right`` of the
+    cells and a random other label for the rest, with 0.55 on the label named."""
+    codes = pd.Index(names).get_indexer(labels)
+    named = np.where(
+        rng.random(len(codes)) < right,
+        codes,
+        (codes + rng.integers(1, len(names), len(codes))) % len(names),
+    )
+    probs = np.full((len(codes), len(names)), 0.45 / (len(names) - 1))
+    probs[np.arange(len(codes)), named] = 0.55
+    return probs
+
+
+def test_smoothing_over_the_query_mends_scattered_errors_and_stays_calibrated():
+    """A member wrong on 40% of cells at random: averaged over each cell's query
+    neighbours the errors wash out, and the calibration, fitted on held-out atlas
+    batches smoothed alike, still matches the accuracy."""
+    rng = np.random.default_rng(3)
+    names = sorted(CENTRES)
+    latent, labels, batches = blobs(rng, CENTRES, 300)
+    reference_probs = noisy_classifier(rng, labels, names)
+    truth = np.repeat(list(CENTRES), 150)
+    cells = np.vstack([rng.normal(c, 0.3, (150, 3)) for c in CENTRES.values()])
+    query_probs = noisy_classifier(rng, truth, names)
+    tables = {}
+    for smoothing in (0, 15):
+        settings = CallSettings(method="classifier", n_neighbors=20, query_smoothing=smoothing)
+        model = fit_call_model(latent, labels, batches, reference_probs, names, settings)
+        tables[smoothing] = call_cells(model, cells, query_probs, names, settings=settings)
+    accuracy = {s: (t["candidate_celltype"].to_numpy() == truth).mean() for s, t in tables.items()}
+    assert accuracy[0] < 0.7
+    assert accuracy[15] > 0.85
+    smoothed = tables[15]
+    right = smoothed["candidate_celltype"].to_numpy() == truth
+    assert expected_calibration_error(smoothed["prediction_probability"], right) < 0.08
+
+
+def test_smoothing_stays_within_a_query_batch():
+    """Two batches at the same place, their members naming different labels: neither
+    batch's calls take the other's, and a batch called alone gets the same calls."""
+    rng = np.random.default_rng(4)
+    names = sorted(CENTRES)
+    latent, labels, batches = blobs(rng, CENTRES, 300)
+    settings = CallSettings(method="classifier", n_neighbors=20, query_smoothing=15)
+    model = fit_call_model(
+        latent, labels, batches, noisy_classifier(rng, labels, names, 1.0), names, settings
+    )
+    cells = rng.normal(CENTRES["CD4"], 0.3, (100, 3))
+    says_cd4 = noisy_classifier(rng, ["CD4"] * 100, names, 1.0)
+    says_b = noisy_classifier(rng, ["B"] * 100, names, 1.0)
+    together = call_cells(
+        model,
+        np.vstack([cells, cells]),
+        np.vstack([says_cd4, says_b]),
+        names,
+        settings=settings,
+        batches=np.array(["a"] * 100 + ["b"] * 100),
+    )
+    assert (together["candidate_celltype"].to_numpy()[:100] == "CD4").all()
+    assert (together["candidate_celltype"].to_numpy()[100:] == "B").all()
+    alone = call_cells(
+        model, cells, says_cd4, names, settings=settings, batches=np.array(["a"] * 100)
+    )
+    np.testing.assert_allclose(
+        alone["prediction_probability"].to_numpy(),
+        together["prediction_probability"].to_numpy()[:100],
+    )

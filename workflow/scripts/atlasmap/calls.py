@@ -11,6 +11,11 @@ seconds. Everything that decides a call is fitted on the reference alone:
   ``ensemble``: the kNN vote and a logistic regression on the cells'
   log-normalised expression (``expression.py``), weighted by
   ``expression_weight``; the members' agreement enters the calibration.
+  With ``query_smoothing`` the latent's members (the vote, the classifier head)
+  are then averaged over the cell's nearest cells of the same query batch in the
+  latent (the query's own structure, as CellTypist's majority voting over query
+  clusters uses it); the expression member is not: where the latent mixes two
+  types that expression tells apart, averaging over latent neighbours would undo it.
 * **calibration** — the reference is split by batch (grouped folds); each
   held-out batch is called from the other batches, as a query from a new
   batch would be (the expression classifier refitted without it), and an
@@ -77,6 +82,9 @@ class CallSettings:
     expression_genes: int = 5000
     expression_c: float = 0.01
     expression_cells: int = 20_000
+    # Query cells of the same batch whose probabilities each cell's are averaged with
+    # (0: none); chosen on held-out reference batches (benchmarks/tune_smoothing.md).
+    query_smoothing: int = 50
     seed: int = 0
     n_jobs: int = 1
 
@@ -247,6 +255,33 @@ def _method_probabilities(
     return 0.5 * (knn_probs + classifier_probs)
 
 
+def smooth_over_neighbours(
+    latent: np.ndarray, groups, members: list, n_neighbors: int, n_jobs: int = 1
+) -> list:
+    """Each cell's probabilities in each of ``members`` (cells x labels arrays, or None)
+    averaged with those of its ``n_neighbors`` nearest cells in ``latent`` among the
+    cells of its own group (a query batch): a call follows the cells it sits among, and
+    does not depend on which other batches are called with it."""
+    if n_neighbors < 1 or len(latent) < 2:
+        return members
+    groups = pd.Series(np.asarray(groups).astype(str))
+    rows, columns = [], []
+    for cells in groups.groupby(groups, sort=False).indices.values():
+        k = min(n_neighbors, len(cells) - 1)
+        if k < 1:
+            nearest = np.zeros((1, 1), dtype=np.intp)
+        else:
+            _, nearest = ExactNeighbours(latent[cells], n_jobs).query(latent[cells], k + 1)
+        rows.append(np.repeat(cells, nearest.shape[1]))
+        columns.append(cells[nearest].ravel())
+    rows, columns = np.concatenate(rows), np.concatenate(columns)
+    # A sparse mean over each cell's neighbours: a dense (cells x neighbours x labels)
+    # gather would take gigabytes at 200k cells.
+    counts = np.bincount(rows, minlength=len(latent))
+    average = sp.csr_matrix((1.0 / counts[rows], (rows, columns)), shape=(len(latent), len(latent)))
+    return [None if m is None else np.asarray(average @ m) for m in members]
+
+
 def members_agree(knn_probs: np.ndarray, expression_probs: np.ndarray | None) -> np.ndarray | None:
     """Per cell, whether the kNN vote and the expression classifier name the same label."""
     if expression_probs is None:
@@ -306,7 +341,13 @@ def fit_call_model(
     oof = _out_of_fold(latent, codes, n_labels, folds, k, bandwidth, logged, s, rng)
     cells, knn_probs, dist = oof["cells"], oof["knn"], oof["distance"]
     expr_probs = oof["expression"]
-    probs = _method_probabilities(s, knn_probs, None if clf is None else clf[cells], expr_probs)
+    held_clf = None if clf is None else clf[cells]
+    # Each held-out fold's batches are smoothed as query batches are.
+    held_group = np.char.add(oof["fold_of"].astype(str), np.char.add(":", batches[cells]))
+    knn_probs, held_clf = smooth_over_neighbours(
+        latent[cells], held_group, [knn_probs, held_clf], s.query_smoothing, s.n_jobs
+    )
+    probs = _method_probabilities(s, knn_probs, held_clf, expr_probs)
     best = probs.argmax(axis=1)
     raw = probs[np.arange(len(best)), best]
     correct = (best == codes[cells]).astype(float)
@@ -404,8 +445,8 @@ def _out_of_fold(latent, codes, n_labels, folds, k, bandwidth, logged, s, rng) -
     budget = min(len(latent), s.calibration_cells)
     sampled = np.zeros(len(latent), dtype=bool)
     sampled[rng.choice(len(latent), size=budget, replace=False)] = True
-    out = {"cells": [], "knn": [], "distance": [], "expression": []}
-    for held in folds:
+    out = {"cells": [], "knn": [], "distance": [], "expression": [], "fold_of": []}
+    for fold, held in enumerate(folds):
         train = np.setdiff1d(np.arange(len(latent)), held)
         held = held[sampled[held]]
         if len(train) <= k or not len(held):
@@ -413,6 +454,7 @@ def _out_of_fold(latent, codes, n_labels, folds, k, bandwidth, logged, s, rng) -
         knn = LatentKNN(latent[train], codes[train], n_labels, k, bandwidth, s.n_jobs)
         probs, dist = knn.query(latent[held])
         out["cells"].append(held)
+        out["fold_of"].append(np.full(len(held), fold))
         out["knn"].append(probs)
         out["distance"].append(dist)
         if logged is not None:
@@ -434,6 +476,7 @@ def _out_of_fold(latent, codes, n_labels, folds, k, bandwidth, logged, s, rng) -
     return {
         "folds": len(out["cells"]),
         "cells": np.concatenate(out["cells"]),
+        "fold_of": np.concatenate(out["fold_of"]),
         "knn": np.vstack(out["knn"]),
         "distance": np.concatenate(out["distance"]),
         "expression": np.vstack(out["expression"]) if out["expression"] else None,
@@ -575,17 +618,22 @@ def call_cells(
     ``expression_celltype``/``expression_probability`` given ``expression_probs``,
     the expression classifier's per-label probabilities in ``model.labels``'
     order), then ``predicted_<level>``/``probability_<level>`` for each coarser level.
+    The vote's and the classifier's probabilities are taken after
+    ``settings.query_smoothing``, the expression member's as it gives them.
     """
     s = settings
+    if batches is None:
+        batches = np.zeros(len(latent))
     knn_probs, dist = model.knn.query(latent)
     clf = _align_probabilities(classifier_probs, classifier_labels, model.labels)
+    knn_probs, clf = smooth_over_neighbours(
+        latent, batches, [knn_probs, clf], s.query_smoothing, s.n_jobs
+    )
     probs = _method_probabilities(s, knn_probs, clf, expression_probs)
     best = probs.argmax(axis=1)
     raw = probs[np.arange(len(best)), best]
     probability = model.calibrated(raw, members_agree(knn_probs, expression_probs))
     novelty = dist / model.distance_scale[best]
-    if batches is None:
-        batches = np.zeros(len(best))
     shift = batch_shift(novelty, batches, model.novelty_batch_quantile)
     novelty = novelty / shift
     reason = np.full(len(best), CALLED, dtype=object)
@@ -960,10 +1008,12 @@ def call_embedded(
         if s.method != "classifier":
             log.warning(
                 "no atlas cells (mapping with the model alone): calls from the classifier, "
-                "uncalibrated and without novelty, instead of mapping.calls.method %r",
+                "uncalibrated, without novelty or smoothing, instead of mapping.calls.method %r",
                 s.method,
             )
-        s = CallSettings(**{**s.__dict__, "method": "classifier"})
+        # Nor smoothed: without held-out atlas cells to calibrate it, a mean over
+        # neighbours would only lower every probability against the threshold.
+        s = CallSettings(**{**s.__dict__, "method": "classifier", "query_smoothing": 0})
         names = np.asarray([x for x in prob_labels], dtype=object)
         model = CallModel(
             labels=names,
