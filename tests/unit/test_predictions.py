@@ -713,3 +713,18 @@ def test_smoothing_stays_within_a_query_batch():
         alone["prediction_probability"].to_numpy(),
         together["prediction_probability"].to_numpy()[:100],
     )
+
+
+def test_a_rare_type_of_a_small_query_is_not_smoothed_into_its_far_neighbours(toy):
+    """Ten B cells among 200 CD4 cells: most of each B cell's 50 nearest query cells are
+    CD4 cells, far off; weighted by the vote's kernel they count for almost nothing."""
+    rng, _ = toy
+    latent, labels, batches = blobs(np.random.default_rng(1), CENTRES, 300)
+    settings = CallSettings(method="knn", n_neighbors=20, query_smoothing=50)
+    model = fit_call_model(latent, labels, batches, settings=settings)
+    cells = np.vstack(
+        [rng.normal(CENTRES["B"], 0.3, (10, 3)), rng.normal(CENTRES["CD4"], 0.3, (200, 3))]
+    )
+    table = call_cells(model, cells, settings=settings)
+    assert (table["candidate_celltype"].to_numpy()[:10] == "B").all()
+    assert table["prediction_probability"].to_numpy()[:10].min() > 0.5

@@ -256,29 +256,37 @@ def _method_probabilities(
 
 
 def smooth_over_neighbours(
-    latent: np.ndarray, groups, members: list, n_neighbors: int, n_jobs: int = 1
+    latent: np.ndarray,
+    groups,
+    members: list,
+    n_neighbors: int,
+    bandwidth: float,
+    n_jobs: int = 1,
 ) -> list:
     """Each cell's probabilities in each of ``members`` (cells x labels arrays, or None)
     averaged with those of its ``n_neighbors`` nearest cells in ``latent`` among the
-    cells of its own group (a query batch): a call follows the cells it sits among, and
-    does not depend on which other batches are called with it."""
+    cells of its own group (a query batch), each weighted by the vote's Gaussian kernel
+    of its distance (``bandwidth``): a call follows the cells it sits among, a small
+    query's far "neighbours" (another type) count little, and a call does not depend on
+    which other batches are called with it."""
     if n_neighbors < 1 or len(latent) < 2:
         return members
     groups = pd.Series(np.asarray(groups).astype(str))
-    rows, columns = [], []
+    rows, columns, weights = [], [], []
     for cells in groups.groupby(groups, sort=False).indices.values():
         k = min(n_neighbors, len(cells) - 1)
         if k < 1:
-            nearest = np.zeros((1, 1), dtype=np.intp)
+            distances, nearest = np.zeros((len(cells), 1)), np.arange(len(cells))[:, None]
         else:
-            _, nearest = ExactNeighbours(latent[cells], n_jobs).query(latent[cells], k + 1)
+            distances, nearest = ExactNeighbours(latent[cells], n_jobs).query(latent[cells], k + 1)
         rows.append(np.repeat(cells, nearest.shape[1]))
         columns.append(cells[nearest].ravel())
-    rows, columns = np.concatenate(rows), np.concatenate(columns)
-    # A sparse mean over each cell's neighbours: a dense (cells x neighbours x labels)
-    # gather would take gigabytes at 200k cells.
-    counts = np.bincount(rows, minlength=len(latent))
-    average = sp.csr_matrix((1.0 / counts[rows], (rows, columns)), shape=(len(latent), len(latent)))
+        weights.append(np.exp(-(distances.ravel() ** 2) / max(bandwidth, 1e-12) ** 2))
+    rows, columns, weights = np.concatenate(rows), np.concatenate(columns), np.concatenate(weights)
+    # A sparse weighted mean over each cell's neighbours (itself at weight 1): a dense
+    # (cells x neighbours x labels) gather would take gigabytes at 200k cells.
+    weights /= np.bincount(rows, weights=weights, minlength=len(latent))[rows]
+    average = sp.csr_matrix((weights, (rows, columns)), shape=(len(latent), len(latent)))
     return [None if m is None else np.asarray(average @ m) for m in members]
 
 
@@ -345,7 +353,7 @@ def fit_call_model(
     # Each held-out fold's batches are smoothed as query batches are.
     held_group = np.char.add(oof["fold_of"].astype(str), np.char.add(":", batches[cells]))
     knn_probs, held_clf = smooth_over_neighbours(
-        latent[cells], held_group, [knn_probs, held_clf], s.query_smoothing, s.n_jobs
+        latent[cells], held_group, [knn_probs, held_clf], s.query_smoothing, bandwidth, s.n_jobs
     )
     probs = _method_probabilities(s, knn_probs, held_clf, expr_probs)
     best = probs.argmax(axis=1)
@@ -627,7 +635,7 @@ def call_cells(
     knn_probs, dist = model.knn.query(latent)
     clf = _align_probabilities(classifier_probs, classifier_labels, model.labels)
     knn_probs, clf = smooth_over_neighbours(
-        latent, batches, [knn_probs, clf], s.query_smoothing, s.n_jobs
+        latent, batches, [knn_probs, clf], s.query_smoothing, model.knn.bandwidth, s.n_jobs
     )
     probs = _method_probabilities(s, knn_probs, clf, expression_probs)
     best = probs.argmax(axis=1)
@@ -1104,6 +1112,7 @@ class _NoNeighbours:
     """Stands in for the kNN when there are no atlas cells: no vote, no distance."""
 
     k = 0
+    bandwidth = 1.0  # read by the smoothing, which is off without atlas cells
 
     def __init__(self, n_labels: int) -> None:
         self.n_labels = n_labels
