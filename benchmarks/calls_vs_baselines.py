@@ -53,12 +53,18 @@ RUN = rd.RUNS / "calls_vs_baselines" / defaults_tag()
 
 def calls() -> dict[str, dict]:
     """The library's calls: its defaults (chosen on held-out reference batches,
-    benchmarks/tune_ensemble.md) and the other method, at its default settings."""
+    benchmarks/tune_ensemble.md, benchmarks/tune_smoothing.md), the other method, and
+    the defaults with the query smoothing switched (off, or on at 30 neighbours)."""
     from atlasmap.calls import CallSettings
 
-    default = CallSettings().method
-    other = "knn" if default == "ensemble" else "ensemble"
-    return {f"{default} (default)": {}, other: {"method": other}}
+    default = CallSettings()
+    other = "knn" if default.method == "ensemble" else "ensemble"
+    smoothing = 0 if default.query_smoothing else 30
+    return {
+        f"{default.method} (default)": {},
+        other: {"method": other},
+        f"{default.method}, query_smoothing {smoothing}": {"query_smoothing": smoothing},
+    }
 
 
 KEYS = ("closed_accuracy", "closed_macro_f1", "accuracy", "unknown_seen", "unknown_unseen", "ece")
@@ -111,15 +117,20 @@ def celltypist_runs(atlas, query, reference_labels) -> dict:
 
 
 def run_query(data, name: str, seed: int) -> dict:
+    q = rd.queries(data)[name]
+    return run_case(q["atlas"], q["query"], name, seed, RUN)
+
+
+def run_case(atlas, query, name: str, seed: int, run_dir: Path) -> dict:
+    """One query and seed: a reference model trained by the schema's rule, both modes'
+    calls, and (for the first seed) the baselines; saved under ``run_dir`` and reused."""
     from atlasmap.reference import TrainingSettings
 
-    out = RUN / f"{name}_seed{seed}.json"
+    out = run_dir / f"{name}_seed{seed}.json"
     if out.is_file():
         return json.loads(out.read_text())
-    q = rd.queries(data)[name]
-    atlas, query = q["atlas"], q["query"]
     labels = set(atlas.obs[rd.LABELS_KEY])
-    model_dir = RUN / "models" / f"{name}_seed{seed}"
+    model_dir = run_dir / "models" / f"{name}_seed{seed}"
     training = rd.train_model(atlas, model_dir, TrainingSettings(), seed)
     record = {"query": name, "seed": seed, "training": training, "rows": {}}
     for mode in rd.MODES:

