@@ -675,6 +675,7 @@ def test_smoothing_over_the_query_mends_scattered_errors_and_stays_calibrated():
         settings = CallSettings(method="classifier", n_neighbors=20, query_smoothing=smoothing)
         model = fit_call_model(latent, labels, batches, reference_probs, names, settings)
         tables[smoothing] = call_cells(model, cells, query_probs, names, settings=settings)
+        assert model.report["query_smoothing"] == smoothing  # said in calls.json
     accuracy = {s: (t["candidate_celltype"].to_numpy() == truth).mean() for s, t in tables.items()}
     assert accuracy[0] < 0.7
     assert accuracy[15] > 0.85

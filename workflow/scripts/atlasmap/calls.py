@@ -407,6 +407,7 @@ def fit_call_model(
         "novelty_batch_quantile": model.novelty_batch_quantile,
         "held_out_batch_shift": _rounded(shift_of_batch),
         "unknown_threshold": s.unknown_threshold,
+        "query_smoothing": s.query_smoothing,
     }
     if expression_model is not None:
         model.report["expression_genes"] = len(expression_model.genes)
