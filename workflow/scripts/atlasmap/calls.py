@@ -126,6 +126,14 @@ class ExactNeighbours:
         return np.reshape(distances, shape)[back], np.reshape(indices, shape)[back]
 
 
+def kernel_weights(distances: np.ndarray, bandwidth: float) -> np.ndarray:
+    """Row-normalised weights exp(-(d² - d₀²) / h²) of each row's neighbours (nearest
+    first, d₀ the nearest distance: for numerical range only, it cancels)."""
+    squared = distances**2
+    weights = np.exp(-(squared - squared[:, :1]) / max(bandwidth, 1e-12) ** 2)
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
 class LatentKNN:
     """Distance-weighted kNN label vote in a latent space.
 
@@ -148,9 +156,7 @@ class LatentKNN:
         return self.vote(distances, indices), distances.mean(axis=1)
 
     def vote(self, distances: np.ndarray, indices: np.ndarray) -> np.ndarray:
-        squared = distances**2
-        weights = np.exp(-(squared - squared[:, :1]) / self.bandwidth**2)
-        weights /= weights.sum(axis=1, keepdims=True)
+        weights = kernel_weights(distances, self.bandwidth)
         n, k = indices.shape
         rows = np.repeat(np.arange(n), k)
         return sp.csr_matrix(
@@ -281,11 +287,10 @@ def smooth_over_neighbours(
             distances, nearest = ExactNeighbours(latent[cells], n_jobs).query(latent[cells], k + 1)
         rows.append(np.repeat(cells, nearest.shape[1]))
         columns.append(cells[nearest].ravel())
-        weights.append(np.exp(-(distances.ravel() ** 2) / max(bandwidth, 1e-12) ** 2))
+        weights.append(kernel_weights(distances, bandwidth).ravel())
     rows, columns, weights = np.concatenate(rows), np.concatenate(columns), np.concatenate(weights)
-    # A sparse weighted mean over each cell's neighbours (itself at weight 1): a dense
+    # A sparse weighted mean over each cell's neighbours (itself nearest): a dense
     # (cells x neighbours x labels) gather would take gigabytes at 200k cells.
-    weights /= np.bincount(rows, weights=weights, minlength=len(latent))[rows]
     average = sp.csr_matrix((weights, (rows, columns)), shape=(len(latent), len(latent)))
     return [None if m is None else np.asarray(average @ m) for m in members]
 
