@@ -116,6 +116,7 @@ def run(config_path: Path, out: Path, threads: int = 2) -> None:
         settings=calls_settings,
         output=reference_calls,
         counts_path=atlas,
+        model_dir=model,
     )
     for mode in modes:
         folder = results / mode

@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 from atlasmap.calls import UNKNOWN, CallSettings, call_embedded
 from atlasmap.mapping import MappingSettings, map_query
-from atlasmap.reference import TrainingSettings, save_model, train_reference_model
+from atlasmap.reference import TrainingSettings, save_model, train_reference_models
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -85,7 +85,7 @@ def embedded(small_case, tmp_path_factory):
     atlas, query = small_case
     results = []
     for seed in SEEDS:
-        model = train_reference_model(
+        model, held_out = train_reference_models(
             atlas,
             labels_key=rd.LABELS_KEY,
             batch_key=rd.BATCH_KEY,
@@ -95,7 +95,7 @@ def embedded(small_case, tmp_path_factory):
             accelerator="cpu",
         )
         directory = tmp_path_factory.mktemp(f"pbmc_model_{seed}")
-        save_model(model, directory)
+        save_model(model, directory, held_out)
         settings = MappingSettings(
             labels_key=rd.LABELS_KEY,
             batch_key=rd.BATCH_KEY,

@@ -729,3 +729,33 @@ def test_a_rare_type_of_a_small_query_is_not_smoothed_into_its_far_neighbours(to
     table = call_cells(model, cells, settings=settings)
     assert (table["candidate_celltype"].to_numpy()[:10] == "B").all()
     assert table["prediction_probability"].to_numpy()[:10].min() > 0.5
+
+
+def test_the_calibration_scores_each_fold_in_its_own_label_blind_latent():
+    """With held-out latents, each fold's cells are scored in the latent of the model that
+    did not see their labels: the fit takes that model's folds (not calibration_folds),
+    its held-out accuracy is what that latent allows, and the novelty cut-off fitted
+    there holds in the reference latent whatever the other model's scale."""
+    from atlasmap.reference import HeldOutLatents
+
+    rng = np.random.default_rng(2)
+    latent, labels, batches = blobs(rng, CENTRES, 150, batches=4)
+    settings = CallSettings(method="knn", n_neighbors=20, calibration_folds=4, query_smoothing=0)
+    fold = pd.Series(batches).map({"b0": 0, "b1": 0, "b2": 1, "b3": 1}).to_numpy()
+    cells = pd.Index([f"c{i}" for i in range(len(labels))])
+    # A label-blind model places CD4 and CD8 cells on top of each other.
+    blind = latent.copy()
+    blind[np.isin(labels, ["CD4", "CD8"]), 0] = rng.normal(0.6, 0.3, 300)
+    held_out = HeldOutLatents(cells, fold, np.stack([blind, blind]))
+    own = fit_call_model(latent, labels, batches, settings=settings).report
+    honest = fit_call_model(latent, labels, batches, settings=settings, held_out=held_out)
+    assert own["held_out_latent"] == "reference model" and own["folds"] == 4
+    assert honest.report["held_out_latent"] == "fold models" and honest.report["folds"] == 2
+    assert own["held_out_accuracy"] > 0.95
+    assert 0.65 < honest.report["held_out_accuracy"] < 0.85  # CD4 and CD8 a coin toss
+    assert "trained without its labels" in honest.report["held_out_caveats"][0]
+    # The same latents ten times larger: the same fit, distances rescaled.
+    larger = HeldOutLatents(cells, fold, np.stack([blind, blind]) * 10)
+    scaled = fit_call_model(latent, labels, batches, settings=settings, held_out=larger)
+    assert scaled.novelty_cutoff == pytest.approx(honest.novelty_cutoff, rel=1e-6)
+    np.testing.assert_allclose(scaled.distance_scale, honest.distance_scale, rtol=1e-6)

@@ -56,6 +56,8 @@ def test_each_mode_delivers_the_contract(small_run, mode):
     assert set(members) <= set(predictions.columns) and set(members) <= set(mapped.obs)
     assert set(calls["held_out_member_accuracy"]) >= {"knn", "expression", "classifier"}
     assert calls["expression_genes"] > 0 and calls["held_out_caveats"]
+    # Trained here, the reference model's folder holds the folds' label-blind latents.
+    assert calls["held_out_latent"] == "fold models"
 
     metrics = json.loads((out / "metrics.json").read_text())
     for side in ("mapping", "baseline"):

@@ -196,8 +196,13 @@ def test_killed_during_training_and_during_surgery_then_rerun_equals_an_uninterr
     # The crash left Snakemake's lock: unlock, rerun, and kill it again during surgery.
     run_snakemake(workdir, "--unlock", "--configfile", config)
     surgery_log = workdir / "logs/map_query/demo_surgery.log"
+    # Surgery starts after the reference model and its calibration models are trained.
     run_and_kill(
-        workdir, ["--rerun-incomplete", "--configfile", config], surgery_log, "surgery epoch 2/"
+        workdir,
+        ["--rerun-incomplete", "--configfile", config],
+        surgery_log,
+        "surgery epoch 2/",
+        timeout=900,
     )
     assert not (workdir / "results/demo/surgery/embedded.h5ad").exists()
     resume(workdir, config)

@@ -120,6 +120,8 @@ rule fit_calls:
         atlas=rules.embed_reference.output.atlas,
         # The expression member reads the atlas's counts on all its genes.
         counts=reference_atlas,
+        # Its held-out latents, where it was trained here (reference.training.calibration_models).
+        model=reference_model,
     output:
         model="results/reference/call_model.npz",
     log:

@@ -15,4 +15,5 @@ fit_calls_files(
     ),
     output=snakemake.output.model,
     counts_path=snakemake.input.counts,
+    model_dir=snakemake.input.model,
 )

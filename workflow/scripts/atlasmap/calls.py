@@ -192,7 +192,7 @@ class CallModel:
         return out
 
 
-def _folds(groups: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:
+def calibration_folds(groups: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:
     """Cell indices of each held-out fold: whole batches when there are several."""
     unique = pd.unique(groups)
     rng = np.random.default_rng(seed)
@@ -319,6 +319,7 @@ def fit_call_model(
     settings: CallSettings = CallSettings(),
     expression: ad.AnnData | None = None,
     expression_layer: str | None = "counts",
+    held_out=None,
 ) -> CallModel:
     """Fit label transfer, calibration and novelty cut-off on the reference cells.
 
@@ -328,6 +329,9 @@ def fit_call_model(
     classifier was trained on those cells, so its calibration is optimistic.
     ``expression`` holds the same cells' counts (in ``expression_layer``), for the
     ensemble's expression member; it is refitted without each held-out fold.
+    ``held_out``: the cells' :class:`~atlasmap.reference.HeldOutLatents`, in their
+    order; its folds are then the calibration's, each scored in the latent of the
+    model that did not see its labels (else in ``latent``, folds drawn here).
     """
     s = settings
     if s.method not in METHODS:
@@ -344,21 +348,23 @@ def fit_call_model(
     expression_model, logged = _fit_expression_member(expression, expression_layer, codes, names, s)
 
     # The kernel's bandwidth: the reference's own typical distance to its k-th neighbour.
-    probe = rng.choice(len(latent), size=min(len(latent), 5000), replace=False)
-    self_knn = ExactNeighbours(latent, s.n_jobs)
-    bandwidth = float(np.median(self_knn.query(latent[probe], k + 1)[0][:, -1]))
-    bandwidth = max(bandwidth, 1e-6)
+    bandwidth = _bandwidth(latent, k, rng, s.n_jobs)
 
     batches = np.asarray(batches).astype(str)
-    folds = _folds(batches, s.calibration_folds, s.seed)
-    oof = _out_of_fold(latent, codes, n_labels, folds, k, bandwidth, logged, s, rng)
+    if held_out is not None:
+        folds = [np.flatnonzero(held_out.fold == f) for f in range(len(held_out.latents))]
+        spaces = [_rescaled(space, bandwidth, k, rng, s.n_jobs) for space in held_out.latents]
+    else:
+        folds = calibration_folds(batches, s.calibration_folds, s.seed)
+        spaces = [latent] * len(folds)
+    oof = _out_of_fold(spaces, codes, n_labels, folds, k, bandwidth, logged, s, rng)
     cells, knn_probs, dist = oof["cells"], oof["knn"], oof["distance"]
     expr_probs = oof["expression"]
     held_clf = None if clf is None else clf[cells]
     # Each held-out fold's batches are smoothed as query batches are.
     held_group = np.char.add(oof["fold_of"].astype(str), np.char.add(":", batches[cells]))
     knn_probs, held_clf = smooth_over_neighbours(
-        latent[cells], held_group, [knn_probs, held_clf], s.query_smoothing, bandwidth, s.n_jobs
+        oof["latent"], held_group, [knn_probs, held_clf], s.query_smoothing, bandwidth, s.n_jobs
     )
     probs = _method_probabilities(s, knn_probs, held_clf, expr_probs)
     best = probs.argmax(axis=1)
@@ -405,7 +411,8 @@ def fit_call_model(
         "held_out_mean_raw_probability": round(float(raw.mean()), 4),
         "held_out_mean_calibrated_probability": round(float(calibrated.mean()), 4),
         "held_out_share_unknown": round(float(flagged.mean()), 4),
-        "held_out_caveats": _caveats(batches, s),
+        "held_out_latent": "fold models" if held_out is not None else "reference model",
+        "held_out_caveats": _caveats(batches, s, held_out is not None),
         "labels_short_of_cells": _labels_short_of_cells(codes, names, folds, k),
         "novelty_cutoff": round(cutoff, 4) if np.isfinite(cutoff) else None,
         "novelty_false_positive_rate": s.novelty_false_positive_rate if s.novelty else None,
@@ -420,7 +427,7 @@ def fit_call_model(
     if s.novelty:
         cell_shift = pd.Series(batches).map(shift_of_batch).fillna(1.0).to_numpy(dtype=float)
         model.report["held_out_label_detection"] = _held_out_label_detection(
-            latent, codes, names, folds, model, rng, cell_shift
+            spaces, codes, names, folds, model, rng, cell_shift
         )
     log.info("calls fitted on the reference: %s", model.report)
     return model
@@ -453,21 +460,39 @@ def _fit_expression_member(expression, layer, codes, names, s: CallSettings):
     )
 
 
-def _out_of_fold(latent, codes, n_labels, folds, k, bandwidth, logged, s, rng) -> dict:
+def _rescaled(space: np.ndarray, bandwidth: float, k: int, rng, n_jobs: int) -> np.ndarray:
+    """A held-out model's latent scaled so that its typical distance to the k-th
+    neighbour is the reference latent's ``bandwidth``: distances fitted there (the
+    novelty scale and cut-off) then hold for the query in the reference latent."""
+    return space * (bandwidth / _bandwidth(space, k, rng, n_jobs))
+
+
+def _bandwidth(latent: np.ndarray, k: int, rng, n_jobs: int) -> float:
+    """The median distance of (at most 5,000) cells to their k-th nearest other cell."""
+    probe = rng.choice(len(latent), size=min(len(latent), 5000), replace=False)
+    distances = ExactNeighbours(latent, n_jobs).query(latent[probe], k + 1)[0][:, -1]
+    return max(float(np.median(distances)), 1e-6)
+
+
+def _out_of_fold(spaces, codes, n_labels, folds, k, bandwidth, logged, s, rng) -> dict:
     """Each sampled cell of each held-out fold scored by members fitted without that fold:
-    the kNN vote among the other folds' cells, the expression classifier refitted on them."""
-    budget = min(len(latent), s.calibration_cells)
-    sampled = np.zeros(len(latent), dtype=bool)
-    sampled[rng.choice(len(latent), size=budget, replace=False)] = True
-    out = {"cells": [], "knn": [], "distance": [], "expression": [], "fold_of": []}
+    the kNN vote among the other folds' cells in the fold's latent (``spaces[fold]``),
+    the expression classifier refitted on them."""
+    n_cells = len(codes)
+    budget = min(n_cells, s.calibration_cells)
+    sampled = np.zeros(n_cells, dtype=bool)
+    sampled[rng.choice(n_cells, size=budget, replace=False)] = True
+    out = {"cells": [], "knn": [], "distance": [], "expression": [], "fold_of": [], "latent": []}
     for fold, held in enumerate(folds):
-        train = np.setdiff1d(np.arange(len(latent)), held)
+        train = np.setdiff1d(np.arange(n_cells), held)
         held = held[sampled[held]]
         if len(train) <= k or not len(held):
             continue
-        knn = LatentKNN(latent[train], codes[train], n_labels, k, bandwidth, s.n_jobs)
-        probs, dist = knn.query(latent[held])
+        space = spaces[fold]
+        knn = LatentKNN(space[train], codes[train], n_labels, k, bandwidth, s.n_jobs)
+        probs, dist = knn.query(space[held])
         out["cells"].append(held)
+        out["latent"].append(space[held])
         out["fold_of"].append(np.full(len(held), fold))
         out["knn"].append(probs)
         out["distance"].append(dist)
@@ -484,13 +509,14 @@ def _out_of_fold(latent, codes, n_labels, folds, k, bandwidth, logged, s, rng) -
             out["expression"].append(member.probabilities_of_logged(logged[held]))
     if not out["cells"]:
         raise AtlasmapInputError(
-            f"no held-out fold could be scored: the atlas has {len(latent)} cells, and the "
+            f"no held-out fold could be scored: the atlas has {n_cells} cells, and the "
             f"calls need more than {k} (mapping.calls.n_neighbors) outside each fold"
         )
     return {
         "folds": len(out["cells"]),
         "cells": np.concatenate(out["cells"]),
         "fold_of": np.concatenate(out["fold_of"]),
+        "latent": np.vstack(out["latent"]),
         "knn": np.vstack(out["knn"]),
         "distance": np.concatenate(out["distance"]),
         "expression": np.vstack(out["expression"]) if out["expression"] else None,
@@ -520,13 +546,22 @@ def _member_accuracy(oof: dict, clf, codes) -> dict:
     }
 
 
-def _caveats(batches: np.ndarray, s: CallSettings) -> list[str]:
+def _caveats(batches: np.ndarray, s: CallSettings, fold_models: bool) -> list[str]:
     """Why the held-out figures can flatter the calls, said beside them in calls.json."""
-    out = [
-        "the held-out cells' latent comes from the reference model, trained with their "
-        "labels: the kNN vote (and scANVI's classifier) see them closer to their own label "
-        "than a query's cells will be"
-    ]
+    if fold_models:
+        out = [
+            "each held-out fold's latent comes from a scANVI trained without its labels "
+            "(from the reference's scVI, which saw its cells unlabelled, as surgery sees a "
+            "query's); scANVI's classifier, where a method reads it, is the reference "
+            "model's, trained with their labels"
+        ]
+    else:
+        out = [
+            "the held-out cells' latent comes from the reference model, trained with their "
+            "labels: the kNN vote (and scANVI's classifier) see them closer to their own "
+            "label than a query's cells will be (reference.training.calibration_models "
+            "trains models without them)"
+        ]
     if len(pd.unique(batches)) < 2:
         out.append(
             "the atlas has one batch: the folds are random cells of the same batch, so the "
@@ -566,7 +601,7 @@ def _labels_short_of_cells(codes, names, folds, k) -> dict:
     return out
 
 
-def _held_out_label_detection(latent, codes, names, folds, model, rng, cell_shift) -> dict:
+def _held_out_label_detection(spaces, codes, names, folds, model, rng, cell_shift) -> dict:
     """Share of each label's cells flagged novel when that label is missing from the reference.
 
     For each label in turn, cells of one held-out fold are scored against the
@@ -575,7 +610,7 @@ def _held_out_label_detection(latent, codes, names, folds, model, rng, cell_shif
     scores are divided by the shift of each cell's batch measured with every
     label present (``cell_shift``), as a query batch's would be.
     """
-    fold_of = np.empty(len(latent), dtype=int)
+    fold_of = np.empty(len(codes), dtype=int)
     for i, held in enumerate(folds):
         fold_of[held] = i
     out = {}
@@ -588,8 +623,9 @@ def _held_out_label_detection(latent, codes, names, folds, model, rng, cell_shif
         train = np.flatnonzero((codes != code) & (fold_of != fold_of[held[0]]))
         if len(train) <= model.knn.k:
             continue
-        knn = LatentKNN(latent[train], codes[train], len(names), model.knn.k, model.knn.bandwidth)
-        probs, dist = knn.query(latent[held])
+        space = spaces[fold_of[held[0]]]
+        knn = LatentKNN(space[train], codes[train], len(names), model.knn.k, model.knn.bandwidth)
+        probs, dist = knn.query(space[held])
         score = dist / model.distance_scale[probs.argmax(axis=1)] / cell_shift[held]
         out[str(name)] = round(float(np.mean(score > model.novelty_cutoff)), 4)
     if out:
@@ -792,11 +828,18 @@ def fit_reference_calls(
     expression: ad.AnnData | None = None,
     expression_layer: str | None = "counts",
     expression_where: str = "the atlas's counts",
+    model_dir=None,
 ) -> ReferenceCalls:
     """:func:`fit_call_model` on the atlas cells, with the label hierarchy of the
     coarser ``label_levels`` that the calls at every level follow. ``expression``:
-    the atlas cells' counts (``expression_layer``), in the order of ``atlas_obs``."""
-    from .reference import label_hierarchy
+    the atlas cells' counts (``expression_layer``), in the order of ``atlas_obs``.
+    ``model_dir``: the reference model's folder, whose held-out latents (where it
+    has them) the calibration reads."""
+    from .reference import label_hierarchy, read_held_out_latents
+
+    held_out = None if model_dir is None else read_held_out_latents(model_dir)
+    if held_out is not None:
+        held_out = held_out.aligned_to(pd.Index(atlas_obs.index), str(model_dir))
 
     if expression is not None and not expression.obs_names.equals(atlas_obs.index):
         raise AtlasmapInputError(
@@ -812,6 +855,7 @@ def fit_reference_calls(
         settings,
         expression=expression,
         expression_layer=expression_layer,
+        held_out=held_out,
     )
     levels = [lv for lv in label_levels if lv != labels_key]
     hierarchy = label_hierarchy(atlas_obs, [*levels, labels_key], labels_key)
@@ -926,11 +970,12 @@ def read_reference_calls(path, n_jobs: int = 1) -> ReferenceCalls:
 
 
 def fit_calls_files(
-    *, atlas_path, reference: dict, settings: CallSettings, output, counts_path=None
+    *, atlas_path, reference: dict, settings: CallSettings, output, counts_path=None, model_dir=None
 ) -> ReferenceCalls:
     """:func:`fit_reference_calls` from embed_reference's file to the fit's file; the
     expression member reads the atlas's counts on all its genes from ``counts_path``
-    (the atlas itself: embed_reference's file holds only the model's genes)."""
+    (the atlas itself: embed_reference's file holds only the model's genes), the
+    calibration the held-out latents in ``model_dir``, where there are any."""
     from .io import read_annotations
     from .mapping import EMBEDDING_KEY, PROBABILITIES_KEY, reference_latent
     from .reference import check_atlas_columns
@@ -956,6 +1001,7 @@ def fit_calls_files(
         expression=_atlas_counts(counts_path, reference["counts_layer"], settings),
         expression_layer=reference["counts_layer"],
         expression_where=str(counts_path),
+        model_dir=model_dir,
     )
     write_reference_calls(fitted, output)
     return fitted
@@ -1066,6 +1112,7 @@ def call_embedded(
                 if s.method not in EXPRESSION_METHODS or atlas_expression is None
                 else atlas_expression(),
                 expression_layer=counts_layer,
+                model_dir=_model_folder(run),
             )
         model, hierarchy = fitted.model, fitted.hierarchy
     query_obs = obs.loc[is_query]
@@ -1093,6 +1140,14 @@ def call_embedded(
     metadata.index = barcodes
     table = pd.concat([calls, metadata], axis=1)
     return table, report
+
+
+def _model_folder(run: dict):
+    """The mapping's model folder, where it is still there to read."""
+    from pathlib import Path
+
+    folder = run.get("model")
+    return folder if folder and Path(folder).is_dir() else None
 
 
 def _query_expression_probs(model: CallModel, s: CallSettings, query, barcodes):

@@ -100,6 +100,11 @@ class TrainingSettings:
     scanvi_early_stopping_patience: int = 10
     batch_size: int = 128
     n_samples_per_label: int | None = None
+    # Calibration folds (groups of batches), each with one more scANVI trained from the
+    # same scVI with the fold's labels hidden: the calls' calibration then scores
+    # held-out cells in a latent that never saw their labels, as a query's cells are
+    # (see HeldOutLatents). 0: none.
+    calibration_models: int = 5
 
 
 def max_epochs_for(n_cells: int, scvi_epochs: int | None, scanvi_epochs: int | None):
@@ -136,7 +141,39 @@ def select_genes(atlas: ad.AnnData, n_top_genes: int | None, batch_key: str, lay
     return atlas.var_names[hvg["highly_variable"].to_numpy()]
 
 
-def train_reference_model(
+@dataclass(frozen=True)
+class HeldOutLatents:
+    """The atlas cells in the latent of scANVI models that never saw their labels.
+
+    ``latents[f]`` is every atlas cell in the latent of a scANVI trained, from the
+    reference's own scVI and by the same recipe, with the labels of the cells of
+    fold ``f`` (``fold == f``) hidden: those cells enter its training unlabelled,
+    as query cells enter surgery. The calls score fold ``f``'s cells against the
+    other folds' cells in ``latents[f]``, so the calibration and the novelty
+    cut-off are not fitted on cells drawn towards their own label.
+    """
+
+    cells: pd.Index
+    fold: np.ndarray  # per cell, its calibration fold
+    latents: np.ndarray  # folds x cells x latent dimensions
+
+    def aligned_to(self, cells: pd.Index, where: str) -> HeldOutLatents:
+        """The same, for ``cells`` in their order; refused where one is missing."""
+        position = self.cells.get_indexer(cells)
+        if (position < 0).any():
+            missing = list(cells[position < 0][:3])
+            raise AtlasmapInputError(
+                f"{where}: the model's held-out latents ({HELD_OUT_FILE}) lack atlas cells "
+                f"such as {missing}: the model was trained on another atlas; train it again"
+            )
+        return HeldOutLatents(pd.Index(cells), self.fold[position], self.latents[:, position])
+
+
+# Saved beside the model's own files in its folder; scvi-tools reads none but its own.
+HELD_OUT_FILE = "held_out_latents.npz"
+
+
+def train_reference_models(
     atlas: ad.AnnData,
     labels_key: str,
     batch_key: str,
@@ -147,16 +184,80 @@ def train_reference_model(
     accelerator: str = "auto",
     where: str = "reference.atlas",
 ):
-    """Train scVI, then scANVI, with the architecture scArches surgery needs.
+    """Train scVI, then scANVI, with the architecture scArches surgery needs, and the
+    held-out latents of ``settings.calibration_models`` calibration folds.
 
     Layer norm instead of batch norm, covariates fed to the encoder and
     dropout 0.2 (scArches' recommendation): only then can surgery adapt query
-    batches. Returns the trained SCANVI model (on the selected genes).
+    batches. Returns the trained SCANVI model (on the selected genes) and a
+    :class:`HeldOutLatents` (None for 0 folds): the folds are groups of batches,
+    drawn as the calls draw theirs, each with its own scANVI that never saw its labels.
     """
     vae = train_scvi_model(
         atlas, labels_key, batch_key, unlabeled_category, layer, settings, seed, accelerator, where
     )
-    return train_scanvi_model(vae, labels_key, unlabeled_category, settings, accelerator)
+    model = train_scanvi_model(vae, labels_key, unlabeled_category, settings, accelerator)
+    if not settings.calibration_models:
+        return model, None
+    return model, train_held_out_latents(
+        vae,
+        labels_key,
+        batch_key,
+        unlabeled_category,
+        settings,
+        seed,
+        accelerator,
+    )
+
+
+def train_held_out_latents(
+    vae, labels_key, batch_key, unlabeled_category, settings, seed, accelerator
+) -> HeldOutLatents:
+    """One scANVI per calibration fold from the trained scVI ``vae``, that fold's labels
+    hidden; every atlas cell's latent in each."""
+    import scvi
+
+    from .calls import calibration_folds
+
+    adata = vae.adata
+    batches = adata.obs[batch_key].astype(str).to_numpy()
+    folds = calibration_folds(batches, settings.calibration_models, seed)
+    fold = np.full(adata.n_obs, -1)
+    latents = []
+    for i, held in enumerate(folds):
+        fold[held] = i
+        hidden = adata.copy()
+        labels = hidden.obs[labels_key].astype(str).to_numpy()
+        labels[held] = unlabeled_category
+        hidden.obs[labels_key] = pd.Categorical(
+            labels, categories=adata.obs[labels_key].cat.categories
+        )
+        log.info("held-out fold %d of %d: %d cells' labels hidden", i + 1, len(folds), len(held))
+        scvi.settings.seed = seed
+        model = train_scanvi_model(
+            vae, labels_key, unlabeled_category, settings, accelerator, adata=hidden
+        )
+        latents.append(model.get_latent_representation(hidden).astype(np.float32))
+    return HeldOutLatents(pd.Index(adata.obs_names), fold, np.stack(latents))
+
+
+def save_held_out_latents(held_out: HeldOutLatents, directory: str | os.PathLike) -> None:
+    np.savez_compressed(
+        Path(directory) / HELD_OUT_FILE,
+        cells=held_out.cells.to_numpy(dtype=str),
+        fold=held_out.fold,
+        latents=held_out.latents,
+    )
+
+
+def read_held_out_latents(directory: str | os.PathLike) -> HeldOutLatents | None:
+    """The model folder's held-out latents; None where it has none (a model trained
+    elsewhere, or without ``calibration_models``)."""
+    path = Path(directory) / HELD_OUT_FILE
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as saved:
+        return HeldOutLatents(pd.Index(saved["cells"]), saved["fold"], saved["latents"])
 
 
 def train_scvi_model(
@@ -182,7 +283,11 @@ def train_scvi_model(
     genes = select_genes(atlas, settings.n_top_genes, batch_key, layer)
     adata = atlas[:, genes].copy()
     adata.obs = adata.obs[[batch_key, labels_key]].copy()
-    adata.obs[labels_key] = adata.obs[labels_key].astype(str).replace("nan", unlabeled_category)
+    labels = adata.obs[labels_key].astype(str).replace("nan", unlabeled_category)
+    # The unlabelled category among scVI's labels (scANVI's registry has it anyway), so
+    # that a scANVI with some cells' labels hidden can start from this scVI.
+    known = sorted(set(labels) - {unlabeled_category})
+    adata.obs[labels_key] = pd.Categorical(labels, categories=[*known, unlabeled_category])
     log.info(
         "training on %d cells x %d genes, %d batches, %d labels",
         adata.n_obs,
@@ -229,17 +334,19 @@ def train_scanvi_model(
     unlabeled_category: str = "Unknown",
     settings: TrainingSettings = TrainingSettings(),
     accelerator: str = "auto",
+    adata: ad.AnnData | None = None,
 ):
     """The supervised second stage: scANVI from a trained scVI (``vae`` is left as it
     was), ``n_samples_per_label`` labelled cells of each label per epoch, stopped on
-    its classifier's validation loss."""
+    its classifier's validation loss. ``adata``: the scVI's cells with other labels
+    (some hidden as ``unlabeled_category``); the scVI's own by default."""
     import scvi
 
     from .training import EpochLogger, train_kwargs
 
     _, scanvi_epochs = max_epochs_for(vae.adata.n_obs, None, settings.scanvi_max_epochs)
     model = scvi.model.SCANVI.from_scvi_model(
-        vae, unlabeled_category=unlabeled_category, labels_key=labels_key
+        vae, unlabeled_category=unlabeled_category, labels_key=labels_key, adata=adata
     )
     log.info(
         "scANVI: up to %d epochs, %s labelled cells per label each epoch%s",
@@ -282,13 +389,16 @@ def _log_stop(name: str, model, max_epochs: int, monitor: str) -> None:
     log.info("%s: trained %d of at most %d epochs%s", name, ran, max_epochs, best)
 
 
-def save_model(model, directory: str | os.PathLike) -> None:
-    """Save a scvi-tools model directory whole or not at all."""
+def save_model(model, directory: str | os.PathLike, held_out: HeldOutLatents | None = None) -> None:
+    """Save a scvi-tools model directory (with the held-out latents, if any) whole or
+    not at all."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         model.save(tmp / "model", overwrite=True, save_anndata=False)
+        if held_out is not None:
+            save_held_out_latents(held_out, tmp / "model")
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(tmp / "model", directory)
@@ -401,9 +511,10 @@ def train_reference_files(
     seed: int = 0,
     accelerator: str = "auto",
 ) -> None:
-    """Train a reference model from the atlas file and save it (whole or not at all)."""
+    """Train a reference model (and the calls' held-out latents) from the atlas file
+    and save it (whole or not at all)."""
     atlas = read_atlas(atlas_path)
-    model = train_reference_model(
+    model, held_out = train_reference_models(
         atlas,
         labels_key=reference_config["labels_key"],
         batch_key=reference_config["batch_key"],
@@ -414,7 +525,7 @@ def train_reference_files(
         accelerator=accelerator,
         where=str(atlas_path),
     )
-    save_model(model, model_dir)
+    save_model(model, model_dir, held_out)
     log.info("saved the reference model to %s", model_dir)
 
 
