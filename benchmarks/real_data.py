@@ -417,7 +417,7 @@ class EpochRecord(logging.Handler):
 
 def train_model(atlas: ad.AnnData, directory: Path, settings, seed: int) -> dict:
     """Train (or reuse) a reference model; returns what training took."""
-    from atlasmap.reference import train_reference_model
+    from atlasmap.reference import train_reference_models
 
     record_path = directory.parent / f"{directory.name}.json"
     if (directory / "model.pt").is_file() and record_path.is_file():
@@ -433,7 +433,7 @@ def train_model(atlas: ad.AnnData, directory: Path, settings, seed: int) -> dict
     logger.setLevel(logging.INFO)
     start = time.time()
     try:
-        model = train_reference_model(
+        model, held_out = train_reference_models(
             atlas,
             labels_key=LABELS_KEY,
             batch_key=BATCH_KEY,
@@ -445,19 +445,26 @@ def train_model(atlas: ad.AnnData, directory: Path, settings, seed: int) -> dict
     finally:
         logger.removeHandler(handler)
     seconds = time.time() - start
-    record = save_trained(model, directory, atlas, settings, seed, seconds, handler.lines)
+    record = save_trained(model, directory, atlas, settings, seed, seconds, handler.lines, held_out)
     say(f"  model {directory.name}: {record['seconds']:.0f} s; {'; '.join(handler.lines)}")
     return record
 
 
 def save_trained(
-    model, directory: Path, atlas, settings, seed: int, seconds: float, epochs: list[str]
+    model,
+    directory: Path,
+    atlas,
+    settings,
+    seed: int,
+    seconds: float,
+    epochs: list[str],
+    held_out=None,
 ) -> dict:
-    """Save a reference model with the record by which ``train_model`` reuses it;
-    ``epochs``: how far each stage trained, in words."""
+    """Save a reference model (with its held-out latents) with the record by which
+    ``train_model`` reuses it; ``epochs``: how far each stage trained, in words."""
     from atlasmap.reference import save_model
 
-    save_model(model, directory)
+    save_model(model, directory, held_out)
     record = {
         "seconds": round(seconds, 1),
         "cells": atlas.n_obs,
