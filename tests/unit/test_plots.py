@@ -13,6 +13,7 @@ from atlasmap.embedding import (
     neighbors_umap,
 )
 from atlasmap.mapping import EMBEDDING_KEY
+from atlasmap.metrics import classification_metrics
 from atlasmap.plots import (
     MAPPING_FIGURES,
     UNKNOWN_COLOUR,
@@ -291,6 +292,33 @@ def test_confusion_figure(tmp_path):
         tmp_path / "p.tsv", "truth", [tmp_path / "c.png"], labels_key="Level_4", dpi=100
     )
     assert_valid_figure(tmp_path / "c.png")
+
+
+def test_the_confusion_title_counts_unknown_right_for_an_unseen_type(tmp_path, monkeypatch):
+    """A cell of a type the atlas lacks, called Unknown, is right in metrics.json: the
+    title says the same accuracy, not the share of identical labels."""
+    import json
+
+    import atlasmap.plots as plots
+
+    table = pd.DataFrame(
+        {
+            "barcode": ["a", "b", "c", "d"],
+            "predicted_celltype": ["T", "B", "Unknown", "T"],
+            "truth": ["T", "T", "Schwann", "T"],
+        }
+    )
+    table.to_csv(tmp_path / "p.tsv", sep="\t", index=False)
+    metrics = tmp_path / "metrics.json"
+    right = classification_metrics(table["truth"], table["predicted_celltype"], {"T", "B"})
+    metrics.write_text(json.dumps({"mapping": right}))
+    drawn = {}
+    monkeypatch.setattr(plots, "save_figure", lambda fig, paths, dpi: drawn.update(fig=fig))
+    confusion_figure(
+        tmp_path / "p.tsv", "truth", ["c.png"], labels_key="Level_4", title="q", metrics=metrics
+    )
+    assert right["accuracy"] == 0.75
+    assert drawn["fig"].axes[0].get_title() == "q: accuracy 0.750"
 
 
 def test_the_tutorials_sample_and_distribution_views(mapped_files, tmp_path, monkeypatch):

@@ -55,6 +55,8 @@ rule plot_mapping:
 rule plot_confusion:
     input:
         predictions=rules.call_celltypes.output.predictions,
+        # The title's accuracy, as evaluate_mapping counts it (Unknown right for an unseen type).
+        metrics=rules.evaluate_mapping.output.metrics,
     output:
         png=report(
             "results/{query}/{mode}/plots/confusion_matrix.png",

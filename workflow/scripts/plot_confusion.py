@@ -14,4 +14,5 @@ confusion_figure(
     colors=snakemake.params.plots["colors"],
     dpi=snakemake.params.plots["dpi"],
     title=f"{snakemake.wildcards.query}, {snakemake.wildcards.mode}",
+    metrics=snakemake.input.metrics,
 )
