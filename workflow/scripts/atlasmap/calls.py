@@ -205,6 +205,14 @@ def calibration_folds(groups: np.ndarray, n_folds: int, seed: int) -> list[np.nd
     return [np.sort(cells[i::n_folds]) for i in range(n_folds)]
 
 
+def fold_of_cells(folds: list[np.ndarray], n_cells: int) -> np.ndarray:
+    """Per cell, the index of the fold holding it (-1: none)."""
+    fold_of = np.full(n_cells, -1)
+    for i, held in enumerate(folds):
+        fold_of[held] = i
+    return fold_of
+
+
 def batch_shift(score: np.ndarray, batches, quantile: float | None) -> np.ndarray:
     """Per cell, its batch's shift from the reference: a quantile of the batch's scores, >= 1.
 
@@ -583,9 +591,7 @@ def _labels_short_of_cells(codes, names, folds, k) -> dict:
     label cannot call its cells of that label, and its calibration counts them wrong."""
     out = {}
     counts = np.bincount(codes, minlength=len(names))
-    fold_of = np.full(len(codes), -1)
-    for i, held in enumerate(folds):
-        fold_of[held] = i
+    fold_of = fold_of_cells(folds, len(codes))
     for code, name in enumerate(names):
         notes = {}
         if counts[code] < k:
@@ -610,9 +616,7 @@ def _held_out_label_detection(spaces, codes, names, folds, model, rng, cell_shif
     scores are divided by the shift of each cell's batch measured with every
     label present (``cell_shift``), as a query batch's would be.
     """
-    fold_of = np.empty(len(codes), dtype=int)
-    for i, held in enumerate(folds):
-        fold_of[held] = i
+    fold_of = fold_of_cells(folds, len(codes))
     out = {}
     for code, name in enumerate(names):
         cells = np.flatnonzero(codes == code)

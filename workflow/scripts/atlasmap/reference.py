@@ -217,15 +217,13 @@ def train_held_out_latents(
     hidden; every atlas cell's latent in each."""
     import scvi
 
-    from .calls import calibration_folds
+    from .calls import calibration_folds, fold_of_cells
 
     adata = vae.adata
     batches = adata.obs[batch_key].astype(str).to_numpy()
     folds = calibration_folds(batches, settings.calibration_models, seed)
-    fold = np.full(adata.n_obs, -1)
     latents = []
     for i, held in enumerate(folds):
-        fold[held] = i
         hidden = adata.copy()
         labels = hidden.obs[labels_key].astype(str).to_numpy()
         labels[held] = unlabeled_category
@@ -238,6 +236,7 @@ def train_held_out_latents(
             vae, labels_key, unlabeled_category, settings, accelerator, adata=hidden
         )
         latents.append(model.get_latent_representation(hidden).astype(np.float32))
+    fold = fold_of_cells(folds, adata.n_obs)
     return HeldOutLatents(pd.Index(adata.obs_names), fold, np.stack(latents))
 
 
