@@ -179,6 +179,7 @@ def run(config_path: Path, out: Path, threads: int = 2) -> None:
         )
         confusion_figure(
             folder / "predictions.tsv",
+            folder / "metrics.json",
             query["truth"],
             [folder / "plots" / f"confusion_matrix.{ext}" for ext in ("png", vector)],
             labels_key=reference["labels_key"],

@@ -288,8 +288,14 @@ def test_confusion_figure(tmp_path):
         }
     )
     table.to_csv(tmp_path / "p.tsv", sep="\t", index=False)
+    (tmp_path / "m.json").write_text('{"mapping": {"accuracy": 0.3333}}')
     confusion_figure(
-        tmp_path / "p.tsv", "truth", [tmp_path / "c.png"], labels_key="Level_4", dpi=100
+        tmp_path / "p.tsv",
+        tmp_path / "m.json",
+        "truth",
+        [tmp_path / "c.png"],
+        labels_key="Level_4",
+        dpi=100,
     )
     assert_valid_figure(tmp_path / "c.png")
 
@@ -315,7 +321,7 @@ def test_the_confusion_title_counts_unknown_right_for_an_unseen_type(tmp_path, m
     drawn = {}
     monkeypatch.setattr(plots, "save_figure", lambda fig, paths, dpi: drawn.update(fig=fig))
     confusion_figure(
-        tmp_path / "p.tsv", "truth", ["c.png"], labels_key="Level_4", title="q", metrics=metrics
+        tmp_path / "p.tsv", metrics, "truth", ["c.png"], labels_key="Level_4", title="q"
     )
     assert right["accuracy"] == 0.75
     assert drawn["fig"].axes[0].get_title() == "q: accuracy 0.750"

@@ -534,6 +534,7 @@ def mapping_figures(
 
 def confusion_figure(
     predictions: str | os.PathLike,
+    metrics: str | os.PathLike,
     truth: str,
     outputs: Sequence[str | os.PathLike],
     labels_key: str,
@@ -541,18 +542,14 @@ def confusion_figure(
     colors: Mapping[str, str] | None = None,
     dpi: int = 300,
     title: str = "",
-    metrics: str | os.PathLike | None = None,
 ) -> None:
     """Known labels (rows) against the calls at the labels key (columns). The title's
     accuracy is evaluate_mapping's (``metrics``, its metrics.json), which counts Unknown
-    right for a cell of a type the atlas lacks; without it, the share of identical labels."""
+    right for a cell of a type the atlas lacks."""
     table = pd.read_csv(predictions, sep="\t", dtype={"barcode": str})
     column = prediction_column(labels_key, labels_key)
     order = list(label_palette(pd.concat([table[truth], table[column]]).astype(str), colors))
-    if metrics is not None:
-        accuracy = json.loads(Path(metrics).read_text())["mapping"]["accuracy"]
-    else:
-        accuracy = np.mean(table[truth].astype(str) == table[column].astype(str))
+    accuracy = json.loads(Path(metrics).read_text())["mapping"]["accuracy"]
     fig = cross_table_heatmap(
         table[truth],
         table[column],
