@@ -29,8 +29,11 @@ import json, resource, sys, time
 sys.path.insert(0, {scripts!r})
 try:  # the library as it is
     from atlasmap.query import load_query_files
+    from atlasmap.contract import DEPOSIT_FILES
+    from pathlib import Path
     def load(deposit, metadata, output, **options):
-        return load_query_files(deposit_dir=deposit, metadata_path=metadata, output=output, **options)
+        files = {{role: Path(deposit) / DEPOSIT_FILES[role] for role in ("matrix", "features", "barcodes")}}
+        return load_query_files(files=files, format="10x_mtx", metadata_path=metadata, output=output, **options)
 except ImportError:  # as it was at the baseline revision
     from atlasmap.query import load_query_h5ad as load
 start = time.perf_counter()

@@ -56,11 +56,14 @@ def test_resolve_sources_from_geo_dir_and_urls():
     assert geo["matrix"] == "http://m/geo/series/GSE278nnn/GSE278688/suppl/m.mtx.gz"
     local = resolve_sources({"dir": "data/gse", "files": FILES})
     assert local == {role: f"data/gse/{name}" for role, name in FILES.items()}
+    # The metadata table is optional; the matrix, features and barcodes are not.
+    without_table = {k: v for k, v in FILES.items() if k != "metadata"}
+    assert resolve_sources({"urls": without_table}) == without_table
     with pytest.raises(
-        AtlasmapInputError, match=r"queries.x.source: no file given for \['metadata'\]"
+        AtlasmapInputError, match=r"queries.x.source: no file given for \['barcodes'\]"
     ):
         resolve_sources(
-            {"urls": {k: v for k, v in FILES.items() if k != "metadata"}}, "queries.x.source"
+            {"urls": {k: v for k, v in FILES.items() if k != "barcodes"}}, "queries.x.source"
         )
 
 

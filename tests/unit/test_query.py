@@ -22,7 +22,8 @@ RENAME = {"patients": "Sample_ID"}
 def load(deposit, out, **options):
     options.setdefault("rename", RENAME)
     return load_query_files(
-        deposit_dir=deposit,
+        files={role: deposit / DEPOSIT_FILES[role] for role in ("matrix", "features", "barcodes")},
+        format="10x_mtx",
         metadata_path=deposit / DEPOSIT_FILES["metadata"],
         output=out,
         **options,

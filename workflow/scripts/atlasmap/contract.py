@@ -18,7 +18,8 @@ from .errors import AtlasmapInputError
 
 # --- Query deposits ---------------------------------------------------------------
 
-# The files of a query deposit, each named by its role in the config's source entry.
+# The files of a query deposit, each named by its role in the config's source entry
+# (the metadata table is optional).
 DEPOSIT_ROLES = ("matrix", "features", "barcodes", "metadata")
 # File names that download_query gives the deposit files (scanpy's 10x v3 names).
 DEPOSIT_FILES = {
@@ -34,6 +35,87 @@ def deposit_file_names(prefix: str) -> dict[str, str]:
     """Role -> file name of a GEO 10x deposit whose files share ``prefix``
     (GSE278688_sc -> GSE278688_sc_matrix.mtx.gz, ...)."""
     return {role: f"{prefix}_{DEPOSIT_FILES[role]}" for role in DEPOSIT_ROLES}
+
+
+# --- Queries read where they are (a `path` query) ----------------------------------
+
+# The formats load_query reads, each with the roles of its files; a Cell Ranger outs/
+# folder is read as the one of them it holds (its filtered matrix's .h5, or folder).
+READ_FORMATS = {
+    "10x_mtx": ("matrix", "features", "barcodes"),
+    "10x_h5": ("h5",),
+    "h5ad": ("h5ad",),
+}
+# A Cell Ranger outs/ folder's filtered matrix, as .h5 and as a folder of 10x files.
+CELLRANGER_H5 = "filtered_feature_bc_matrix.h5"
+CELLRANGER_MTX = "filtered_feature_bc_matrix"
+# The files of a folder of 10x matrix files (Cell Ranger v3+, scanpy.read_10x_mtx).
+MTX_FOLDER_FILES = {
+    "matrix": "matrix.mtx.gz",
+    "features": "features.tsv.gz",
+    "barcodes": "barcodes.tsv.gz",
+}
+
+
+def detect_query_format(path: str | Path) -> tuple[str, str]:
+    """The format of a query's ``path`` (h5ad, 10x_h5, cellranger or 10x_mtx), and why."""
+    path = Path(path)
+    if path.suffix == ".h5ad":
+        return "h5ad", "the .h5ad suffix"
+    if path.suffix == ".h5":
+        return "10x_h5", "the .h5 suffix"
+    if not path.is_dir():
+        raise AtlasmapInputError(
+            f"{path}: cannot tell the query's format from the path (not an .h5ad, an .h5 "
+            "or a folder); name it (format: h5ad, 10x_h5, cellranger or 10x_mtx)"
+        )
+    if (
+        (path / "outs").is_dir()
+        or (path / CELLRANGER_H5).exists()
+        or (path / CELLRANGER_MTX).is_dir()
+    ):
+        return "cellranger", "a Cell Ranger outs/ folder"
+    if (path / MTX_FOLDER_FILES["matrix"]).exists():
+        return "10x_mtx", f"a folder holding {MTX_FOLDER_FILES['matrix']}"
+    raise AtlasmapInputError(
+        f"{path}: a folder with neither a Cell Ranger outs/ ({CELLRANGER_H5} or "
+        f"{CELLRANGER_MTX}/) nor {MTX_FOLDER_FILES['matrix']}; name the format or the file"
+    )
+
+
+def query_read_files(path: str | Path, fmt: str) -> tuple[str, dict[str, str], str]:
+    """What load_query reads for a ``path`` query: (read format, role -> file, the
+    choice in words for the log). ``fmt`` auto is told from the path."""
+    path = Path(path)
+    how = f"format {fmt} (configured)"
+    if fmt == "auto":
+        fmt, why = detect_query_format(path)
+        how = f"format {fmt} (from {why})"
+    if fmt == "h5ad":
+        return "h5ad", {"h5ad": str(path)}, how
+    if fmt == "10x_h5":
+        return "10x_h5", {"h5": str(path)}, how
+    if fmt == "cellranger":
+        outs = path / "outs" if (path / "outs").is_dir() else path
+        if (outs / CELLRANGER_H5).exists():
+            return "10x_h5", {"h5": str(outs / CELLRANGER_H5)}, f"{how}: {CELLRANGER_H5}"
+        if (outs / CELLRANGER_MTX).is_dir():
+            path, how = outs / CELLRANGER_MTX, f"{how}: {CELLRANGER_MTX}/"
+        else:
+            raise AtlasmapInputError(
+                f"{path}: not a Cell Ranger outs/ folder: neither {CELLRANGER_H5} nor "
+                f"{CELLRANGER_MTX}/ is in {outs}"
+            )
+    if fmt in ("10x_mtx", "cellranger"):
+        return "10x_mtx", {role: str(path / name) for role, name in MTX_FOLDER_FILES.items()}, how
+    raise AtlasmapInputError(f"{path}: unknown query format {fmt!r}")
+
+
+# --- References -------------------------------------------------------------------
+
+# The name of the config's one `reference` (results/references/default/); several are
+# named by the keys of `references`.
+DEFAULT_REFERENCE = "default"
 
 
 # --- Mapping and its outputs ------------------------------------------------------
@@ -127,10 +209,11 @@ def resolve_sources(
         locations = {role: str(Path(source["dir"]) / name) for role, name in files.items()}
     else:
         raise AtlasmapInputError(f"{where}: give 'geo' with 'files', 'dir' with 'files', or 'urls'")
-    missing = [role for role in DEPOSIT_ROLES if role not in locations]
+    missing = [role for role in DEPOSIT_ROLES[:3] if role not in locations]
     if missing:
         raise AtlasmapInputError(f"{where}: no file given for {missing}")
-    return {role: locations[role] for role in DEPOSIT_ROLES}
+    # The metadata table is optional: without one, each cell has only its barcode.
+    return {role: locations[role] for role in DEPOSIT_ROLES if role in locations}
 
 
 def local_threads(wanted: int, cores: int | None) -> int:

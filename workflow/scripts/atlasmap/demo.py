@@ -349,6 +349,69 @@ def write_10x_deposit(query: ad.AnnData, paths: dict[str, str | os.PathLike]) ->
     _write_table(query.obs, paths["metadata"], sep=",", header=True, index=True)
 
 
+def write_10x_h5(query: ad.AnnData, path: str | os.PathLike) -> None:
+    """Write ``query``'s counts as a Cell Ranger v3 HDF5 matrix
+    (``filtered_feature_bc_matrix.h5``), whole or not at all.
+
+    Group ``matrix``: ``barcodes``, ``data`` (int32 counts), ``indices``, ``indptr``,
+    ``shape`` (genes, cells) and ``features`` (``id``, ``name``, ``feature_type``,
+    ``genome``, ``_all_tag_keys``), as Cell Ranger writes it. Features are named by
+    ``var["gene_ids"]`` and ``var["gene_symbols"]`` (the index where absent), typed by
+    ``var["feature_types"]`` (Gene Expression where absent).
+    """
+    import h5py
+
+    # 10x stores genes x cells as CSC: the cells x genes CSR arrays.
+    counts = sp.csr_matrix(query.X)
+    if counts.size and not np.array_equal(counts.data, np.round(counts.data)):
+        raise ValueError("write_10x_h5: the counts must be integers")
+    var = query.var
+    names = var.get("gene_symbols", pd.Series(query.var_names, index=var.index))
+    ids = var.get("gene_ids", names)
+    types = var.get("feature_types", pd.Series("Gene Expression", index=var.index))
+    genome = var.get("genome", pd.Series("GRCh38", index=var.index))
+
+    def text(values) -> np.ndarray:
+        return np.array([str(v).encode() for v in values], dtype="S")
+
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["filetype"] = "matrix"
+        f.attrs["version"] = 2
+        f.attrs["library_ids"] = np.array([b"query"])
+        f.attrs["chemistry_description"] = "Single Cell 3' v3"
+        group = f.create_group("matrix")
+        group.create_dataset("barcodes", data=text(query.obs_names))
+        group.create_dataset("data", data=counts.data.astype(np.int32), compression="gzip")
+        group.create_dataset("indices", data=counts.indices.astype(np.int64), compression="gzip")
+        group.create_dataset("indptr", data=counts.indptr.astype(np.int64))
+        group.create_dataset("shape", data=np.array([query.n_vars, query.n_obs], dtype=np.int32))
+        features = group.create_group("features")
+        features.create_dataset("id", data=text(ids))
+        features.create_dataset("name", data=text(names))
+        features.create_dataset("feature_type", data=text(types))
+        features.create_dataset("genome", data=text(genome))
+        features.create_dataset("_all_tag_keys", data=np.array([b"genome"]))
+
+
+def write_query_h5ad(query: ad.AnnData, path: str | os.PathLike) -> None:
+    """Write ``query`` as a notebook user holds it: X log-normalised (scanpy's
+    ``normalize_total`` and ``log1p``, float32), the raw counts in
+    ``layers["counts"]``, obs the metadata, var ``gene_ids``, ``gene_symbols`` and
+    ``feature_types``. Whole or not at all."""
+    import scanpy as sc
+
+    counts = sp.csr_matrix(query.X).astype(np.float32)
+    if counts.size and not np.array_equal(counts.data, np.round(counts.data)):
+        raise ValueError("write_query_h5ad: the counts must be integers")
+    columns = [c for c in ("gene_ids", "gene_symbols", "feature_types") if c in query.var]
+    adata = ad.AnnData(X=counts.copy(), obs=query.obs.copy(), var=query.var[columns].copy())
+    adata.layers["counts"] = counts
+    sc.pp.normalize_total(adata)
+    sc.pp.log1p(adata)
+    adata.X = sp.csr_matrix(adata.X).astype(np.float32)
+    write_h5ad(adata, path)
+
+
 def _write_table(table, path, **kwargs) -> None:
     with atomic_path(path) as tmp, gzip_open_write(tmp) as fh:
         fh.write(table.to_csv(**kwargs).encode())

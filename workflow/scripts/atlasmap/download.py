@@ -370,7 +370,7 @@ def fetch_deposit(
     """Fetch every deposit role; on any failure, none of this call's outputs is left."""
     done: list[Path] = []
     try:
-        for role in DEPOSIT_ROLES:
+        for role in (role for role in DEPOSIT_ROLES if role in sources):
             fetch(sources[role], dests[role], settings, (checksums or {}).get(role))
             done.append(Path(dests[role]))
     except BaseException:

@@ -1,4 +1,5 @@
-"""Reading a 10x query deposit, checking it, renaming metadata, subsetting cells."""
+"""Reading a query (10x matrix, 10x HDF5 or h5ad), checking it, renaming metadata,
+setting its samples, subsetting cells."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .contract import DEPOSIT_FILES
+from .contract import DEPOSIT_FILES, READ_FORMATS
 from .errors import AtlasmapInputError
 from .io import (
     atomic_path,
@@ -101,28 +102,74 @@ def read_10x_matrix(path: str | os.PathLike) -> sp.csr_matrix:
     return matrix
 
 
-def read_10x_deposit(directory: str | os.PathLike) -> ad.AnnData:
-    """Read a 10x v3 matrix (``matrix.mtx.gz``, ``features.tsv.gz``, ``barcodes.tsv.gz``).
+# var columns that may hold gene symbols in an h5ad indexed by Ensembl ids
+# (CELLxGENE writes feature_name).
+SYMBOL_COLUMNS = ("gene_symbols", "feature_name", "gene_name", "symbol")
+
+
+def _keep_gene_expression(adata: ad.AnnData, where: str) -> ad.AnnData:
+    """Only the Gene Expression features, where var says what each feature is."""
+    if "feature_types" not in adata.var:
+        return adata
+    gex = (adata.var["feature_types"].astype(str) == "Gene Expression").to_numpy()
+    if gex.all():
+        return adata
+    if not gex.any():
+        raise AtlasmapInputError(
+            f"{where}: no feature has feature_types 'Gene Expression' (found "
+            f"{_examples(adata.var['feature_types'].astype(str).unique())}); gene "
+            "expression counts are needed"
+        )
+    log.info("%s: keeping %d Gene Expression features of %d", where, gex.sum(), adata.n_vars)
+    return adata[:, gex].copy()
+
+
+def _contract_var(ids, symbols, feature_types=None, names=None) -> pd.DataFrame:
+    """var as the contract has it: indexed by the symbols (or ``names``) made unique,
+    with the ids, the original symbols and the feature types when known."""
+    symbols = np.asarray(symbols, dtype=object).astype(str)
+    names = symbols if names is None else np.asarray(names, dtype=object).astype(str)
+    var = pd.DataFrame(index=ad.utils.make_index_unique(pd.Index(names)))
+    if ids is not None:
+        var["gene_ids"] = np.asarray(ids, dtype=object).astype(str)
+    if feature_types is not None:
+        var["feature_types"] = np.asarray(feature_types, dtype=object).astype(str)
+    var["gene_symbols"] = symbols
+    return var
+
+
+def read_10x_mtx(files: Mapping[str, str | os.PathLike]) -> ad.AnnData:
+    """Read a 10x v3 matrix from its three files (roles ``matrix``, ``features``,
+    ``barcodes``): a Cell Ranger ``filtered_feature_bc_matrix/`` folder or a GEO deposit.
 
     Genes are indexed by symbol (made unique, as scanpy does); ``var`` keeps
     ``gene_ids``, the original ``gene_symbols`` and ``feature_types`` (when the
     features file has them), so that later steps can match a model on either.
     """
-    directory = Path(directory)
-    features_path = directory / DEPOSIT_FILES["features"]
-    barcodes_path = directory / DEPOSIT_FILES["barcodes"]
-    matrix_path = directory / DEPOSIT_FILES["matrix"]
-    try:
-        features = pd.read_csv(features_path, sep="\t", header=None, dtype=str)
-        barcodes = pd.read_csv(barcodes_path, sep="\t", header=None, dtype=str, usecols=[0])[0]
-        matrix = read_10x_matrix(matrix_path)
-    except (ValueError, IndexError, RuntimeError, *gzip_errors()) as err:
-        # A cut download or a damaged file: say which file, not the parser's internals.
-        raise AtlasmapInputError(
-            f"{directory}: the 10x files cannot be read ({type(err).__name__}: {err}); "
-            f"is {DEPOSIT_FILES['matrix']} or another file truncated? Delete it and rerun "
-            "to fetch it again."
-        ) from err
+    features_path = Path(files["features"])
+    barcodes_path = Path(files["barcodes"])
+    matrix_path = Path(files["matrix"])
+
+    def read(role: str, path: Path, reader):
+        try:
+            return reader(path)
+        except (ValueError, IndexError, RuntimeError, *gzip_errors()) as err:
+            # A cut download or a damaged file: say which file, not the parser's internals.
+            raise AtlasmapInputError(
+                f"{path}: the 10x {role} file cannot be read ({type(err).__name__}: {err}); "
+                "is it truncated or damaged? A downloaded file: delete it and rerun to "
+                "fetch it again."
+            ) from err
+
+    features = read(
+        "features", features_path, lambda p: pd.read_csv(p, sep="\t", header=None, dtype=str)
+    )
+    barcodes = read(
+        "barcodes",
+        barcodes_path,
+        lambda p: pd.read_csv(p, sep="\t", header=None, dtype=str, usecols=[0])[0],
+    )
+    matrix = read("matrix", matrix_path, read_10x_matrix)
     if features.shape[1] < 2:
         raise AtlasmapInputError(
             f"{features_path}: expected a 10x features file with columns gene id, "
@@ -134,18 +181,206 @@ def read_10x_deposit(directory: str | os.PathLike) -> ad.AnnData:
             f"but {features_path.name} lists {len(features)} genes and {barcodes_path.name} "
             f"{len(barcodes)} barcodes; is one of them from another deposit?"
         )
-    var = pd.DataFrame({"gene_ids": features[0].to_numpy()})
-    if features.shape[1] > 2:
-        var["feature_types"] = features[2].to_numpy()
-    var["gene_symbols"] = features[1].to_numpy()
-    var.index = ad.utils.make_index_unique(pd.Index(features[1].to_numpy()))
+    var = _contract_var(
+        features[0].to_numpy(),
+        features[1].to_numpy(),
+        features[2].to_numpy() if features.shape[1] > 2 else None,
+    )
     adata = ad.AnnData(X=matrix, obs=pd.DataFrame(index=barcodes.to_numpy()), var=var)
-    if "feature_types" in adata.var:
-        gex = (adata.var["feature_types"] == "Gene Expression").to_numpy()
-        if not gex.all():
-            log.info("keeping %d Gene Expression features of %d", gex.sum(), adata.n_vars)
-            adata = adata[:, gex].copy()
-    return adata
+    return _keep_gene_expression(adata, str(features_path))
+
+
+def read_10x_deposit(directory: str | os.PathLike) -> ad.AnnData:
+    """:func:`read_10x_mtx` of a folder holding the files under their 10x v3 names."""
+    directory = Path(directory)
+    return read_10x_mtx({role: directory / DEPOSIT_FILES[role] for role in READ_FORMATS["10x_mtx"]})
+
+
+def _hdf5_entries(path: Path, what: str) -> list[str]:
+    """The top-level names of an HDF5 file; an error naming it when it is not one."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return list(f.keys())
+    except OSError as err:
+        raise AtlasmapInputError(
+            f"{path}: not an HDF5 file ({err}); expected {what}. Is the file truncated, "
+            "or of another format (config key format)?"
+        ) from err
+
+
+def read_10x_h5(path: str | os.PathLike) -> ad.AnnData:
+    """Read a Cell Ranger HDF5 matrix (``filtered_feature_bc_matrix.h5``, v3 or later;
+    v2's one-genome files too), Gene Expression features only, brought to the contract:
+    X float32 CSR, var ``gene_ids``, ``gene_symbols``, ``feature_types``, indexed by
+    unique symbols."""
+    import h5py
+    import scanpy as sc
+
+    path = Path(path)
+    what = "a 10x Genomics HDF5 matrix (Cell Ranger's filtered_feature_bc_matrix.h5)"
+    entries = _hdf5_entries(path, what)
+    with h5py.File(path, "r") as f:
+        legacy = [
+            name
+            for name in entries
+            if isinstance(f[name], h5py.Group) and {"genes", "gene_names"} <= set(f[name])
+        ]
+    if "matrix" not in entries and len(legacy) != 1:
+        hint = (
+            "; it looks like an AnnData file: set format: h5ad"
+            if {"obs", "var"} <= set(entries)
+            else ""
+        )
+        raise AtlasmapInputError(
+            f"{path}: not {what}: no /matrix group (Cell Ranger v3+) and no single genome "
+            f"group (v2); its top-level entries are {_examples(entries, 10) or 'none'}{hint} "
+            "(config key format)"
+        )
+    try:
+        adata = sc.read_10x_h5(path, gex_only=True)
+    except MemoryError:
+        raise
+    except Exception as err:  # scanpy raises a bare Exception for a missing dataset
+        cause = f"{type(err).__name__}: {err}" + (
+            f" ({err.__cause__})" if err.__cause__ is not None else ""
+        )
+        raise AtlasmapInputError(
+            f"{path}: the 10x HDF5 matrix cannot be read ({cause}); is it truncated or "
+            "damaged, or not a Cell Ranger matrix?"
+        ) from err
+    var = adata.var
+    adata = ad.AnnData(
+        X=sp.csr_matrix(adata.X).astype(np.float32, copy=False),
+        obs=pd.DataFrame(index=adata.obs_names.to_numpy()),
+        var=_contract_var(
+            var["gene_ids"].to_numpy() if "gene_ids" in var else None,
+            adata.var_names.to_numpy(),
+            var["feature_types"].to_numpy() if "feature_types" in var else None,
+        ),
+    )
+    return _keep_gene_expression(adata, str(path))
+
+
+def _h5ad_var(var: pd.DataFrame, where: str) -> pd.DataFrame:
+    """An h5ad's var brought to the contract (see :func:`read_query_h5ad`)."""
+    from .genes import looks_like_ensembl
+
+    index = pd.Index(var.index.astype(str))
+    ensembl = looks_like_ensembl(index[:1000])
+    ids = None
+    if "gene_ids" in var:
+        ids = var["gene_ids"].to_numpy()
+    elif ensembl:
+        ids = index.to_numpy()
+    types = var["feature_types"].to_numpy() if "feature_types" in var else None
+    symbol_column = next((c for c in SYMBOL_COLUMNS if c in var), None)
+    if ensembl and symbol_column is not None:
+        symbols = var[symbol_column].astype(object)
+        # A gene without a symbol keeps its id as its name.
+        missing = (symbols.isna() | (symbols.astype(str).str.strip() == "")).to_numpy()
+        symbols = np.where(missing, index.to_numpy(), symbols.astype(str).to_numpy())
+        log.info(
+            "%s: genes indexed by Ensembl id; indexed by their symbols (var %r) instead",
+            where,
+            symbol_column,
+        )
+        return _contract_var(ids, symbols, types)
+    symbols = var["gene_symbols"].to_numpy() if "gene_symbols" in var else index.to_numpy()
+    return _contract_var(ids, symbols, types, names=index.to_numpy())
+
+
+def _as_counts_matrix(matrix, where: str) -> sp.csr_matrix:
+    """A matrix read from an h5ad as CSR (its own dtype, for the counts check)."""
+    if sp.issparse(matrix):
+        return matrix.tocsr() if matrix.format != "csr" else sp.csr_matrix(matrix)
+    if isinstance(matrix, np.ndarray):
+        return sp.csr_matrix(matrix)
+    raise AtlasmapInputError(
+        f"{where}: expected a sparse or dense matrix, found {type(matrix).__name__}"
+    )
+
+
+def read_query_h5ad(path: str | os.PathLike, counts_layer: str | None = None) -> ad.AnnData:
+    """Read the raw counts of an h5ad (``X``, or ``layers[counts_layer]``), its obs and var.
+
+    Nothing else is read (other layers, raw, obsm, uns): the counts are held once.
+    A matrix that is not raw counts (normalised, log-transformed, scaled) is refused,
+    naming the file, the layer and the layers the file has. var is brought to the
+    contract: an index of Ensembl ids with a symbol column (``gene_symbols``,
+    ``feature_name``, ``gene_name``, ``symbol``) is replaced by the symbols, made
+    unique, the ids going to ``gene_ids``; ``gene_symbols`` is the symbols.
+    """
+    import h5py
+
+    path = Path(path)
+    entries = _hdf5_entries(path, "an AnnData file (.h5ad)")
+    if not {"obs", "var"} <= set(entries):
+        raise AtlasmapInputError(
+            f"{path}: not an AnnData file (.h5ad): no obs and var; its top-level entries "
+            f"are {_examples(entries, 10) or 'none'}"
+            + (
+                "; it looks like a Cell Ranger matrix: set format: 10x_h5"
+                if "matrix" in entries
+                else ""
+            )
+            + " (config key format)"
+        )
+    try:
+        with h5py.File(path, "r") as f:
+            stored = f.get("layers")
+            layers = list(stored) if isinstance(stored, h5py.Group) else []
+            has_x = "X" in f
+            listing = (
+                f"the file's layers: {', '.join(map(repr, layers))}"
+                if layers
+                else "the file has no layers"
+            )
+            if counts_layer is None:
+                if not has_x:
+                    raise AtlasmapInputError(
+                        f"{path}: X is empty; {listing}; name the layer that holds the raw "
+                        "counts (config key counts_layer)"
+                    )
+                element, layer = f["X"], "X"
+            else:
+                if counts_layer not in layers:
+                    raise AtlasmapInputError(
+                        f"{path}: no layer {counts_layer!r} (config key counts_layer); "
+                        f"{listing}; null reads X"
+                    )
+                element, layer = stored[counts_layer], f"layer {counts_layer!r}"
+            matrix = ad.io.read_elem(element)
+            obs = ad.io.read_elem(f["obs"])
+            var = ad.io.read_elem(f["var"])
+    except (AtlasmapInputError, MemoryError):
+        raise
+    except Exception as err:  # anndata's registry errors are bare Exceptions
+        raise AtlasmapInputError(
+            f"{path}: cannot be read as AnnData ({type(err).__name__}: {err}); is it "
+            "truncated, or written by an anndata too old to read element by element?"
+        ) from err
+    matrix = _as_counts_matrix(matrix, f"{path}, {layer}")
+    problems = _count_problems(matrix)
+    if problems:
+        raise AtlasmapInputError(
+            f"{path}, {layer}: not raw counts: " + " and ".join(problems) + "; it looks "
+            f"normalised, log-transformed or scaled. {listing[0].upper()}{listing[1:]}. "
+            + (
+                "Name the layer that holds the raw, non-negative integer counts "
+                "(config key counts_layer)."
+                if layers
+                else "Save the raw counts in the file, as X or as a layer named by "
+                "counts_layer (config key counts_layer)."
+            )
+        )
+    matrix = matrix.astype(np.float32, copy=False)
+    if not matrix.has_sorted_indices:
+        matrix.sort_indices()
+    obs.index = pd.Index(obs.index.astype(str), name=None)
+    adata = ad.AnnData(X=matrix, obs=obs, var=_h5ad_var(var, str(path)))
+    return _keep_gene_expression(adata, str(path))
 
 
 def check_unique_barcodes(barcodes: pd.Index, where: str) -> None:
@@ -157,18 +392,24 @@ def check_unique_barcodes(barcodes: pd.Index, where: str) -> None:
         )
 
 
-def check_counts(matrix: sp.spmatrix | np.ndarray, where: str) -> None:
-    """Fail unless every entry is a non-negative integer (raw UMI counts)."""
+def _count_problems(matrix: sp.spmatrix | np.ndarray) -> list[str]:
+    """What keeps ``matrix`` from being raw counts (negatives, non-integers); empty if none."""
     data = matrix.data if sp.issparse(matrix) else np.asarray(matrix).ravel()
     negative = int(np.count_nonzero(data < 0))
     fractional = int(np.count_nonzero(data != np.round(data)))
-    if negative or fractional:
-        what = []
-        if negative:
-            what.append(f"{negative} negative value(s) (min {data.min():g})")
-        if fractional:
-            bad = data[data != np.round(data)][0]
-            what.append(f"{fractional} non-integer value(s) (e.g. {bad:g})")
+    what = []
+    if negative:
+        what.append(f"{negative} negative value(s) (min {data.min():g})")
+    if fractional:
+        bad = data[data != np.round(data)][0]
+        what.append(f"{fractional} non-integer value(s) (e.g. {bad:g})")
+    return what
+
+
+def check_counts(matrix: sp.spmatrix | np.ndarray, where: str) -> None:
+    """Fail unless every entry is a non-negative integer (raw UMI counts)."""
+    what = _count_problems(matrix)
+    if what:
         raise AtlasmapInputError(
             f"{where}: counts must be raw non-negative integers, found "
             + " and ".join(what)
@@ -265,31 +506,147 @@ def rename_columns(obs: pd.DataFrame, rename: Mapping[str, str], where: str) -> 
     return obs.rename(columns=dict(rename))
 
 
+def _as_batch_labels(values: pd.Series) -> pd.Categorical:
+    """Sample labels as a string categorical (missing stays missing; 3.0 reads 3)."""
+    if pd.api.types.is_float_dtype(values.dtype):
+        present = values.dropna()
+        if (present == np.round(present)).all():
+            values = values.astype("Int64")
+    return pd.Categorical(values.astype(str).where(values.notna()))
+
+
+def assign_batch(
+    obs: pd.DataFrame,
+    sample_column: str | None,
+    batch_key: str,
+    sample_name: str,
+    where: str,
+) -> pd.DataFrame:
+    """Give every cell its sample (batch) in ``obs[batch_key]``, a string categorical.
+
+    ``sample_column`` (when not ``batch_key`` itself) is copied to ``batch_key``, the
+    user's column kept; with no ``sample_column``, ``batch_key`` is used when present,
+    else the query is one sample, ``sample_name``.
+    """
+    if sample_column is not None:
+        if sample_column not in obs.columns:
+            raise AtlasmapInputError(
+                f"{where}: sample column {sample_column!r} not found (config key "
+                f"sample_column); columns are {_examples(obs.columns, 30) or 'none'}"
+            )
+        if sample_column != batch_key:
+            if batch_key in obs.columns:
+                raise AtlasmapInputError(
+                    f"{where}: cannot copy sample column {sample_column!r} to the "
+                    f"reference's batch column {batch_key!r}: the query already has a column "
+                    f"{batch_key!r}. Drop or rename it (config key rename), or set "
+                    f"sample_column: {batch_key}"
+                )
+            obs[batch_key] = obs[sample_column]
+            log.info("%s: samples from column %r, copied to %r", where, sample_column, batch_key)
+    elif batch_key not in obs.columns:
+        obs[batch_key] = sample_name
+        log.info(
+            "%s: no sample column (sample_column unset, no %r column): every cell is one "
+            "sample, %r",
+            where,
+            batch_key,
+            sample_name,
+        )
+    obs[batch_key] = _as_batch_labels(obs[batch_key])
+    return obs
+
+
+def _role_paths(files: Mapping[str, str | os.PathLike], format: str) -> dict[str, Path]:
+    """The files a format needs, by role: every one given, present, nothing else."""
+    if format not in READ_FORMATS:
+        raise AtlasmapInputError(
+            f"query format {format!r} unknown; formats are {', '.join(READ_FORMATS)} "
+            "(config key format)"
+        )
+    roles = READ_FORMATS[format]
+    missing = [role for role in roles if role not in files]
+    extra = [role for role in files if role not in roles]
+    if missing or extra:
+        raise AtlasmapInputError(
+            f"format {format} takes files for {', '.join(roles)}; "
+            + (f"missing {missing}" if missing else "")
+            + ("; " if missing and extra else "")
+            + (f"not a role of this format: {extra}" if extra else "")
+        )
+    paths = {role: Path(files[role]) for role in roles}
+    for role, path in paths.items():
+        if not path.is_file():
+            raise AtlasmapInputError(f"{path}: no such file (the query's {role} file)")
+    return paths
+
+
 def load_query(
-    deposit_dir: str | os.PathLike,
-    metadata_path: str | os.PathLike,
+    files: Mapping[str, str | os.PathLike],
+    format: str,
+    metadata_path: str | os.PathLike | None = None,
     rename: Mapping[str, str] | None = None,
     barcode_column: str | None = None,
     max_unmatched_fraction: float = 0.0,
+    counts_layer: str | None = None,
+    sample_column: str | None = None,
+    batch_key: str = "Sample_ID",
+    sample_name: str = "query",
 ) -> ad.AnnData:
-    """Read a 10x deposit and its metadata into one AnnData with raw counts.
+    """Read a query in any of :data:`READ_FORMATS` into one AnnData with raw counts.
 
-    ``X`` and ``layers["counts"]`` hold the raw counts (sparse), ``obs`` the
-    metadata with columns renamed as asked, ``var`` gene symbols and ids.
+    ``files`` maps the format's roles to local paths: ``10x_mtx`` matrix, features,
+    barcodes (a Cell Ranger ``filtered_feature_bc_matrix/`` folder or a GEO
+    deposit); ``10x_h5`` h5 (Cell Ranger's ``filtered_feature_bc_matrix.h5``);
+    ``h5ad`` h5ad (raw counts in X or ``layers[counts_layer]``; its obs is
+    metadata). ``X`` and ``layers["counts"]`` are the raw counts (one float32 CSR
+    matrix, cells x genes), ``obs`` the cells by barcode with the metadata
+    (``metadata_path`` joined on barcodes, its columns winning clashes) renamed as
+    asked and the sample of each cell in ``obs[batch_key]`` (see
+    :func:`assign_batch`), ``var`` gene symbols (unique) and ids; Gene Expression
+    features only.
     """
-    deposit_dir = Path(deposit_dir)
-    matrix_path = deposit_dir / DEPOSIT_FILES["matrix"]
-    adata = read_10x_deposit(deposit_dir)
-    check_unique_barcodes(adata.obs_names, str(deposit_dir / DEPOSIT_FILES["barcodes"]))
-    check_counts(adata.X, str(matrix_path))
-    log.info("read %d cells x %d genes from %s", adata.n_obs, adata.n_vars, deposit_dir)
+    paths = _role_paths(files, format)
+    if counts_layer is not None and format != "h5ad":
+        log.warning("counts_layer %r ignored: format %s holds counts alone", counts_layer, format)
+    if format == "10x_mtx":
+        source = paths["matrix"]
+        adata = read_10x_mtx(paths)
+        check_unique_barcodes(adata.obs_names, str(paths["barcodes"]))
+        check_counts(adata.X, str(source))
+        counts_from = "the matrix"
+    elif format == "10x_h5":
+        source = paths["h5"]
+        adata = read_10x_h5(source)
+        check_unique_barcodes(adata.obs_names, str(source))
+        check_counts(adata.X, str(source))
+        counts_from = "the matrix"
+    else:
+        source = paths["h5ad"]
+        adata = read_query_h5ad(source, counts_layer)
+        check_unique_barcodes(adata.obs_names, str(source))
+        counts_from = "X" if counts_layer is None else f"layer {counts_layer!r}"
+    log.info(
+        "read %s %s: %d cells x %d genes, counts from %s",
+        format,
+        source,
+        adata.n_obs,
+        adata.n_vars,
+        counts_from,
+    )
 
-    metadata = read_metadata(metadata_path, barcode_column)
-    log.info("read metadata for %d barcodes, columns %s", len(metadata), list(metadata.columns))
-    adata = join_metadata(adata, metadata, max_unmatched_fraction, where=str(metadata_path))
+    # Where the obs columns come from, for the messages that name one.
+    origins = [str(source)] if format == "h5ad" else []
+    if metadata_path is not None:
+        metadata = read_metadata(metadata_path, barcode_column)
+        log.info("read metadata for %d barcodes, columns %s", len(metadata), list(metadata.columns))
+        adata = join_metadata(adata, metadata, max_unmatched_fraction, where=str(metadata_path))
+        origins.append(str(metadata_path))
+    where = " and ".join(origins) or str(source)
     if rename:
-        adata.obs = rename_columns(adata.obs, rename, where=str(metadata_path))
+        adata.obs = rename_columns(adata.obs, rename, where=where)
         log.info("renamed metadata columns %s", dict(rename))
+    adata.obs = assign_batch(adata.obs, sample_column, batch_key, sample_name, where)
     # One matrix for both: nothing downstream modifies the counts in place.
     adata.layers["counts"] = adata.X
     return adata
@@ -342,13 +699,13 @@ def subset_cells(
 
 def load_query_files(
     *,
-    deposit_dir: str | os.PathLike,
-    metadata_path: str | os.PathLike,
+    files: Mapping[str, str | os.PathLike],
+    format: str,
     output: str | os.PathLike,
     **options,
 ) -> ad.AnnData:
     """:func:`load_query`, written to ``output`` whole or not at all."""
-    adata = load_query(deposit_dir, metadata_path, **options)
+    adata = load_query(files, format, **options)
     write_h5ad(adata, output)
     return adata
 
