@@ -637,3 +637,91 @@ def compare_figures(
         )
     log.info("surgery and embed agree on %.2f%% of %d query cells", 100 * share, len(calls_s))
     return share
+
+
+# --- The summary across queries, modes and references ----------------------------
+
+
+def _text_colour(colour: str) -> str:
+    """Black or white, whichever reads better on ``colour`` (its relative luminance)."""
+    red, green, blue = mcolors.to_rgb(colour)
+    return "black" if 0.2126 * red + 0.7152 * green + 0.0722 * blue > 0.5 else "white"
+
+
+def label_distribution_across(
+    shares: pd.DataFrame,
+    palette: Mapping[str, str],
+    title: str,
+    cells: pd.Series | None = None,
+    min_annotated: float = 0.07,
+):
+    """Each row of ``shares`` (a mapping; its shares of cells per label, the columns)
+    as one horizontal 100%-stacked bar, top to bottom in the rows' order, segments in
+    the palette's order and colours; a segment of at least ``min_annotated`` of its
+    bar is labelled with its percentage. ``cells`` (per row) adds "(n=...)" to the
+    bars' names. The legend lists every label of any bar, each once."""
+    from matplotlib.ticker import PercentFormatter
+
+    order = [label for label in palette if label in shares.columns]
+    order += [label for label in shares.columns if label not in order]
+    n_runs, n_labels = len(shares), len(order)
+    ncol = int(np.ceil(n_labels / 22))
+    legend_rows = int(np.ceil(n_labels / ncol))
+    height = max(1.4, 0.24 * n_runs + 0.8, 0.115 * legend_rows + 0.6)
+    names = [
+        f"{name} (n={int(cells[name]):,})" if cells is not None else str(name)
+        for name in shares.index
+    ]
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(DOUBLE_COLUMN, height), layout="constrained")
+        y = np.arange(n_runs)
+        start = np.zeros(n_runs)
+        handles = []
+        for label in order:
+            share = shares[label].to_numpy(dtype=float)
+            colour = palette.get(label, UNKNOWN_COLOUR)
+            bars = ax.barh(
+                y,
+                share,
+                left=start,
+                color=colour,
+                height=0.75,
+                edgecolor="white",
+                linewidth=0.3,
+                label=label,
+            )
+            handles.append(bars)
+            for i in np.flatnonzero(share >= min_annotated):
+                ax.text(
+                    start[i] + share[i] / 2,
+                    i,
+                    f"{100 * share[i]:.0f}%",
+                    ha="center",
+                    va="center",
+                    fontsize=5,
+                    color=_text_colour(colour),
+                )
+            start += share
+        ax.set_yticks(y, names)
+        ax.set_ylim(n_runs - 0.5, -0.5)  # the first row on top
+        ax.set_xlim(0, 1)
+        ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+        ax.set_xlabel("share of the mapping's query cells")
+        ax.tick_params(axis="y", length=0)
+        for side in ("top", "right", "left"):
+            ax.spines[side].set_visible(False)
+        ax.legend(
+            handles=handles,
+            labels=order,
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            frameon=False,
+            ncol=ncol,
+            handlelength=1.0,
+            handleheight=1.0,
+            handletextpad=0.4,
+            columnspacing=0.8,
+            borderaxespad=0,
+        )
+        ax.set_title(title)
+    return fig
