@@ -52,7 +52,7 @@ def run(config_path: Path, out: Path, threads: int = 2) -> None:
     modes = ("surgery", "embed")
     vector = plots["vector_format"]
     if model is None:
-        model = out / "results" / "reference" / "scanvi_model"
+        model = out / "results" / "references" / "default" / "scanvi_model"
         train_reference_files(
             atlas_path=atlas,
             model_dir=model,
@@ -69,12 +69,17 @@ def run(config_path: Path, out: Path, threads: int = 2) -> None:
     results = out / "results" / name
     loaded, subset = results / "query" / "loaded.h5ad", results / "query" / "subset.h5ad"
     load_query_files(
-        deposit_dir=deposit,
+        files={role: deposit / DEPOSIT_FILES[role] for role in ("matrix", "features", "barcodes")},
+        format="10x_mtx",
         metadata_path=deposit / DEPOSIT_FILES["metadata"],
         output=loaded,
         rename=query["rename"],
         barcode_column=query["metadata"]["barcode_column"],
         max_unmatched_fraction=query["metadata"]["max_unmatched_fraction"],
+        counts_layer=query["counts_layer"],
+        sample_column=query["sample_column"],
+        batch_key=reference["batch_key"],
+        sample_name=name,
     )
     subset_query_files(
         input=loaded,
@@ -84,7 +89,7 @@ def run(config_path: Path, out: Path, threads: int = 2) -> None:
         sample_column=reference["batch_key"],
     )
     # The reference side, once for both modes (embed_reference, fit_calls, layout_reference).
-    reference_dir = out / "results" / "reference"
+    reference_dir = out / "results" / "references" / "default"
     embedded_atlas = reference_dir / "embedded_atlas.h5ad"
     map_settings = {k: v for k, v in mapping.items() if k != "modes"}
     torch.set_num_threads(local_threads(2, threads))

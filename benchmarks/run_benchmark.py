@@ -494,7 +494,7 @@ def main(argv=None) -> None:
         walls[cells] = run_workflow(workdir, config_for(deposit, names, atlas, model))
         stages.append(stage_table(workdir, cells))
         if model is None:  # train once, reuse for the larger sizes
-            model = workdir / "results" / "reference" / "scanvi_model"
+            model = workdir / "results" / "references" / "default" / "scanvi_model"
         print(f"{cells} cells: workflow {walls[cells]:.0f} s", flush=True)
     stages = pd.concat(stages, ignore_index=True)
     largest = out / f"run_{plan['sizes'][-1]}"

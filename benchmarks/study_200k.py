@@ -42,7 +42,7 @@ def main(argv=None) -> None:
     study = bench.Study(n_genes=plan["genes"], seed=0)
     start = time.perf_counter()
     atlas = out / "atlas.h5ad"
-    trained = out / "run_10000" / "results" / "reference" / "scanvi_model"
+    trained = out / "run_10000" / "results" / "references" / "default" / "scanvi_model"
     reuse = args.reuse and atlas.exists() and trained.exists()
     if args.reuse and not reuse:
         raise SystemExit(f"--reuse: no earlier run in {out} (need {atlas} and {trained})")
@@ -64,7 +64,7 @@ def main(argv=None) -> None:
         timeline.to_csv(out / f"timeline_{cells}.tsv", sep="\t", index=False)
         print(timeline.to_string(), "\n", packing, flush=True)
         if model is None:  # trained once, reused at 200k: "from a saved model"
-            model = workdir / "results" / "reference" / "scanvi_model"
+            model = workdir / "results" / "references" / "default" / "scanvi_model"
         print(f"{cells} cells: workflow {walls[cells]:.0f} s", flush=True)
     stages = pd.concat(tables, ignore_index=True)
     stages.to_csv(out / "stages.tsv", sep="\t", index=False)

@@ -4,7 +4,7 @@
 
 A synthetic study of its own seed (1; the benchmark reports seed 0) is drawn
 in memory, embedded with a trained reference model (any: the benchmark's
-10k run leaves one in benchmarks/runs/full/run_10000/results/reference/scanvi_model),
+10k run leaves one in benchmarks/runs/full/run_10000/results/references/default/scanvi_model),
 and Annoy with 3 to 15 trees and longer searches is compared with exact neighbours and
 timed against scanpy's default search. Agreement is measured as the benchmark does: a
 15-neighbour majority vote of the labels (the model's predictions; with --atlas, the

@@ -80,6 +80,32 @@ SMALL = {
 }
 
 
+# The demo's first query as a config mapping (the form before the sample sheet, which
+# config/config.yaml now names): tests that edit a query's keys edit this.
+DEMO_QUERY = {
+    "source": {
+        "dir": "resources/synthetic/deposit",
+        "files": {
+            "matrix": "DEMO_sc_matrix.mtx.gz",
+            "features": "DEMO_sc_features.tsv.gz",
+            "barcodes": "DEMO_sc_barcodes.tsv.gz",
+            "metadata": "DEMO_sc_metadata.csv.gz",
+        },
+    },
+    "rename": {"patients": "Sample_ID"},
+    "subset": {"Sample_ID": ["PA01", "PA02"]},
+    "truth": "author_cell_type",
+}
+
+
+def with_demo_query(config: dict) -> dict:
+    """``config`` with its queries replaced by the demo's first, as a config mapping."""
+    import copy
+
+    config["queries"] = {"demo": copy.deepcopy(DEMO_QUERY)}
+    return config
+
+
 def write_small_config(workdir: Path, name: str = "small.yaml", edit=None) -> str:
     """config/config.yaml made small (SMALL), optionally edited; returns its relative path."""
     import yaml

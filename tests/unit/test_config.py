@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, with_demo_query
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
@@ -14,11 +14,14 @@ SCHEMA = str(REPO / "workflow" / "schemas" / "config.schema.yaml")
 
 @pytest.fixture
 def demo_config():
-    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    """The demo config, its query as a config mapping (the sheet form: test_sheet.py)."""
+    return with_demo_query(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
 
 
 def check(config):
     config = copy.deepcopy(config)
+    if "references" not in config:  # as common.smk: one reference, the demo's by default
+        config.setdefault("reference", {})
     validate(config, SCHEMA, set_default=False)
     validate(config, SCHEMA)
     return config
@@ -28,9 +31,11 @@ def test_demo_config_is_valid_and_gets_the_schema_defaults(demo_config):
     del demo_config["reference"]
     config = check(demo_config)
     assert config["queries"]["demo"]["metadata"] == {
+        "table": None,
         "barcode_column": None,
         "max_unmatched_fraction": 0.0,
     }
+    assert config["queries"]["demo"]["format"] == "auto"
     assert config["reference"]["labels_key"] == "Level_4"
     assert config["reference"]["batch_key"] == "Sample_ID"
 
@@ -62,6 +67,7 @@ def test_every_top_level_key_is_documented_in_config_readme():
     keys = list(schema["properties"])
     keys += [f"{k}.{s}" for k, v in schema["properties"].items() for s in v.get("properties", {})]
     keys += [f"queries.<name>.{k}" for k in schema["$defs"]["query"]["properties"]]
+    keys += [f"reference.{k}" for k in schema["$defs"]["reference"]["properties"]]
     missing = [k for k in keys if f"`{k}`" not in readme]
     assert not missing, f"config/README.md does not document {missing}"
 
@@ -109,8 +115,9 @@ def test_bad_configs_are_refused_with_the_key_at_fault(demo_config, edit, expect
 
 def schema_defaults() -> dict:
     """Every key at its schema default (a query is required: the demo's, source only)."""
-    demo = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    return check({"queries": {"demo": {"source": demo["queries"]["demo"]["source"]}}})
+    return check(
+        {"queries": {"demo": {"source": with_demo_query({})["queries"]["demo"]["source"]}}}
+    )
 
 
 def test_settings_dataclasses_default_to_the_schema_defaults():

@@ -112,5 +112,5 @@ def test_the_model_only_config_runs_on_a_chen_shaped_deposit(tmp_path):
     samples = pd.read_csv(results / "query" / "samples.tsv", sep="\t").set_index("sample")
     assert samples["cells_kept"].to_dict() == {"PA01": 100, "PA02": 100, "PA03": 0, "all": 200}
     assert (results / "embed" / "plots" / "umap_celltype.png").is_file()
-    assert not (workdir / "results" / "reference").exists()  # no atlas: no reference side
+    assert not (workdir / "results" / "references").exists()  # no atlas: no reference side
     assert (workdir / config["reference"]["model"] / "model.pt").is_file()

@@ -83,7 +83,7 @@ def test_the_cell_type_the_atlas_lacks_is_called_unknown(small_run):
 
 
 def test_training_progress_is_in_the_log(small_run):
-    log = (small_run / "logs" / "train_reference" / "train_reference.log").read_text()
+    log = (small_run / "logs" / "train_reference" / "default.log").read_text()
     assert "scVI epoch 15/15" in log or "scVI epoch" in log
     assert "scANVI epoch" in log
     surgery = (small_run / "logs" / "map_query" / "demo_surgery.log").read_text()
@@ -130,7 +130,15 @@ def test_mapped_h5ad_holds_the_umap(small_run):
 def test_the_report_builds_with_every_figure(small_run):
     snakemake(small_run, "--configfile", "config/small.yaml", "--report", "report.html")
     html = (small_run / "report.html").read_text()
-    for name in [*FIGURES, "umap_surgery_vs_embed", "agreement_heatmap", "qc.tsv", "metrics.json"]:
+    for name in [
+        *FIGURES,
+        "umap_surgery_vs_embed",
+        "agreement_heatmap",
+        "qc.tsv",
+        "metrics.json",
+        "summary.tsv",
+        "summary_label_distribution.png",
+    ]:
         assert name in html, name
 
 
@@ -149,3 +157,37 @@ def test_collaborators_can_read_every_output_and_log(small_run):
     }
     assert any(name.endswith("mapped.h5ad") for name in modes)
     assert {name: mode for name, mode in modes.items() if mode != oct(expected)} == {}
+
+
+def test_the_h5ad_query_is_read_from_its_counts_layer_as_the_deposit_is(small_run):
+    """The demo's two queries: patients PA01-PA02 from the 10x deposit, PA03-PA04 from
+    an h5ad whose X is log-normalised (its raw counts in a layer): both loaded into the
+    same contract, the counts the deposit's."""
+    deposit = ad.read_h5ad(small_run / "results" / "demo" / "query" / "loaded.h5ad")
+    h5ad = ad.read_h5ad(small_run / "results" / "demo_h5ad" / "query" / "loaded.h5ad")
+    assert list(h5ad.obs_names) == list(deposit.obs_names)
+    assert list(h5ad.var["gene_ids"]) == list(deposit.var["gene_ids"])
+    assert (h5ad.X != deposit.X).nnz == 0
+    assert {"patients", "Sample_ID", "author_cell_type"} <= set(h5ad.obs)
+    log = (small_run / "logs" / "load_query" / "demo_h5ad.log").read_text()
+    assert "format h5ad" in log and "counts" in log
+    qc = pd.read_csv(small_run / "results" / "demo_h5ad" / "surgery" / "qc.tsv", sep="\t")
+    assert list(qc["sample"]) == ["PA03", "PA04", "all"]
+
+
+def test_the_summary_has_every_query_and_mode_with_the_numbers_of_their_files(small_run):
+    summary = pd.read_csv(small_run / "results" / "summary.tsv", sep="\t")
+    assert [(row.query, row.mode) for row in summary.itertuples()] == [
+        (query, mode) for query in ("demo", "demo_h5ad") for mode in ("surgery", "embed")
+    ]
+    assert set(summary["reference"]) == {"default"}
+    for row in summary.itertuples():
+        out = small_run / "results" / row.query / row.mode
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert row.accuracy == pytest.approx(metrics["mapping"]["accuracy"], abs=1e-4)
+        assert row.baseline_accuracy == pytest.approx(metrics["baseline"]["accuracy"], abs=1e-4)
+        qc = pd.read_csv(out / "qc.tsv", sep="\t").set_index("sample").loc["all"]
+        assert row.share_unknown == pytest.approx(qc["share_unknown"], abs=1e-4)
+        assert row.cells_kept == qc["cells"]
+    assert_valid_figure(small_run / "results" / "summary_label_distribution.png")
+    assert_valid_figure(small_run / "results" / "summary_label_distribution.pdf")

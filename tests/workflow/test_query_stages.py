@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import scipy.io
 import yaml
-from conftest import copy_workflow
+from conftest import copy_workflow, with_demo_query
 from conftest import run_snakemake as snakemake
 
 pytestmark = pytest.mark.workflow
@@ -30,7 +30,8 @@ def test_subset_holds_exactly_the_selected_cells_with_metadata_and_counts(demo_r
     assert list(subset.obs_names) == list(expected)
     assert list(subset.obs["Sample_ID"]) == list(metadata.loc[expected, "patients"])
     assert list(subset.obs["tissue"]) == list(metadata.loc[expected, "tissue"])
-    assert "patients" not in subset.obs
+    # The sheet's sample column is copied to the reference's batch column, and kept.
+    assert list(subset.obs["patients"]) == list(subset.obs["Sample_ID"])
 
     with gzip.open(deposit / "DEMO_sc_matrix.mtx.gz") as fh:
         counts = scipy.io.mmread(fh).T.tocsr()
@@ -77,7 +78,8 @@ def test_lint_is_clean(tmp_path):
 
 
 def write_config(workdir, edit):
-    config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
+    """The demo config with its first query as a config mapping, edited."""
+    config = with_demo_query(yaml.safe_load((workdir / "config" / "config.yaml").read_text()))
     edit(config)
     path = workdir / "config" / "edited.yaml"
     path.write_text(yaml.safe_dump(config))

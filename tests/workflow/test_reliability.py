@@ -18,6 +18,10 @@ from conftest import copy_workflow, run_snakemake, write_small_config
 
 pytestmark = pytest.mark.workflow
 MODES = ("surgery", "embed")
+# The demo's queries (config/queries.tsv): a 10x deposit and an h5ad.
+QUERIES = ("demo", "demo_h5ad")
+COMPARE = {("compare_modes", f"query={query}") for query in QUERIES}
+SUMMARY = {("summarize_queries", "")}
 
 
 def planned_jobs(workdir, config) -> set[tuple[str, str]]:
@@ -34,8 +38,8 @@ def planned_jobs(workdir, config) -> set[tuple[str, str]]:
     return {job for job in jobs if job[0] != "all"}
 
 
-def mode_jobs(rules, mode):
-    return {(rule, f"query=demo, mode={mode}") for rule in rules}
+def mode_jobs(rules, mode, queries=QUERIES):
+    return {(rule, f"query={query}, mode={mode}") for rule in rules for query in queries}
 
 
 def test_nothing_changed_nothing_runs(small_run):
@@ -66,8 +70,10 @@ def test_a_neighbour_setting_reruns_the_layouts_and_figures_only(small_run):
     expected = (
         mode_jobs(after, "surgery")
         | mode_jobs(after, "embed")
-        | {("layout_reference", ""), ("compare_modes", "query=demo")}
+        | {("layout_reference", "reference=default")}
+        | COMPARE
     )
+    # The summary reads none of what they write.
     assert planned_jobs(small_run, config) == expected
 
 
@@ -75,9 +81,7 @@ def test_more_surgery_epochs_rerun_only_the_surgery_mapping_and_what_follows(sma
     config = write_small_config(
         small_run, "epochs.yaml", lambda c: c["mapping"]["surgery"].update(max_epochs=5)
     )
-    expected = mode_jobs(["map_query", *AFTER_THE_CALLS], "surgery") | {
-        ("compare_modes", "query=demo")
-    }
+    expected = mode_jobs(["map_query", *AFTER_THE_CALLS], "surgery") | COMPARE | SUMMARY
     assert planned_jobs(small_run, config) == expected
 
 
@@ -105,7 +109,9 @@ def test_a_calls_setting_reruns_only_the_calls_and_what_follows(small_run, edit)
     expected = (
         mode_jobs(AFTER_THE_CALLS, "surgery")
         | mode_jobs(AFTER_THE_CALLS, "embed")
-        | {("fit_calls", ""), ("compare_modes", "query=demo")}
+        | {("fit_calls", "reference=default")}
+        | COMPARE
+        | SUMMARY
     )
     assert planned_jobs(small_run, config) == expected
 
@@ -115,19 +121,27 @@ def test_a_plot_setting_reruns_only_the_figures(small_run):
     expected = (
         mode_jobs(["plot_mapping", "plot_confusion"], "surgery")
         | mode_jobs(["plot_mapping", "plot_confusion"], "embed")
-        | {("compare_modes", "query=demo")}
+        | COMPARE
+        | SUMMARY
     )
     assert planned_jobs(small_run, config) == expected
 
 
 def test_a_sample_added_to_the_subset_reruns_from_the_subset_on(small_run):
-    config = write_small_config(
-        small_run,
-        "more_samples.yaml",
-        lambda c: c["queries"]["demo"]["subset"].update(Sample_ID=["PA01", "PA02", "PA03"]),
+    sheet = (small_run / "config" / "queries.tsv").read_text()
+    assert "\tPA01,PA02\t" in sheet
+    (small_run / "config" / "more_samples.tsv").write_text(
+        sheet.replace("\tPA01,PA02\t", "\tPA01,PA02,PA03\t")
     )
-    rules = {rule for rule, _ in planned_jobs(small_run, config)}
-    assert rules == {
+    config = write_small_config(
+        small_run, "more_samples.yaml", lambda c: c.update(queries="config/more_samples.tsv")
+    )
+    jobs = planned_jobs(small_run, config)
+    # Only the query whose row changed, from its subset on; and the summary.
+    assert {query for _, wildcards in jobs for query in re.findall(r"query=(\w+)", wildcards)} == {
+        "demo"
+    }
+    assert {rule for rule, _ in jobs} == {
         "subset_query",
         "predict_baseline",
         "map_query",
@@ -137,16 +151,17 @@ def test_a_sample_added_to_the_subset_reruns_from_the_subset_on(small_run):
         "plot_mapping",
         "plot_confusion",
         "compare_modes",
+        "summarize_queries",
     }
 
 
 def assert_same_results(a, b):
-    for mode in MODES:
-        left = pd.read_csv(a / "results" / "demo" / mode / "predictions.tsv", sep="\t")
-        right = pd.read_csv(b / "results" / "demo" / mode / "predictions.tsv", sep="\t")
+    for mode, query in ((mode, query) for mode in MODES for query in QUERIES):
+        left = pd.read_csv(a / "results" / query / mode / "predictions.tsv", sep="\t")
+        right = pd.read_csv(b / "results" / query / mode / "predictions.tsv", sep="\t")
         pd.testing.assert_frame_equal(left, right)
         metrics = [
-            json.loads((x / "results" / "demo" / mode / "metrics.json").read_text()) for x in (a, b)
+            json.loads((x / "results" / query / mode / "metrics.json").read_text()) for x in (a, b)
         ]
         assert metrics[0] == metrics[1]
 
@@ -190,9 +205,9 @@ def test_killed_during_training_and_during_surgery_then_rerun_equals_an_uninterr
     on the CPU, gives identical predictions.tsv and metrics.json."""
     workdir = copy_workflow(tmp_path / "killed")
     config = write_small_config(workdir)
-    training_log = workdir / "logs/train_reference/train_reference.log"
+    training_log = workdir / "logs/train_reference/default.log"
     run_and_kill(workdir, ["--configfile", config], training_log, "scVI epoch 3/")
-    assert not (workdir / "results/reference/scanvi_model").exists()
+    assert not (workdir / "results/references/default/scanvi_model").exists()
     # The crash left Snakemake's lock: unlock, rerun, and kill it again during surgery.
     run_snakemake(workdir, "--unlock", "--configfile", config)
     surgery_log = workdir / "logs/map_query/demo_surgery.log"
@@ -221,7 +236,7 @@ def test_a_second_run_in_the_same_folder_is_refused_and_nothing_is_lost(tmp_path
     )
     try:
         deadline = time.monotonic() + 120
-        training_log = workdir / "logs" / "train_reference" / "train_reference.log"
+        training_log = workdir / "logs" / "train_reference" / "default.log"
         while not (training_log.exists() and "scVI epoch" in training_log.read_text()):
             assert time.monotonic() < deadline and first.poll() is None, (
                 "the first run never locked"
@@ -240,5 +255,6 @@ def test_a_second_run_in_the_same_folder_is_refused_and_nothing_is_lost(tmp_path
     assert first.returncode == 0, out[-3000:]
     # The first run was not disturbed: it finished, and a plain rerun has nothing to do.
     for mode in MODES:
-        assert (workdir / "results" / "demo" / mode / "mapped.h5ad").exists()
+        for query in QUERIES:
+            assert (workdir / "results" / query / mode / "mapped.h5ad").exists()
     assert "Nothing to be done" in run_snakemake(workdir, "-n", "--configfile", config).stdout

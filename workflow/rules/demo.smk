@@ -1,10 +1,12 @@
-# The embedded demo: a synthetic reference atlas and a GEO-shaped query deposit.
+# The embedded demo: a synthetic reference atlas, and its query as a GEO-shaped 10x
+# deposit and as an h5ad.
 
 
 rule generate_demo:
     output:
         **deposit_file_names("resources/synthetic/deposit/DEMO_sc"),
         atlas="resources/synthetic/atlas.h5ad",
+        query_h5ad="resources/synthetic/query.h5ad",
     log:
         "logs/generate_demo/generate_demo.log",
     benchmark:

@@ -17,7 +17,7 @@ rule map_query:
     # ready and only one fits (Snakemake keeps no cores for a waiting job).
     priority: surgery_first
     params:
-        reference=lookup(dpath="reference", within=config),
+        reference=reference_settings,
         mapping=mapping_params,
         seed=lookup(dpath="seed", within=config),
     threads: mapping_threads
@@ -63,7 +63,7 @@ rule call_celltypes:
     priority: surgery_first
     params:
         mapping=calls_params,
-        counts_layer=lookup(dpath="reference/counts_layer", within=config),
+        counts_layer=reference_value("counts_layer"),
         seed=lookup(dpath="seed", within=config),
     threads: side_by_side(2)
     resources:
@@ -87,7 +87,7 @@ rule predict_baseline:
     benchmark:
         "logs/predict_baseline/{query}.benchmark.tsv"
     params:
-        reference=lookup(dpath="reference", within=config),
+        reference=reference_settings,
         baseline=lookup(dpath="baseline", within=config),
         seed=lookup(dpath="seed", within=config),
     threads: 1
@@ -119,7 +119,7 @@ rule evaluate_mapping:
         "logs/evaluate_mapping/{query}_{mode}.benchmark.tsv"
     params:
         truth=lookup(dpath="queries/{query}/truth", within=config),
-        reference=lookup(dpath="reference", within=config),
+        reference=reference_settings,
         unknown_threshold=lookup(dpath="mapping/unknown_threshold", within=config),
     threads: 1
     resources:

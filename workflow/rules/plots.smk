@@ -41,7 +41,7 @@ rule plot_mapping:
     priority: surgery_first
     params:
         plots=lookup(dpath="plots", within=config),
-        reference=lookup(dpath="reference", within=config),
+        reference=reference_settings,
     threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
@@ -72,7 +72,7 @@ rule plot_confusion:
     params:
         truth=lookup(dpath="queries/{query}/truth", within=config),
         plots=lookup(dpath="plots", within=config),
-        reference=lookup(dpath="reference", within=config),
+        reference=reference_settings,
     threads: 1
     resources:
         mem_mb=4000,
@@ -119,7 +119,7 @@ rule compare_modes:
         "logs/compare_modes/{query}.benchmark.tsv"
     params:
         plots=lookup(dpath="plots", within=config),
-        reference=lookup(dpath="reference", within=config),
+        reference=reference_settings,
     threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,

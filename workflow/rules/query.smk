@@ -1,4 +1,5 @@
-# The query chain: fetch each deposit file, read them with the metadata, keep the selected cells.
+# The query chain: fetch a deposit's files (or read a file or folder where it is) with
+# the metadata, keep the selected cells.
 
 
 rule download_query:
@@ -26,10 +27,9 @@ rule download_query:
 
 rule load_query:
     input:
-        matrix=deposit_file("matrix"),
-        features=deposit_file("features"),
-        barcodes=deposit_file("barcodes"),
-        metadata=deposit_file("metadata"),
+        # The query's files by role (a deposit's, as download_query fetched them; a
+        # `path` query's, read where they are) and its metadata table, if any.
+        unpack(query_inputs),
     output:
         h5ad="results/{query}/query/loaded.h5ad",
     log:
@@ -37,8 +37,14 @@ rule load_query:
     benchmark:
         "logs/load_query/{query}.benchmark.tsv"
     params:
+        format=query_read_format,
+        format_choice=query_read_choice,
+        origin=query_origin,
         rename=lookup(dpath="queries/{query}/rename", within=config),
         metadata=lookup(dpath="queries/{query}/metadata", within=config),
+        counts_layer=lookup(dpath="queries/{query}/counts_layer", within=config),
+        sample_column=lookup(dpath="queries/{query}/sample_column", within=config),
+        batch_key=reference_value("batch_key"),
     threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
@@ -61,7 +67,7 @@ rule subset_query:
         "logs/subset_query/{query}.benchmark.tsv"
     params:
         subset=lookup(dpath="queries/{query}/subset", within=config),
-        sample_column=lookup(dpath="reference/batch_key", within=config),
+        sample_column=reference_value("batch_key"),
     threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,

