@@ -80,3 +80,12 @@ def test_the_summary_has_a_row_per_query_and_reference(two_references):
     ]
     assert (summary["cells_kept"] == summary["cells_kept"].iloc[0]).all()
     assert (two_references / "results" / "summary_label_distribution.png").is_file()
+
+
+def test_the_report_names_every_reference(two_references):
+    run_snakemake(two_references, "--configfile", "config/two.yaml", "--report", "report.html")
+    html = (two_references / "report.html").read_text()
+    for name, labels in (("fine", "Level_4"), ("coarse", "Level_2")):
+        assert f'Reference <tt class=\\"docutils literal\\">{name}</tt>' in html, name
+        assert labels in html
+    assert "summary.tsv" in html
