@@ -33,7 +33,12 @@ pytestmark = pytest.mark.slurm
 
 HERE = Path(__file__).parent
 # The jobs that ask for a GPU (workflow/rules/common.smk, gpu_request): (rule, wildcards).
-GPU_JOBS = {("train_reference", ""), ("map_query", "demo_surgery")}
+# The demo maps two queries (config/queries.tsv) onto one reference, named default.
+GPU_JOBS = {
+    ("train_reference", "default"),
+    ("map_query", "demo_surgery"),
+    ("map_query", "demo_h5ad_surgery"),
+}
 LOCAL_RULES = {"download_query", "obtain_atlas", "fetch_model_package"}
 SMALL = {
     "demo": {"reference_cells": 1200, "query_cells": 400, "genes": 400},
@@ -198,6 +203,7 @@ def test_training_ran_on_the_gpu_partition_with_a_gpu_and_the_rest_on_cpu(runs):
     by_job = jobs_by_rule(jobs)
     by_rule = {rule for rule, _ in by_job}
     assert set(by_job) >= GPU_JOBS | {("map_query", "demo_embed")}, by_job.keys()
+    assert ("summarize_queries", "") in by_job
     assert {"generate_demo", "load_query", "subset_query", "neighbors_umap", "plot_mapping"} <= (
         by_rule
     )
@@ -215,15 +221,17 @@ def test_training_ran_on_the_gpu_partition_with_a_gpu_and_the_rest_on_cpu(runs):
 def test_a_job_killed_for_memory_is_retried_with_more(runs):
     _, _, jobs, _ = runs
     by_job = jobs_by_rule(jobs)
-    (key,) = [key for key in by_job if key[0] == FAILING_RULE]
-    first, retry = by_job[key]  # one failure, one retry (the profile's retries: 1)
-    records = sacct_jobs([first["JobId"], retry["JobId"]])
-    assert records[first["JobId"]]["State"] in {"OUT_OF_MEMORY", "FAILED"}, records
-    assert records[first["JobId"]]["ReqMem"] == "64M", records
-    assert records[retry["JobId"]]["State"] == "COMPLETED", records
-    assert records[retry["JobId"]]["ReqMem"] == "3000M", records
-    # No other job failed: the retried one is the only rule with two jobs.
-    assert [k for k, key_jobs in by_job.items() if len(key_jobs) > 1] == [key]
+    failing = [key for key in by_job if key[0] == FAILING_RULE]  # one job per query
+    assert len(failing) == 2, failing
+    for key in failing:
+        first, retry = by_job[key]  # one failure, one retry (the profile's retries: 1)
+        records = sacct_jobs([first["JobId"], retry["JobId"]])
+        assert records[first["JobId"]]["State"] in {"OUT_OF_MEMORY", "FAILED"}, records
+        assert records[first["JobId"]]["ReqMem"] == "64M", records
+        assert records[retry["JobId"]]["State"] == "COMPLETED", records
+        assert records[retry["JobId"]]["ReqMem"] == "3000M", records
+    # No other job failed: the retried ones are the only jobs run twice.
+    assert [k for k, key_jobs in by_job.items() if len(key_jobs) > 1] == failing
     # Accounting has every job under an account the cluster knows (the plugin's guess).
     accounts = {record["Account"] for record in sacct_jobs([j["JobId"] for j in jobs]).values()}
     assert accounts and accounts <= {"root", "atlasmap"}, accounts
@@ -240,13 +248,16 @@ def test_fetching_rules_ran_on_the_head_node(runs):
 
 def test_slurm_results_equal_a_local_run(runs):
     cluster, local, _, _ = runs
-    for mode in ("surgery", "embed"):
-        a = pd.read_csv(cluster / "results" / "demo" / mode / "predictions.tsv", sep="\t")
-        b = pd.read_csv(local / "results" / "demo" / mode / "predictions.tsv", sep="\t")
+    for query, mode in ((q, m) for q in ("demo", "demo_h5ad") for m in ("surgery", "embed")):
+        out = Path("results") / query / mode
+        a = pd.read_csv(cluster / out / "predictions.tsv", sep="\t")
+        b = pd.read_csv(local / out / "predictions.tsv", sep="\t")
         pd.testing.assert_frame_equal(a, b)
-        metrics_a = json.loads((cluster / "results" / "demo" / mode / "metrics.json").read_text())
-        metrics_b = json.loads((local / "results" / "demo" / mode / "metrics.json").read_text())
+        metrics_a = json.loads((cluster / out / "metrics.json").read_text())
+        metrics_b = json.loads((local / out / "metrics.json").read_text())
         assert metrics_a == metrics_b
+    summary = [pd.read_csv(run / "results" / "summary.tsv", sep="\t") for run in (cluster, local)]
+    pd.testing.assert_frame_equal(*summary)
     assert list((cluster / "logs" / "slurm").iterdir()), "SLURM job logs go to logs/slurm"
 
 

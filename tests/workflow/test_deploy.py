@@ -2,6 +2,7 @@
 and from the catalog layout (workflow/Snakefile)."""
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -57,12 +58,14 @@ def test_the_library_package_and_its_contract_import_light(tmp_path):
 
 
 def test_the_workflow_plans_as_a_module_of_another(tmp_path):
+    """As a deployment leaves it: the host's own config/ (the config and its sample
+    sheet, read from the working directory) beside a Snakefile using the module."""
     host = tmp_path / "host"
-    host.mkdir()
+    shutil.copytree(REPO / "config", host / "config")
     (host / "Snakefile").write_text(
         textwrap.dedent(
             f"""\
-            configfile: "{REPO / "config" / "config.yaml"}"
+            configfile: "config/config.yaml"
 
 
             module atlasmap:

@@ -14,11 +14,20 @@ from conftest import copy_workflow, run_snakemake, write_small_config
 
 pytestmark = pytest.mark.workflow
 
+# The demo's two queries (config/queries.tsv) on its one reference, named default.
+QUERIES = ("demo", "demo_h5ad")
+REFERENCE = "reference=default"
+
+
+def per_query(rule, mode):
+    return {(rule, f"query={query}, mode={mode}") for query in QUERIES}
+
+
 JOBS = {
-    ("train_reference", ""),
-    ("embed_reference", ""),
-    ("map_query", "query=demo, mode=surgery"),
-    ("map_query", "query=demo, mode=embed"),
+    ("train_reference", REFERENCE),
+    ("embed_reference", REFERENCE),
+    *per_query("map_query", "surgery"),
+    *per_query("map_query", "embed"),
 }
 
 
@@ -59,10 +68,10 @@ def test_through_the_slurm_profile_training_asks_for_a_gpu_and_embedding_does_no
     # The user's command; no conda here, so plan with another deployment method.
     gpus = planned_gpus(workdir, "--profile", "profiles/slurm", "--sdm", "env-modules")
     assert gpus == {
-        ("train_reference", ""): 1,
-        ("embed_reference", ""): 0,
-        ("map_query", "query=demo, mode=surgery"): 1,
-        ("map_query", "query=demo, mode=embed"): 0,
+        ("train_reference", REFERENCE): 1,
+        ("embed_reference", REFERENCE): 0,
+        **{job: 1 for job in per_query("map_query", "surgery")},
+        **{job: 0 for job in per_query("map_query", "embed")},
     }
 
 
@@ -80,11 +89,11 @@ def test_mapping_accelerator_decides_the_requests(workdir, accelerator, expected
 
 
 SIDE_BY_SIDE = {
-    ("embed_reference", ""): 2,
-    ("fit_calls", ""): 2,
-    ("map_query", "query=demo, mode=surgery"): 4,
-    ("call_celltypes", "query=demo, mode=surgery"): 2,
-    ("call_celltypes", "query=demo, mode=embed"): 2,
+    ("embed_reference", REFERENCE): 2,
+    ("fit_calls", REFERENCE): 2,
+    **{job: 4 for job in per_query("map_query", "surgery")},
+    **{job: 2 for job in per_query("call_celltypes", "surgery")},
+    **{job: 2 for job in per_query("call_celltypes", "embed")},
 }
 
 
@@ -98,12 +107,13 @@ def test_run_locally_a_job_that_others_can_run_beside_claims_at_most_half_the_co
     assert {job: planned[job] for job in SIDE_BY_SIDE} == {
         job: min(wanted, cores // 2) for job, wanted in SIDE_BY_SIDE.items()
     }
-    assert planned[("train_reference", "")] == min(4, cores)
-    assert planned[("map_query", "query=demo, mode=embed")] == 1
+    assert planned[("train_reference", REFERENCE)] == min(4, cores)
+    assert all(planned[job] == 1 for job in per_query("map_query", "embed"))
     # Surgery's chain, the longest, goes first when one of its jobs and another are ready
     # and only one fits: its mapping, calls, neighbours and UMAP, figures.
     prioritised = {key for key, job in jobs.items() if job["priority"] > 0}
     assert prioritised == {
-        (rule, "query=demo, mode=surgery")
+        job
         for rule in ("map_query", "call_celltypes", "neighbors_umap", "plot_mapping")
+        for job in per_query(rule, "surgery")
     }
