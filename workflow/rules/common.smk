@@ -283,12 +283,9 @@ def query_read_choice(wildcards):
 
 
 def query_origin(wildcards):
-    """Where the query was written (a sheet's line, a config key), for load_query's
-    messages. The sheet's path and the query's name, not the line: moving a row in the
-    sheet reruns nothing."""
-    if QUERY_SHEET:
-        return f"{QUERY_SHEET}, query {wildcards.query}"
-    return QUERY_ORIGINS[wildcards.query]
+    """The query, for load_query's messages: its name alone, neither the sheet's path
+    nor its line, so that moving a row or renaming the sheet reruns nothing."""
+    return f"query {wildcards.query}"
 
 
 def has_atlas(wildcards):
