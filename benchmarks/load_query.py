@@ -27,15 +27,21 @@ sys.path.insert(0, str(Path(__file__).parent))
 CHILD = """
 import json, resource, sys, time
 sys.path.insert(0, {scripts!r})
-try:  # the library as it is
+import inspect
+from pathlib import Path
+try:
     from atlasmap.query import load_query_files
-    from atlasmap.contract import DEPOSIT_FILES
-    from pathlib import Path
-    def load(deposit, metadata, output, **options):
-        files = {{role: Path(deposit) / DEPOSIT_FILES[role] for role in ("matrix", "features", "barcodes")}}
-        return load_query_files(files=files, format="10x_mtx", metadata_path=metadata, output=output, **options)
-except ImportError:  # as it was at the baseline revision
+except ImportError:  # as it was at the first baseline (af6f3b7)
     from atlasmap.query import load_query_h5ad as load
+else:
+    if "files" in inspect.signature(load_query_files).parameters:  # the library as it is
+        from atlasmap.contract import DEPOSIT_FILES
+        def load(deposit, metadata, output, **options):
+            files = {{role: Path(deposit) / DEPOSIT_FILES[role] for role in ("matrix", "features", "barcodes")}}
+            return load_query_files(files=files, format="10x_mtx", metadata_path=metadata, output=output, **options)
+    else:  # a deposit folder, before the query formats (b5395a7)
+        def load(deposit, metadata, output, **options):
+            return load_query_files(deposit_dir=deposit, metadata_path=metadata, output=output, **options)
 start = time.perf_counter()
 adata = load({deposit!r}, {metadata!r}, {output!r}, rename={{"patients": "Sample_ID"}})
 seconds = time.perf_counter() - start

@@ -358,3 +358,40 @@ def test_runs_from_the_rule_params():
     assert str(run.qc) == "results/qa/embed/qc.tsv"
     with pytest.raises(AtlasmapInputError, match="predictions"):
         MappingRun.from_mapping({"query": "qa", "mode": "embed", "reference": "a"})
+
+
+def test_the_palette_counts_the_atlas_labels_as_each_mappings_figures_do(
+    runs, tmp_path, monkeypatch
+):
+    """A label keeps the colour of the mappings' own figures, whose palette counts
+    every atlas label: here "Acinar cell", never called, comes first and shifts it."""
+    import anndata as ad
+    from atlasmap import plots
+
+    atlas_labels = ["Acinar cell", "B cell", "Macrophage", "Mast cell", "T cell"]
+    atlas = tmp_path / "embedded_atlas.h5ad"
+    ad.AnnData(obs=pd.DataFrame({"celltype": atlas_labels}, index=list("abcde"))).write_h5ad(atlas)
+    drawn = {}
+
+    def record(shares, palette, title, **kwargs):
+        drawn["palette"] = palette
+        return real(shares, palette, title, **kwargs)
+
+    real = plots.label_distribution_across
+    monkeypatch.setattr(plots, "label_distribution_across", record)
+    summarize_queries_files(
+        runs,
+        table=tmp_path / "summary.tsv",
+        figure=[tmp_path / "summary.png"],
+        level=None,
+        labels_key="celltype",
+        dpi=60,
+        atlases=[atlas],
+    )
+    called = set(label_shares(runs, "predicted_celltype").columns)
+    assert "Acinar cell" not in called
+    expected = plots.label_palette(called | set(atlas_labels))
+    assert {label: drawn["palette"][label] for label in called} == {
+        label: expected[label] for label in called
+    }
+    assert drawn["palette"]["B cell"] != plots.label_palette(called)["B cell"]

@@ -542,6 +542,16 @@ def summary_inputs(wildcards):
     ]
 
 
+def summary_atlases(wildcards):
+    """Each used reference's embedded atlas, whose labels the summary's palette counts
+    as every mapping's figures do; none for a reference mapped with its model alone."""
+    return [
+        expand(rules.embed_reference.output.atlas, reference=name)[0]
+        for name in USED_REFERENCES
+        if REFERENCES[name]["atlas"] is not None
+    ]
+
+
 def all_outputs(wildcards):
     return [
         *(path for query in QUERIES for path in query_outputs(query)),

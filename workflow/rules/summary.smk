@@ -3,7 +3,8 @@
 
 rule summarize_queries:
     input:
-        summary_inputs,
+        runs=summary_inputs,
+        atlases=summary_atlases,
     output:
         table=report(
             "results/summary.tsv",

@@ -16,4 +16,6 @@ summarize_queries_files(
     labels_key=snakemake.params.labels_key,
     colors=plots["colors"],
     dpi=plots["dpi"],
+    # The references' atlases: the palette of every mapping's own figures.
+    atlases=snakemake.input.atlases,
 )

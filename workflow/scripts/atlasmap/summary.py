@@ -258,6 +258,18 @@ def label_shares(runs: Sequence[MappingRun], column: str) -> pd.DataFrame:
     return counts.div(counts.sum(axis=1), axis=0)
 
 
+def atlas_labels(atlases: Sequence[str | os.PathLike], level: str) -> set[str]:
+    """Every label at ``level`` of the atlases' cells (obs alone is read)."""
+    from .io import read_annotations
+
+    labels: set[str] = set()
+    for path in atlases:
+        obs = read_annotations(path, obsm=(), uns=False).obs
+        if level in obs:
+            labels |= set(obs[level].dropna().astype(str))
+    return labels
+
+
 def summarize_queries_files(
     runs: Sequence[MappingRun],
     *,
@@ -267,12 +279,15 @@ def summarize_queries_files(
     labels_key: str,
     colors: Mapping[str, str] | None = None,
     dpi: int = 300,
+    atlases: Sequence[str | os.PathLike] = (),
 ) -> pd.DataFrame:
     """Write the summary table (TSV) and the label-share figure (every path in
     ``figure``, one per format) of ``runs``; returns the table.
 
     The figure shows the calls at ``level`` (the labels key when None) of every run
-    as one 100%-stacked bar, coloured with one palette for all bars.
+    as one 100%-stacked bar, coloured with one palette for all bars. With the
+    references' ``atlases`` (h5ad), the palette also counts their labels at ``level``,
+    as each mapping's own figures do, so that a label has their colour here too.
     """
     from .plots import label_distribution_across, label_palette, prediction_column, save_figure
 
@@ -282,7 +297,7 @@ def summarize_queries_files(
     column = prediction_column(level, labels_key)
     counts = label_counts(runs, column)
     shares = counts.div(counts.sum(axis=1), axis=0)
-    palette = label_palette(shares.columns, colors)
+    palette = label_palette([*shares.columns, *atlas_labels(atlases, level)], colors)
     references = sorted({run.reference for run in runs})
     title = f"Predicted {level}: share of query cells in each mapping"
     if len(references) == 1:
