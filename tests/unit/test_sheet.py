@@ -179,3 +179,57 @@ def test_the_sheet_and_its_schema_agree_with_the_readme():
     readme = (REPO / "config" / "README.md").read_text()
     for column in sheet_columns():
         assert f"`{column}`" in readme, column
+
+
+def cellranger_run(tmp_path, h5=True, mtx=False):
+    outs = tmp_path / "S1" / "outs"
+    outs.mkdir(parents=True)
+    if h5:
+        (outs / "filtered_feature_bc_matrix.h5").write_bytes(b"")
+    if mtx:
+        (outs / "filtered_feature_bc_matrix").mkdir()
+    return tmp_path / "S1"
+
+
+def test_auto_tells_each_format_from_the_path_and_says_why(tmp_path):
+    from atlasmap.contract import query_read_files
+
+    assert query_read_files("data/x.h5ad", "auto") == (
+        "h5ad",
+        {"h5ad": "data/x.h5ad"},
+        "format h5ad (from the .h5ad suffix)",
+    )
+    assert query_read_files("data/x.h5", "auto")[:2] == ("10x_h5", {"h5": "data/x.h5"})
+    # A Cell Ranger run folder, or its outs/: the filtered .h5 first, else its folder.
+    run = cellranger_run(tmp_path / "a", mtx=True)
+    h5 = str(run / "outs" / "filtered_feature_bc_matrix.h5")
+    for path in (run, run / "outs"):
+        fmt, files, how = query_read_files(path, "auto")
+        assert (fmt, files) == ("10x_h5", {"h5": h5}), path
+        assert "Cell Ranger outs/" in how
+    run = cellranger_run(tmp_path / "b", h5=False, mtx=True)
+    fmt, files, _ = query_read_files(run, "cellranger")
+    folder = run / "outs" / "filtered_feature_bc_matrix"
+    assert fmt == "10x_mtx" and files["matrix"] == str(folder / "matrix.mtx.gz")
+    matrix_folder = tmp_path / "mtx"
+    matrix_folder.mkdir()
+    (matrix_folder / "matrix.mtx.gz").write_bytes(b"")
+    assert query_read_files(matrix_folder, "auto")[0] == "10x_mtx"
+
+
+@pytest.mark.parametrize(
+    ("make", "fmt", "said"),
+    [
+        (lambda tmp: tmp / "notes.txt", "auto", "cannot tell the query's format"),
+        (lambda tmp: tmp, "auto", "neither a Cell Ranger outs/"),
+        (lambda tmp: cellranger_run(tmp, h5=False), "cellranger", "not a Cell Ranger outs/"),
+    ],
+    ids=["a file of no known suffix", "an empty folder", "outs/ without a matrix"],
+)
+def test_a_path_of_no_known_format_is_refused_naming_it(tmp_path, make, fmt, said):
+    from atlasmap.contract import query_read_files
+
+    path = make(tmp_path)
+    with pytest.raises(AtlasmapInputError, match=said) as error:
+        query_read_files(path, fmt)
+    assert str(error.value).startswith(str(path))
