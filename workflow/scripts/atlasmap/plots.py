@@ -139,6 +139,48 @@ def _legend(ax, palette: Mapping[str, str], labels: Sequence[str], title: str | 
     )
 
 
+def _stacked_shares(
+    ax,
+    shares: pd.DataFrame,
+    palette: Mapping[str, str],
+    linewidth: float = 0.2,
+    min_annotated: float | None = None,
+) -> None:
+    """Each row of ``shares`` (its shares per label, the columns, in drawing order) as
+    one horizontal 100%-stacked bar, top to bottom in the rows' order, coloured by
+    ``palette``; a segment of at least ``min_annotated`` of its bar is labelled with
+    its percentage. Each label's segments are one container, named by the label."""
+    y = np.arange(len(shares))
+    start = np.zeros(len(shares))
+    for label in shares.columns:
+        share = shares[label].to_numpy(dtype=float)
+        colour = palette.get(label, UNKNOWN_COLOUR)
+        ax.barh(
+            y,
+            share,
+            left=start,
+            color=colour,
+            height=0.75,
+            edgecolor="white",
+            linewidth=linewidth,
+            label=label,
+        )
+        if min_annotated is not None:
+            for i in np.flatnonzero(share >= min_annotated):
+                ax.text(
+                    start[i] + share[i] / 2,
+                    i,
+                    f"{100 * share[i]:.0f}%",
+                    ha="center",
+                    va="center",
+                    fontsize=5,
+                    color=_text_colour(colour),
+                )
+        start += share
+    ax.set_ylim(len(shares) - 0.5, -0.5)  # the first row on top
+    ax.set_xlim(0, 1)
+
+
 def _shuffled(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).permutation(n)
 
@@ -267,23 +309,10 @@ def label_distribution(
             left.text(total, i, f" {total}", va="center", fontsize=5)
         left.set_xlim(0, totals.max() * 1.18)
         left.set_title(per_label)
-        ys = np.arange(n_samples)
-        start = np.zeros(n_samples)
-        for label in order:
-            share = fractions.loc[label].to_numpy()
-            right.barh(
-                ys,
-                share,
-                left=start,
-                color=palette.get(label, UNKNOWN_COLOUR),
-                height=0.75,
-                edgecolor="white",
-                linewidth=0.2,
-            )
-            start += share
-        right.set_yticks(ys, [f"{s} (n={n})" for s, n in table.sum(axis=0).items()])
-        right.invert_yaxis()
-        right.set_xlim(0, 1)
+        _stacked_shares(right, fractions.T, palette)
+        right.set_yticks(
+            np.arange(n_samples), [f"{s} (n={n})" for s, n in table.sum(axis=0).items()]
+        )
         right.set_xlabel("fraction of the sample's cells")
         right.set_title(composition)
         _legend(right, palette, order)
@@ -674,54 +703,13 @@ def label_distribution_across(
     ]
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(DOUBLE_COLUMN, height), layout="constrained")
-        y = np.arange(n_runs)
-        start = np.zeros(n_runs)
-        handles = []
-        for label in order:
-            share = shares[label].to_numpy(dtype=float)
-            colour = palette.get(label, UNKNOWN_COLOUR)
-            bars = ax.barh(
-                y,
-                share,
-                left=start,
-                color=colour,
-                height=0.75,
-                edgecolor="white",
-                linewidth=0.3,
-                label=label,
-            )
-            handles.append(bars)
-            for i in np.flatnonzero(share >= min_annotated):
-                ax.text(
-                    start[i] + share[i] / 2,
-                    i,
-                    f"{100 * share[i]:.0f}%",
-                    ha="center",
-                    va="center",
-                    fontsize=5,
-                    color=_text_colour(colour),
-                )
-            start += share
-        ax.set_yticks(y, names)
-        ax.set_ylim(n_runs - 0.5, -0.5)  # the first row on top
-        ax.set_xlim(0, 1)
+        _stacked_shares(ax, shares[order], palette, linewidth=0.3, min_annotated=min_annotated)
+        ax.set_yticks(np.arange(n_runs), names)
         ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
         ax.set_xlabel("share of the mapping's query cells")
         ax.tick_params(axis="y", length=0)
         for side in ("top", "right", "left"):
             ax.spines[side].set_visible(False)
-        ax.legend(
-            handles=handles,
-            labels=order,
-            loc="upper left",
-            bbox_to_anchor=(1.01, 1.0),
-            frameon=False,
-            ncol=ncol,
-            handlelength=1.0,
-            handleheight=1.0,
-            handletextpad=0.4,
-            columnspacing=0.8,
-            borderaxespad=0,
-        )
+        _legend(ax, palette, order)
         ax.set_title(title)
     return fig
