@@ -1,6 +1,7 @@
 # Config validation, wildcard constraints and input functions shared by all rules.
 import re
 import sys
+from functools import lru_cache
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -100,12 +101,17 @@ def _query_reference(query):
     return name
 
 
+def reference_key(name):
+    """The config key of reference ``name``, for messages."""
+    return "reference" if "reference" in config else f"references.{name}"
+
+
 QUERY_REFERENCE = {query: _query_reference(query) for query in QUERIES}
 # The references some query is mapped onto: only their work is planned.
 USED_REFERENCES = sorted(set(QUERY_REFERENCE.values()))
 for name in USED_REFERENCES:
     reference = REFERENCES[name]
-    where = "reference" if "reference" in config else f"references.{name}"
+    where = reference_key(name)
     if reference["atlas"] is None and "surgery" in MODES:
         raise WorkflowError(
             f"{where}.atlas is null (map with the model alone), which allows only "
@@ -119,11 +125,6 @@ for name in USED_REFERENCES:
 VECTOR_FORMAT = config["plots"]["vector_format"]
 # Each figure of plot_mapping; its caption in the report is report/<name>.rst.
 MAPPING_FIGURES = mapping_figure_names(config["umap"]["query_alone"])
-
-
-def reference_key(name):
-    """The config key of reference ``name``, for messages."""
-    return "reference" if "reference" in config else f"references.{name}"
 
 
 # Atlases fetched from a URL (obtain_atlas) and models taken from a wheel on PyPI
@@ -195,11 +196,11 @@ def fetched_reference_value(fetched, wildcard, key):
     return value
 
 
-def query_sources(wildcards):
-    """Path or URL of each deposit file of a query."""
+def deposit_sources(query):
+    """Path or URL of each deposit file of ``query``."""
     return resolve_sources(
-        query_config(wildcards)["source"],
-        where=f"{QUERY_ORIGINS[wildcards.query]}: source",
+        config["queries"][query]["source"],
+        where=f"{QUERY_ORIGINS[query]}: source",
         geo_mirror=config["download"]["geo_mirror"],
     )
 
@@ -210,7 +211,7 @@ def deposit_role(wildcards):
 
 
 def deposit_location(wildcards):
-    return query_sources(wildcards)[deposit_role(wildcards)]
+    return deposit_sources(wildcards.query)[deposit_role(wildcards)]
 
 
 def deposit_checksum(wildcards):
@@ -233,53 +234,59 @@ def query_key(query, key):
     )
 
 
-def _must_be_there(path, key, wildcards):
-    """Stop the plan, naming the query's sheet line or config key, where a user's file
-    is not there and no rule makes it (the demo's are made by generate_demo)."""
-    if not Path(path).exists() and not any(
+def missing(path):
+    """Whether a user's file is not there and no rule makes it (the demo's files are
+    made by generate_demo, a fetched atlas by obtain_atlas)."""
+    return not Path(path).exists() and not any(
         each.is_producer(str(path)) for each in workflow.rules
-    ):
-        raise WorkflowError(f"{query_key(wildcards.query, key)}: {path} is not there")
+    )
 
 
-def query_read(wildcards):
-    """(read format, role -> file, the choice in words) of a query's load_query."""
-    query = query_config(wildcards)
-    if "source" in query:
-        roles = query_sources(wildcards)
+def _must_be_there(path, key, query):
+    """Stop the plan, naming the query's sheet line or config key, where a user's file
+    is missing."""
+    if missing(path):
+        raise WorkflowError(f"{query_key(query, key)}: {path} is not there")
+
+
+@lru_cache
+def query_read(query):
+    """(read format, role -> file, the choice in words) of ``query``'s load_query; made
+    once per query, for its inputs and params alike."""
+    entry = config["queries"][query]
+    if "source" in entry:
         files = {
             role: expand(
-                rules.download_query.output.file,
-                query=wildcards.query,
-                file=DEPOSIT_FILES[role],
+                rules.download_query.output.file, query=query, file=DEPOSIT_FILES[role]
             )[0]
-            for role in roles
+            for role in deposit_sources(query)
         }
         return "10x_mtx", files, "format 10x_mtx (a deposit, fetched by download_query)"
     try:
-        read_format, files, how = query_read_files(query["path"], query["format"])
+        read_format, files, how = query_read_files(entry["path"], entry["format"])
     except AtlasmapInputError as err:
-        raise WorkflowError(f"{query_key(wildcards.query, 'path')}: {err}") from None
+        raise WorkflowError(f"{query_key(query, 'path')}: {err}") from None
     for path in files.values():
-        _must_be_there(path, "path", wildcards)
-    table = query["metadata"]["table"]
+        _must_be_there(path, "path", query)
+    table = entry["metadata"]["table"]
     if table:
-        _must_be_there(table, "metadata", wildcards)
+        _must_be_there(table, "metadata", query)
         files["metadata"] = table
     return read_format, files, how
 
 
 def query_inputs(wildcards):
-    """load_query's named inputs: the query's files by role, its metadata table."""
-    return query_read(wildcards)[1]
+    """load_query's named inputs: the query's files by role, its metadata table (a copy:
+    Snakemake may keep what an input function returns)."""
+    return dict(query_read(wildcards.query)[1])
 
 
 def query_read_format(wildcards):
-    return query_read(wildcards)[0]
+    return query_read(wildcards.query)[0]
 
 
 def query_read_choice(wildcards):
-    return query_read(wildcards)[2]
+    return query_read(wildcards.query)[2]
 
 
 def query_origin(wildcards):
@@ -307,15 +314,14 @@ def reference_atlas(wildcards):
     own atlas must be there, unless a rule makes it (the demo's, obtain_atlas)."""
     name = reference_name(wildcards)
     atlas = REFERENCES[name]["atlas"]
-    if atlas and not Path(atlas).exists():
-        if not any(each.is_producer(atlas) for each in workflow.rules):
-            key = reference_key(name)
-            raise WorkflowError(
-                f"{atlas}: the reference atlas is not there (config key {key}.atlas). "
-                "Put the atlas (h5ad or zarr, raw counts, the labels and batch columns) at "
-                f"that path, or set {key}.atlas_url to fetch it; see the README, "
-                "'The scPDAC tutorial study'."
-            )
+    if atlas and missing(atlas):
+        key = reference_key(name)
+        raise WorkflowError(
+            f"{atlas}: the reference atlas is not there (config key {key}.atlas). "
+            "Put the atlas (h5ad or zarr, raw counts, the labels and batch columns) at "
+            f"that path, or set {key}.atlas_url to fetch it; see the README, "
+            "'The scPDAC tutorial study'."
+        )
     return atlas or []
 
 
