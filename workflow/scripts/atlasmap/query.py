@@ -609,23 +609,17 @@ def load_query(
     paths = _role_paths(files, format)
     if counts_layer is not None and format != "h5ad":
         log.warning("counts_layer %r ignored: format %s holds counts alone", counts_layer, format)
-    if format == "10x_mtx":
-        source = paths["matrix"]
-        adata = read_10x_mtx(paths)
-        check_unique_barcodes(adata.obs_names, str(paths["barcodes"]))
-        check_counts(adata.X, str(source))
-        counts_from = "the matrix"
-    elif format == "10x_h5":
-        source = paths["h5"]
-        adata = read_10x_h5(source)
-        check_unique_barcodes(adata.obs_names, str(source))
-        check_counts(adata.X, str(source))
-        counts_from = "the matrix"
-    else:
+    if format == "h5ad":
         source = paths["h5ad"]
-        adata = read_query_h5ad(source, counts_layer)
-        check_unique_barcodes(adata.obs_names, str(source))
+        adata = read_query_h5ad(source, counts_layer)  # refuses a matrix that is not counts
         counts_from = "X" if counts_layer is None else f"layer {counts_layer!r}"
+    else:
+        source = paths["matrix"] if format == "10x_mtx" else paths["h5"]
+        adata = read_10x_mtx(paths) if format == "10x_mtx" else read_10x_h5(source)
+        counts_from = "the matrix"
+    check_unique_barcodes(adata.obs_names, str(paths.get("barcodes", source)))
+    if format != "h5ad":
+        check_counts(adata.X, str(source))
     log.info(
         "read %s %s: %d cells x %d genes, counts from %s",
         format,

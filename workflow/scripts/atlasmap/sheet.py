@@ -12,6 +12,7 @@ import csv
 import os
 import re
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 
 from .contract import deposit_file_names, is_url
@@ -21,7 +22,9 @@ SHEET_SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "queries.schema
 GEO_PREFIX = re.compile(r"(GSE[0-9]+)(_[A-Za-z0-9._-]*)?")
 
 
+@lru_cache
 def _schema() -> dict:
+    """The sheet's schema, read once (every row is checked against it)."""
     import yaml
 
     return yaml.safe_load(SHEET_SCHEMA.read_text())
@@ -142,7 +145,7 @@ def _query_entry(row: dict[str, str], where: str, sample_key: str) -> dict:
                 "it first (only 10x_mtx and geo deposits are downloaded)"
             )
         entry = {"path": path, "format": fmt, "counts_layer": row["counts_layer"] or None}
-        if row.get("metadata"):
+        if row["metadata"]:
             entry["metadata"] = {"table": row["metadata"]}
     entry.update(
         sample_column=row["sample_column"] or None,
