@@ -251,11 +251,15 @@ def label_counts(runs: Sequence[MappingRun], column: str) -> pd.DataFrame:
     return table
 
 
+def shares_of(counts: pd.DataFrame) -> pd.DataFrame:
+    """Label counts (runs x labels) as each run's shares: every row sums to 1."""
+    return counts.div(counts.sum(axis=1), axis=0)
+
+
 def label_shares(runs: Sequence[MappingRun], column: str) -> pd.DataFrame:
     """Each run's share of query cells per predicted label: :func:`label_counts`
     divided by the run's cells, so every row sums to 1."""
-    counts = label_counts(runs, column)
-    return counts.div(counts.sum(axis=1), axis=0)
+    return shares_of(label_counts(runs, column))
 
 
 def atlas_labels(atlases: Sequence[str | os.PathLike], level: str) -> set[str]:
@@ -296,7 +300,7 @@ def summarize_queries_files(
     level = level or labels_key
     column = prediction_column(level, labels_key)
     counts = label_counts(runs, column)
-    shares = counts.div(counts.sum(axis=1), axis=0)
+    shares = shares_of(counts)
     palette = label_palette([*shares.columns, *atlas_labels(atlases, level)], colors)
     references = sorted({run.reference for run in runs})
     title = f"Predicted {level}: share of query cells in each mapping"
