@@ -405,3 +405,49 @@ def test_a_sample_column_may_not_overwrite_another_batch_column(deposit):
     with pytest.raises(AtlasmapInputError) as err:
         load_deposit(deposit, rename=RENAME, sample_column="tissue", batch_key="Sample_ID")
     assert "'tissue'" in str(err.value) and "already has a column 'Sample_ID'" in str(err.value)
+
+
+# --- A SciPy without the fast Matrix Market reader's private API -------------------
+
+
+def _incompatible_body_reader(*args):
+    raise TypeError("read_body_coo(): incompatible function arguments")
+
+
+def _private_api_stub(case: str):
+    """scipy.io._fast_matrix_market as another SciPy may have it."""
+    import types
+
+    from scipy.io import _fast_matrix_market as fmm
+
+    stub = types.ModuleType("scipy.io._fast_matrix_market")
+    if case == "cursor_signature_changed":
+        stub._get_read_cursor = lambda source, parallelism, new_argument: None
+    elif case == "body_signature_changed":  # raises once the header has been read
+        stub._get_read_cursor = fmm._get_read_cursor
+        stub._fmm_core = types.SimpleNamespace(read_body_coo=_incompatible_body_reader)
+    return stub  # "missing": neither function
+
+
+@pytest.mark.parametrize("case", ["missing", "cursor_signature_changed", "body_signature_changed"])
+def test_a_scipy_without_the_fast_readers_api_reads_the_same_matrix(
+    case, deposit, monkeypatch, caplog
+):
+    import scipy.io
+
+    fast = load_deposit(deposit)
+    monkeypatch.setattr(scipy.io, "_fast_matrix_market", _private_api_stub(case))
+    with caplog.at_level(logging.INFO, logger="atlasmap.query"):
+        public = load_deposit(deposit)
+    assert "matrix read with scipy.io.mmread" in caplog.text
+    assert ("TypeError" if "signature" in case else "AttributeError") in caplog.text
+    for adata in (fast, public):
+        assert adata.X.format == "csr" and adata.X.dtype == np.float32
+        assert adata.X.has_sorted_indices
+    assert public.X.shape == fast.X.shape
+    for part in ("data", "indices", "indptr"):
+        np.testing.assert_array_equal(getattr(public.X, part), getattr(fast.X, part))
+    assert list(public.obs_names) == list(fast.obs_names)
+    assert list(public.var_names) == list(fast.var_names)
+    pd.testing.assert_frame_equal(public.obs, fast.obs)
+    pd.testing.assert_frame_equal(public.var, fast.var)

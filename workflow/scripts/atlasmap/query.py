@@ -41,7 +41,9 @@ class _ReadOnly:
     """A stream that can only be read. scipy's Matrix Market parser seeks a stream that
     offers ``seek`` when it refuses the file's first line, and ISA-L's gzip stream fails
     that seek inside the parser's C++ code, which aborts the whole process (no Python
-    error to catch); offered ``read`` alone, the parser raises its ValueError."""
+    error to catch); offered ``read`` alone, the parser raises its ValueError. (SciPy
+    1.17's mminfo of a seekable plain file aborts the same way.) ``readline`` and
+    iteration are for the pure-Python reader of SciPy before 1.12."""
 
     def __init__(self, stream) -> None:
         self._stream = stream
@@ -49,17 +51,27 @@ class _ReadOnly:
     def read(self, size: int = -1) -> bytes:
         return self._stream.read(size)
 
+    def readline(self, size: int = -1) -> bytes:
+        return self._stream.readline(size)
 
-def read_10x_matrix(path: str | os.PathLike) -> sp.csr_matrix:
-    """A 10x ``matrix.mtx[.gz]`` (genes x cells) as a cells x genes float32 CSR matrix.
+    def __iter__(self):
+        return iter(self._stream)
 
-    Read by scipy's threaded Matrix Market parser straight into int32 indices
-    (scipy.io.mmread and anndata's reader make further copies on the way). 10x
-    writes the entries cell by cell, so the gene indices and values already are
-    the CSR arrays: only the row pointer is made, and the cell indices are freed
-    before the values become float32. Peak: 17 bytes per stored count. A file in
-    another order is sorted once.
-    """
+
+def _check_mtx_header(fmt: str, symmetry: str, field: str, shape, nnz: int) -> None:
+    """Refuse a Matrix Market file that is not a 10x counts matrix."""
+    if fmt != "coordinate" or symmetry != "general":
+        raise ValueError(f"not a general coordinate matrix ({fmt}, {symmetry})")
+    if field not in ("integer", "real"):
+        raise ValueError(f"counts must be integer or real, the file holds {field}")
+    if max(shape) >= 2**31 or nnz >= 2**31:
+        raise ValueError(f"too large for 32-bit indices: {tuple(shape)}, {nnz} entries")
+
+
+def _read_mtx_fast(path: str | os.PathLike):
+    """(genes, cells, values, shape) of a Matrix Market file, read by scipy's threaded
+    parser through its private API (the same in SciPy 1.12 to 1.18) straight into
+    int32 indices. ImportError, AttributeError or TypeError: that API is missing or changed."""
     from scipy.io import _fast_matrix_market as fmm
 
     # A gzip file inflated by ISA-L (a third of the standard library's time), closed
@@ -71,14 +83,7 @@ def read_10x_matrix(path: str | os.PathLike) -> sp.csr_matrix:
         else:
             cursor, stream = fmm._get_read_cursor(os.fspath(path))
         header = cursor.header
-        if header.format != "coordinate" or header.symmetry != "general":
-            raise ValueError(
-                f"not a general coordinate matrix ({header.format}, {header.symmetry})"
-            )
-        if header.field not in ("integer", "real"):
-            raise ValueError(f"counts must be integer or real, the file holds {header.field}")
-        if max(header.nrows, header.ncols) >= 2**31 or header.nnz >= 2**31:
-            raise ValueError(f"too large for 32-bit indices: {header.shape}, {header.nnz} entries")
+        _check_mtx_header(header.format, header.symmetry, header.field, header.shape, header.nnz)
         genes = np.empty(header.nnz, dtype=np.int32)
         cells = np.empty(header.nnz, dtype=np.int32)
         # The parser fills only arrays of its own types (int64 or float64 values).
@@ -87,7 +92,53 @@ def read_10x_matrix(path: str | os.PathLike) -> sp.csr_matrix:
     finally:
         if stream is not None:
             stream.close()
-    n_genes, n_cells = header.shape
+    return genes, cells, raw, header.shape
+
+
+def _read_mtx_public(path: str | os.PathLike):
+    """:func:`_read_mtx_fast` by scipy.io's public mminfo and mmread (more copies; pure
+    Python before SciPy 1.12, about 10x slower), each on a fresh read-only stream."""
+    import scipy.io
+
+    def read(function):
+        with open_gzip(path) if is_gzip(path) else open(path, "rb") as stream:
+            return function(_ReadOnly(stream))
+
+    n_rows, n_cols, nnz, fmt, field, symmetry = read(scipy.io.mminfo)
+    _check_mtx_header(fmt, symmetry, field, (n_rows, n_cols), nnz)
+    coo = sp.coo_matrix(read(scipy.io.mmread))
+    genes = coo.row.astype(np.int32, copy=False)
+    cells = coo.col.astype(np.int32, copy=False)
+    return genes, cells, coo.data, coo.shape
+
+
+def read_10x_matrix(path: str | os.PathLike) -> sp.csr_matrix:
+    """A 10x ``matrix.mtx[.gz]`` (genes x cells) as a cells x genes float32 CSR matrix.
+
+    Read by scipy's threaded Matrix Market parser straight into int32 indices
+    (scipy.io.mmread and anndata's reader make further copies on the way). 10x
+    writes the entries cell by cell, so the gene indices and values already are
+    the CSR arrays: only the row pointer is made, and the cell indices are freed
+    before the values become float32. Peak: 17 bytes per stored count. A file in
+    another order is sorted once. A SciPy without that parser's private API (before
+    1.12, or changed since): the same matrix by scipy.io.mmread, slower, more memory.
+    """
+    import scipy
+
+    try:
+        genes, cells, raw, shape = _read_mtx_fast(path)
+        log.debug("%s: matrix read with scipy's threaded fast reader", path)
+    except (ImportError, AttributeError, TypeError) as err:
+        log.info(
+            "%s: matrix read with scipy.io.mmread (SciPy %s lacks the fast reader's private "
+            "API: %s: %s)",
+            path,
+            scipy.__version__,
+            type(err).__name__,
+            err,
+        )
+        genes, cells, raw, shape = _read_mtx_public(path)
+    n_genes, n_cells = shape
     if not (cells[1:] >= cells[:-1]).all():  # a bool per entry, not an int diff
         order = np.argsort(cells, kind="stable")
         genes, cells, raw = genes[order], cells[order], raw[order]
