@@ -121,7 +121,7 @@ def write_small_config(workdir: Path, name: str = "small.yaml", edit=None) -> st
     return f"config/{name}"
 
 
-def run_snakemake(workdir, *args, check=True, timeout=900):
+def run_snakemake(workdir, *args, check=True, timeout=900, env=None):
     """The real Snakemake CLI in ``workdir`` (2 cores)."""
     import subprocess
 
@@ -131,6 +131,7 @@ def run_snakemake(workdir, *args, check=True, timeout=900):
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=env,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {args} failed:\n{result.stdout}\n{result.stderr}")

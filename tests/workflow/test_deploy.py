@@ -1,5 +1,6 @@
-"""Deployment: the DAG plans with Snakemake alone, as a module of another workflow,
-and from the catalog layout (workflow/Snakefile)."""
+"""Deployment: the DAG plans with Snakemake alone, as a module of another workflow (a
+local clone, or a tagged release as snakedeploy deploys it), and from the catalog
+layout (workflow/Snakefile)."""
 
 import os
 import shutil
@@ -8,7 +9,8 @@ import sys
 import textwrap
 
 import pytest
-from conftest import REPO, copy_workflow, run_snakemake
+from conftest import REPO, copy_workflow, run_snakemake, write_small_config
+from test_code_changes import CALLS_AND_WHAT_FOLLOWS, change_the_kernel, planned_rules
 
 pytestmark = pytest.mark.workflow
 
@@ -93,3 +95,77 @@ def test_the_catalog_layout_runs_from_the_repository_root(tmp_path):
     assert "rule all:" in out
     for name in ("LICENSE", ".snakemake-workflow-catalog.yml"):
         assert (REPO / name).is_file(), name
+
+
+# What `snakedeploy deploy-workflow https://github.com/OWNER/atlasmap DEST --tag TAG` writes
+# as DEST/workflow/Snakefile (beside a copy of the release's config/).
+DEPLOYED_SNAKEFILE = """\
+configfile: "config/config.yaml"
+
+
+# declare https://github.com/{repo} as a module
+module atlasmap:
+    snakefile:
+        github("{repo}", path="workflow/Snakefile", tag="{tag}")
+    config:
+        config
+
+
+# use all rules from https://github.com/{repo}
+use rule * from atlasmap
+"""
+RELEASE_REPO = "atlasmap-tests/atlasmap"
+
+
+def git(cwd, *args):
+    subprocess.run(
+        ["git", "-c", "user.name=atlasmap", "-c", "user.email=ci@atlasmap.invalid", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+    )
+
+
+def deploy(host, tag):
+    (host / "workflow").mkdir(parents=True, exist_ok=True)
+    (host / "workflow" / "Snakefile").write_text(
+        DEPLOYED_SNAKEFILE.format(repo=RELEASE_REPO, tag=tag)
+    )
+
+
+def test_a_module_from_a_tagged_release_runs_offline_and_reruns_only_what_changed(tmp_path):
+    """The working tree released as v0.1.0 (a git repository, tagged), cloned where
+    Snakemake keeps its git cache of github.com; a host deployed as snakedeploy does
+    runs the demo from it with no network. Release v0.1.1 changes the kNN kernel and
+    reworded comments: upgrading reruns the calls and what follows, nothing else."""
+    release = copy_workflow(tmp_path / "release")
+    git(release, "init", "--quiet")
+    git(release, "add", "-A")
+    git(release, "commit", "--quiet", "-m", "release")
+    git(release, "tag", "v0.1.0")
+    cache = tmp_path / "cache"
+    git_cache = cache / "snakemake/snakemake/source-cache/snakemake-git-cache/github.com"
+    git(tmp_path, "clone", "--quiet", "--bare", str(release), str(git_cache / RELEASE_REPO))
+    env = dict(os.environ, XDG_CACHE_HOME=str(cache))
+
+    host = tmp_path / "host"
+    shutil.copytree(release / "config", host / "config")
+    write_small_config(host, name="config.yaml")  # the user's edit of their copy
+    deploy(host, "v0.1.0")
+    run_snakemake(host, env=env, timeout=1800)
+    for query in ("demo", "demo_h5ad"):
+        assert (host / "results" / query / "surgery" / "mapped.h5ad").is_file()
+    assert (host / "results" / "summary.tsv").is_file()
+    run_snakemake(host, "--report", "report.html", env=env)
+    assert "summary_label_distribution" in (host / "report.html").read_text()
+    cached = cache / "snakemake/snakemake/source-cache/hosted-git/githubfile/github.com"
+    assert (cached / RELEASE_REPO / "v0.1.0/workflow/scripts/atlasmap/calls.py").is_file()
+
+    training = release / "workflow" / "scripts" / "atlasmap" / "training.py"
+    training.write_text(training.read_text() + "\n# reworded\n")
+    change_the_kernel(release / "workflow" / "scripts" / "atlasmap" / "calls.py")
+    git(release, "commit", "--quiet", "-am", "calls: a new kernel")
+    git(release, "tag", "v0.1.1")
+    git(release, "push", "--quiet", str(git_cache / RELEASE_REPO), "v0.1.1")
+    deploy(host, "v0.1.1")
+    assert planned_rules(host, env=env) == CALLS_AND_WHAT_FOLLOWS

@@ -10,9 +10,21 @@ from snakemake.utils import validate
 # The workflow's contract (deposit files, modes, figures), the config's source helpers
 # and the sample sheet's reader, from the light modules of the atlasmap library: they
 # import the standard library (and what Snakemake itself needs) alone, so that parsing
-# the workflow needs nothing but Snakemake. The path is this file's own, so that it
-# holds when the workflow is a module of another.
-sys.path.insert(0, str(Path(workflow.current_basedir).parent / "scripts"))
+# the workflow needs nothing but Snakemake.
+
+
+def library_file(name):
+    """Module ``name`` of the atlasmap library as a local file: Snakemake's copy of it in
+    its source cache, which is where the rule scripts import it from when the workflow is
+    a module from a git host (a tagged release), beside the cached scripts."""
+    return workflow.source_path(f"../scripts/atlasmap/{name}.py")
+
+
+for light_module in ("__init__", "contract", "errors", "reach", "sheet"):
+    library_file(light_module)
+# The sheet's reader finds its schema beside the library, in the cache too.
+workflow.source_path("../schemas/queries.schema.yaml")
+sys.path.insert(0, str(Path(library_file("__init__")).parents[1]))
 from atlasmap.contract import (  # noqa: E402
     DEFAULT_REFERENCE,
     DEPOSIT_FILES,
@@ -26,7 +38,21 @@ from atlasmap.contract import (  # noqa: E402
     resolve_sources,
 )
 from atlasmap.errors import AtlasmapInputError  # noqa: E402
+from atlasmap.reach import Library, code_digests  # noqa: E402
 from atlasmap.sheet import read_query_sheet  # noqa: E402
+
+# The library code each rule's script runs, as digests in the rule's params: a change to
+# it reruns the rule and what follows; a comment, a docstring, a function the script
+# never calls, or a new file time (a fresh clone, an upgraded module) reruns nothing.
+LIBRARY = Library(lambda name: Path(library_file(name)).read_text())
+
+
+@lru_cache
+def library_code(script):
+    """Module -> digest of the atlasmap code that workflow/scripts/``script`` reaches."""
+    text = Path(workflow.source_path(f"../scripts/{script}")).read_text()
+    return code_digests(text, LIBRARY)
+
 
 # One reference (`reference`, or the demo's where neither is given) or several
 # (`references`), never both: a `reference` beside `references` would be ignored.

@@ -12,6 +12,7 @@ rule generate_demo:
     benchmark:
         "logs/generate_demo/generate_demo.benchmark.tsv"
     params:
+        code=library_code("generate_demo.py"),
         seed=lookup(dpath="seed", within=config),
         demo=lookup(dpath="demo", within=config),
     threads: 1

@@ -17,6 +17,7 @@ rule map_query:
     # ready and only one fits (Snakemake keeps no cores for a waiting job).
     priority: surgery_first
     params:
+        code=library_code("map_query.py"),
         reference=reference_settings,
         mapping=mapping_params,
         seed=lookup(dpath="seed", within=config),
@@ -62,6 +63,7 @@ rule call_celltypes:
         "logs/call_celltypes/{query}_{mode}.benchmark.tsv"
     priority: surgery_first
     params:
+        code=library_code("call_celltypes.py"),
         mapping=calls_params,
         counts_layer=reference_value("counts_layer"),
         seed=lookup(dpath="seed", within=config),
@@ -87,6 +89,7 @@ rule predict_baseline:
     benchmark:
         "logs/predict_baseline/{query}.benchmark.tsv"
     params:
+        code=library_code("predict_baseline.py"),
         reference=reference_settings,
         baseline=lookup(dpath="baseline", within=config),
         seed=lookup(dpath="seed", within=config),
@@ -118,6 +121,7 @@ rule evaluate_mapping:
     benchmark:
         "logs/evaluate_mapping/{query}_{mode}.benchmark.tsv"
     params:
+        code=library_code("evaluate_mapping.py"),
         truth=lookup(dpath="queries/{query}/truth", within=config),
         reference=reference_settings,
         unknown_threshold=lookup(dpath="mapping/unknown_threshold", within=config),

@@ -15,6 +15,7 @@ rule neighbors_umap:
         "logs/neighbors_umap/{query}_{mode}.benchmark.tsv"
     priority: surgery_first
     params:
+        code=library_code("neighbors_umap.py"),
         neighbors=lookup(dpath="neighbors", within=config),
         umap=lookup(dpath="umap", within=config),
         seed=lookup(dpath="seed", within=config),
@@ -40,6 +41,7 @@ rule plot_mapping:
         "logs/plot_mapping/{query}_{mode}.benchmark.tsv"
     priority: surgery_first
     params:
+        code=library_code("plot_mapping.py"),
         plots=lookup(dpath="plots", within=config),
         reference=reference_settings,
     threads: 1
@@ -70,6 +72,7 @@ rule plot_confusion:
     benchmark:
         "logs/plot_confusion/{query}_{mode}.benchmark.tsv"
     params:
+        code=library_code("plot_confusion.py"),
         truth=lookup(dpath="queries/{query}/truth", within=config),
         plots=lookup(dpath="plots", within=config),
         reference=reference_settings,
@@ -118,6 +121,7 @@ rule compare_modes:
     benchmark:
         "logs/compare_modes/{query}.benchmark.tsv"
     params:
+        code=library_code("compare_modes.py"),
         plots=lookup(dpath="plots", within=config),
         reference=reference_settings,
     threads: 1

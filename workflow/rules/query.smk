@@ -12,6 +12,7 @@ rule download_query:
     benchmark:
         "logs/download_query/{query}_{file}.benchmark.tsv"
     params:
+        code=library_code("download_query.py"),
         location=deposit_location,
         checksum=deposit_checksum,
         download=lookup(dpath="download", within=config),
@@ -37,6 +38,7 @@ rule load_query:
     benchmark:
         "logs/load_query/{query}.benchmark.tsv"
     params:
+        code=library_code("load_query.py"),
         format=query_read_format,
         format_choice=query_read_choice,
         origin=query_origin,
@@ -66,6 +68,7 @@ rule subset_query:
     benchmark:
         "logs/subset_query/{query}.benchmark.tsv"
     params:
+        code=library_code("subset_query.py"),
         subset=lookup(dpath="queries/{query}/subset", within=config),
         sample_column=reference_value("batch_key"),
     threads: 1

@@ -19,6 +19,7 @@ if FETCHED_ATLASES:
         benchmark:
             "logs/obtain_atlas/{fetched_atlas}.benchmark.tsv"
         params:
+            code=library_code("obtain_atlas.py"),
             url=fetched_reference_value(FETCHED_ATLASES, "fetched_atlas", "atlas_url"),
             checksum=fetched_reference_value(
                 FETCHED_ATLASES, "fetched_atlas", "atlas_checksum"
@@ -50,6 +51,7 @@ if FETCHED_MODELS:
         benchmark:
             "logs/fetch_model_package/{fetched_model}.benchmark.tsv"
         params:
+            code=library_code("fetch_model_package.py"),
             package=fetched_reference_value(
                 FETCHED_MODELS, "fetched_model", "model_package"
             ),
@@ -76,6 +78,7 @@ rule train_reference:
     benchmark:
         "logs/train_reference/{reference}.benchmark.tsv"
     params:
+        code=library_code("train_reference.py"),
         reference=training_params,
         seed=lookup(dpath="seed", within=config),
         accelerator=lookup(dpath="mapping/accelerator", within=config),
@@ -105,6 +108,7 @@ rule embed_reference:
     benchmark:
         "logs/embed_reference/{reference}.benchmark.tsv"
     params:
+        code=library_code("embed_reference.py"),
         reference=reference_settings,
         mapping=embed_reference_params,
         seed=lookup(dpath="seed", within=config),
@@ -135,6 +139,7 @@ rule fit_calls:
     benchmark:
         "logs/fit_calls/{reference}.benchmark.tsv"
     params:
+        code=library_code("fit_calls.py"),
         reference=reference_settings,
         mapping=calls_params,
         seed=lookup(dpath="seed", within=config),
@@ -159,6 +164,7 @@ rule layout_reference:
     benchmark:
         "logs/layout_reference/{reference}.benchmark.tsv"
     params:
+        code=library_code("layout_reference.py"),
         neighbors=lookup(dpath="neighbors", within=config),
         umap=lookup(dpath="umap", within=config),
         seed=lookup(dpath="seed", within=config),

@@ -22,6 +22,7 @@ rule summarize_queries:
     benchmark:
         "logs/summarize_queries/summarize_queries.benchmark.tsv"
     params:
+        code=library_code("summarize_queries.py"),
         runs=summary_runs,
         labels_key=summary_labels_key,
         plots=lookup(dpath="plots", within=config),
