@@ -10,16 +10,16 @@ yourself"); ``snakedeploy pin-conda-envs`` pins them there.
 
 from __future__ import annotations
 
-import ast
+import csv
 import functools
 import importlib.metadata
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from atlasmap.reach import Library, reach
 from conftest import REPO, rules_info
 
 ENVS = REPO / "workflow" / "envs"
@@ -38,12 +38,21 @@ IMPORT_TO_DIST = {
     "PIL": "pillow",
     "torch": "torch",
 }
-# conda-forge name -> the distribution (pip) name, where they differ.
+# The envs' packages: conda-forge name, PyPI name, and where that was checked
+# ("-": none; a pip name with conda name "-" is not on conda-forge).
+NAME_LIST = ENVS / "conda-forge-packages.tsv"
+
+
+def name_list() -> list[dict[str, str]]:
+    lines = [line for line in NAME_LIST.read_text().splitlines() if not line.startswith("#")]
+    return list(csv.DictReader(lines, delimiter="\t"))
+
+
+# conda-forge name -> the distribution (pip) name, where they differ (from the name list).
 CONDA_TO_PIP = {
-    "pytorch": "torch",
-    "python-annoy": "annoy",
-    "python-igraph": "python-igraph",
-    "python-isal": "isal",
+    row["conda_name"]: row["pip_name"]
+    for row in name_list()
+    if "-" not in (row["conda_name"], row["pip_name"]) and row["conda_name"] != row["pip_name"]
 }
 
 
@@ -65,217 +74,54 @@ def distribution(module: str) -> str:
 
 
 # --- what a script needs --------------------------------------------------------
-
-
-def _is_type_checking(node: ast.AST) -> bool:
-    test = node.test if isinstance(node, ast.If) else None
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
-def _walk(tree: ast.AST):
-    """ast.walk, less ``if TYPE_CHECKING:`` bodies and annotations (they run nothing)."""
-    todo = [tree]
-    while todo:
-        node = todo.pop()
-        yield node
-        for field, value in ast.iter_fields(node):
-            if field in ("annotation", "returns"):
-                continue
-            for child in value if isinstance(value, list) else [value]:
-                if not isinstance(child, ast.AST):
-                    continue
-                if _is_type_checking(child):
-                    todo.extend(child.orelse)
-                else:
-                    todo.append(child)
-
-
-def _library_module(name: str) -> Path | None:
-    """The file of atlasmap module ``name`` ('atlasmap', 'atlasmap.io'), if there is one."""
-    parts = name.split(".")
-    if parts[0] != "atlasmap":
-        return None
-    base = LIBRARY.joinpath(*parts[1:])
-    for path in (base.with_suffix(".py"), base / "__init__.py"):
-        if path.is_file():
-            return path
-    return None
-
-
-MODULE = "<module>"  # a module's own statements, run when it is imported
-
-
-class Unit:
-    """What one piece of code (a function, or a module's top-level statements)
-    imports from outside, binds from atlasmap, and refers to by name."""
-
-    def __init__(self, nodes: list[ast.AST], package: str):
-        self.third_party: set[str] = set()
-        self.bindings: dict[str, tuple[str, str | None]] = {}  # name -> (module, attribute)
-        self.names: set[str] = set()
-        for root in nodes:
-            for node in _walk(root):
-                if isinstance(node, ast.Import):
-                    for alias in node.names:
-                        if alias.name.split(".")[0] == "atlasmap":
-                            local = alias.asname or alias.name.split(".")[0]
-                            self.bindings[local] = (alias.name, None)
-                        else:
-                            self.third_party.add(alias.name.split(".")[0])
-                elif isinstance(node, ast.ImportFrom):
-                    if node.level:  # relative: inside atlasmap
-                        base = package.split(".")
-                        base = base[: len(base) - (node.level - 1)]
-                        target = ".".join(base + ([node.module] if node.module else []))
-                    else:
-                        target = node.module
-                    if target.split(".")[0] != "atlasmap":
-                        self.third_party.add(target.split(".")[0])
-                        continue
-                    for alias in node.names:
-                        submodule = f"{target}.{alias.name}"
-                        self.bindings[alias.asname or alias.name] = (
-                            (submodule, None)
-                            if _library_module(submodule)
-                            else (target, alias.name)
-                        )
-                elif isinstance(node, ast.Name):
-                    self.names.add(node.id)
-                elif isinstance(node, ast.List | ast.Tuple):  # [sys.executable, "-m", tool]
-                    items = node.elts
-                    for first, flag, tool in zip(items, items[1:], items[2:], strict=False):
-                        if (
-                            ast.unparse(first) == "sys.executable"
-                            and isinstance(flag, ast.Constant)
-                            and flag.value == "-m"
-                            and isinstance(tool, ast.Constant)
-                        ):
-                            self.third_party.add(str(tool.value).split(".")[0])
-
-
-class Module:
-    """A Python file split into units: its top-level statements (class bodies
-    included: they run on import), each top-level function, each class's methods."""
-
-    def __init__(self, path: Path, name: str, whole: bool = False):
-        tree = ast.parse(path.read_text(), filename=str(path))
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        functions: dict[str, list[ast.AST]] = {}
-        top: list[ast.AST] = []
-        for stmt in tree.body:
-            if whole:
-                top.append(stmt)
-            elif isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef):
-                functions[stmt.name] = [stmt]
-                top.extend(_runs_on_import(stmt))
-            elif isinstance(stmt, ast.ClassDef):
-                # The class body runs on import; its methods when the class is used.
-                top.extend(stmt.decorator_list + stmt.bases + stmt.keywords)
-                methods = []
-                for inner in stmt.body:
-                    if isinstance(inner, ast.FunctionDef | ast.AsyncFunctionDef):
-                        methods.append(inner)
-                        top.extend(_runs_on_import(inner))
-                    else:
-                        top.append(inner)
-                functions[stmt.name] = methods
-            else:
-                top.append(stmt)
-        self.units = {MODULE: Unit(top, package)}
-        self.units.update({fn: Unit(nodes, package) for fn, nodes in functions.items()})
-
-
-def _runs_on_import(function: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.AST]:
-    """A def's decorators and default values, evaluated when the def runs."""
-    defaults = function.args.defaults + [d for d in function.args.kw_defaults if d]
-    return function.decorator_list + defaults
+# The scan is the library's own (atlasmap.reach): the one that also decides, from the
+# same reading, which library changes rerun which rule.
 
 
 def third_party_imports(script: Path) -> dict[str, str]:
-    """Import name -> where it is imported, for what running ``script`` can reach.
-
-    The script counts whole. Into atlasmap the scan follows what is used: an
-    imported module's top-level statements, and the functions that the reached
-    code names (transitively); every import inside reached code counts, lazy
-    ones too. Not the whole library: a plotting rule that takes a constant from
-    atlasmap.calls needs no scvi-tools because another function there does.
-    """
-    modules: dict[str, Module] = {}
-
-    def module(name: str) -> Module:
-        if name not in modules:
-            modules[name] = Module(_library_module(name), name)
-        return modules[name]
-
-    found: dict[str, str] = {}
-    script_module = Module(script, "__main__", whole=True)
-    todo: list[tuple[Module, str, str]] = [(script_module, MODULE, str(script.relative_to(REPO)))]
-    seen: set[tuple[int, str]] = set()
-    while todo:
-        mod, unit_name, where = todo.pop()
-        if (id(mod), unit_name) in seen or unit_name not in mod.units:
-            continue
-        seen.add((id(mod), unit_name))
-        unit = mod.units[unit_name]
-        for name in unit.third_party - set(sys.stdlib_module_names) - {"__future__"}:
-            found.setdefault(name, where)
-        # Names bound here or at the module's top level; functions of this module.
-        bindings = {**mod.units[MODULE].bindings, **unit.bindings}
-        for target, _ in unit.bindings.values():
-            parts = target.split(".")
-            for depth in range(1, len(parts) + 1):  # importing a.b.c runs a and a.b too
-                parent = ".".join(parts[:depth])
-                if _library_module(parent):
-                    todo.append((module(parent), MODULE, _where(parent)))
-        for name in unit.names:
-            if name in bindings:
-                target, attribute = bindings[name]
-                target_module = module(target)
-                wanted = [attribute] if attribute else list(target_module.units)
-                for fn in wanted:
-                    todo.extend(_follow(target_module, target, fn, module))
-            elif name in mod.units and name != MODULE:
-                todo.append((mod, name, where))
-    return found
-
-
-def _where(module_name: str) -> str:
-    return str(_library_module(module_name).relative_to(REPO))
-
-
-def _follow(mod: Module, name: str, attribute: str, module) -> list:
-    """The unit ``attribute`` of atlasmap module ``name``, through re-exports."""
-    if attribute in mod.units:
-        return [(mod, attribute, _where(name))]
-    if attribute in mod.units[MODULE].bindings:  # re-exported from another module
-        target, inner = mod.units[MODULE].bindings[attribute]
-        target_module = module(target)
-        return (
-            _follow(target_module, target, inner, module)
-            if inner
-            else [(target_module, fn, _where(target)) for fn in target_module.units]
-        )
-    return []  # a constant: the module's top level, reached already
+    """Import name -> the file under workflow/scripts/ that imports it, for what running
+    ``script`` can reach."""
+    library = Library(lambda name: (LIBRARY / f"{name}.py").read_text())
+    found = reach(script.read_text(), library, script.name).third_party
+    return {name: f"workflow/scripts/{where}" for name, where in found.items()}
 
 
 # --- what an env provides --------------------------------------------------------
 
 
-def env_pins(path: Path) -> dict[str, str]:
-    """Distribution name -> pinned version, from the conda and pip sections."""
+# The forms of an env's entries (documented in each env file's header):
+#   conda: `name=X.Y`   major.minor, as conda-forge publishes (conda's =X.Y matches X.Y.*),
+#          `name=X.Y.Z` one release, only for a package in EXACT_CONDA_PINS;
+#   pip:   `name==X.Y.Z` one release (PyPI keeps them all), for what conda-forge lacks.
+# Either way the version is requirements.txt's exact pin (the .venv's for what it does
+# not pin), cut to major.minor for a conda `name=X.Y`.
+CONDA_SPEC = re.compile(r"([A-Za-z0-9_.-]+)=(\d+(?:\.\d+){1,2})")
+PIP_SPEC = re.compile(r"([A-Za-z0-9_.-]+)==(\d+(?:\.\d+)*)")
+# Conda packages pinned to one release: where a test or the code needs exactly it.
+# None now (scipy, whose private API the 10x reader uses, has a fallback: minor).
+EXACT_CONDA_PINS: set[str] = set()
+
+
+def env_entries(path: Path) -> list[tuple[str, str, str]]:
+    """(section, name as written there, version) for each dependency; section conda or pip."""
     env = yaml.safe_load(path.read_text())
     assert "conda-forge" in env["channels"], f"{path.name}: not on conda-forge"
-    pins = {}
+    entries = []
     for dep in env["dependencies"]:
-        specs = dep["pip"] if isinstance(dep, dict) else [dep]
+        section, specs = ("pip", dep["pip"] or []) if isinstance(dep, dict) else ("conda", [dep])
         for spec in specs:
-            match = re.fullmatch(r"([A-Za-z0-9_.-]+)\s*==?\s*([^\s=]+)", spec)
-            assert match, f"{path.name}: {spec!r} is not pinned to one version"
-            name = normalise(match[1])
-            pins[normalise(CONDA_TO_PIP.get(name, name))] = match[2]
-    return pins
+            match = (CONDA_SPEC if section == "conda" else PIP_SPEC).fullmatch(spec.strip())
+            form = "name=X.Y or name=X.Y.Z" if section == "conda" else "name==X.Y.Z"
+            assert match, f"{path.name}: {section} entry {spec!r} is not {form}"
+            entries.append((section, normalise(match[1]), match[2]))
+    return entries
+
+
+def env_pins(path: Path) -> dict[str, str]:
+    """Distribution name -> pinned version, from the conda and pip sections."""
+    return {
+        normalise(CONDA_TO_PIP.get(name, name)): version for _, name, version in env_entries(path)
+    }
 
 
 def requirement_pins() -> dict[str, str | None]:
@@ -340,15 +186,107 @@ def test_a_dependency_removed_from_an_env_is_caught(rules, tmp_path):
     ]
 
 
-@pytest.mark.parametrize("env_file", sorted(ENVS.glob("*.yaml")), ids=lambda p: p.name)
+ENV_FILES = sorted(ENVS.glob("*.yaml"))
+
+
+def major_minor(version: str) -> str:
+    return ".".join(version.split("+")[0].split(".")[:2])
+
+
+@pytest.mark.parametrize("env_file", ENV_FILES, ids=lambda p: p.name)
 def test_env_pins_agree_with_requirements_and_the_venv(env_file):
-    """A pin equals requirements.txt's; a package it does not pin, the .venv's version."""
-    pins = env_pins(env_file)
-    assert pins.pop("python") == "3.11"
+    """A pin is requirements.txt's (the .venv's for what it does not pin): all of it
+    for a pip entry or an exact conda one, its major.minor for a conda `name=X.Y`."""
     requirements = requirement_pins()
-    for name, version in pins.items():
-        if name in requirements:
-            expected, source = requirements[name], "requirements.txt"
+    for section, name, version in env_entries(env_file):
+        dist = normalise(CONDA_TO_PIP.get(name, name))
+        if dist == "python":
+            assert version == "3.11", f"{env_file.name}: python={version}"
+            continue
+        if dist in requirements:
+            full, source = requirements[dist], "requirements.txt"
         else:
-            expected, source = importlib.metadata.version(name), "the .venv"
-        assert version == expected, f"{env_file.name}: {name}={version} but {source} has {expected}"
+            full, source = importlib.metadata.version(dist), "the .venv"
+        minor = section == "conda" and name not in EXACT_CONDA_PINS
+        want = major_minor(full) if minor else full
+        sign = "=" if section == "conda" else "=="
+        assert version == want, (
+            f"{env_file.name}: {name}{sign}{version}, want {name}{sign}{want} "
+            f"({source} has {dist}=={full}"
+            + ("; conda pins are major.minor unless in EXACT_CONDA_PINS)" if minor else ")")
+        )
+
+
+def test_the_pin_grammar_refuses_what_it_does_not_document(tmp_path):
+    env = tmp_path / "env.yaml"
+    for bad in ("numpy", "numpy>=2.4", "numpy==2.4.6", "numpy=2"):
+        env.write_text(yaml.safe_dump({"channels": ["conda-forge"], "dependencies": [bad]}))
+        with pytest.raises(AssertionError, match="is not name=X.Y"):
+            env_entries(env)
+    env.write_text(
+        yaml.safe_dump({"channels": ["conda-forge"], "dependencies": [{"pip": ["a>=1"]}]})
+    )
+    with pytest.raises(AssertionError, match="is not name==X.Y.Z"):
+        env_entries(env)
+
+
+@pytest.mark.parametrize("env_file", ENV_FILES, ids=lambda p: p.name)
+def test_env_names_are_conda_forges_and_pip_installs_only_what_it_lacks(env_file):
+    rows = name_list()
+    on_conda_forge = {row["conda_name"] for row in rows} - {"-"}
+    not_on_conda_forge = {
+        normalise(row["pip_name"])
+        for row in rows
+        if row["conda_name"] == "-" and row["source"].startswith("not on conda-forge: ")
+    }
+    entries = env_entries(env_file)
+    conda = [name for section, name, _ in entries if section == "conda"]
+    pip = [name for section, name, _ in entries if section == "pip"]
+    unknown = sorted(set(conda) - on_conda_forge)
+    assert not unknown, f"{env_file.name}: not conda-forge names in {NAME_LIST.name}: {unknown}"
+    misplaced = sorted(set(pip) - not_on_conda_forge)
+    assert not misplaced, (
+        f"{env_file.name}: pip installs what {NAME_LIST.name} does not list as missing "
+        f"from conda-forge (install it from conda-forge, or give the evidence): {misplaced}"
+    )
+    assert not pip or "pip" in conda, f"{env_file.name}: a pip: section needs pip in the env"
+    assert len(conda + pip) == len(set(conda + pip)), f"{env_file.name}: a package twice"
+
+
+def test_the_name_list_agrees_with_requirements_and_the_envs():
+    rows = name_list()
+    assert rows and set(rows[0]) == {"conda_name", "pip_name", "source"}
+    requirements = requirement_pins()
+    for row in rows:
+        assert row["source"].strip(), row
+        if row["conda_name"] != "-":
+            assert row["source"].startswith(
+                ("https://github.com/conda-forge/", "https://anaconda.org/conda-forge/")
+            ), f"{row['conda_name']}: cite its feedstock or conda-forge page: {row['source']}"
+        else:
+            assert row["source"].startswith("not on conda-forge: "), row
+    # Its PyPI names are requirements.txt's (pip, the installer, is the .venv's).
+    pip_names = {normalise(row["pip_name"]) for row in rows} - {"-", "pip"}
+    unpinned = sorted(pip_names - set(requirements))
+    assert not unpinned, f"{NAME_LIST.name}: pip names not in requirements.txt: {unpinned}"
+    # One row a package, and none that no env uses.
+    keys = [(row["conda_name"], row["pip_name"]) for row in rows]
+    assert len(keys) == len(set(keys))
+    used = {name for env in ENV_FILES for _, name, _ in env_entries(env)}
+    listed = {row["conda_name"] if row["conda_name"] != "-" else row["pip_name"] for row in rows}
+    assert listed == used, (
+        f"rows no env uses: {sorted(listed - used)}; unlisted: {sorted(used - listed)}"
+    )
+
+
+def test_a_post_deploy_script_installs_requirements_pins():
+    """What a post-deploy script pip-installs (for an env made from a lock, which lists
+    conda packages only) is its env's pip section, at requirements.txt's version."""
+    scripts = sorted(ENVS.glob("*.post-deploy.sh"))
+    assert scripts
+    for script in scripts:
+        installed = dict(PIP_SPEC.findall(script.read_text()))
+        env = ENVS / script.name.replace(".post-deploy.sh", ".yaml")
+        pip = {name: v for section, name, v in env_entries(env) if section == "pip"}
+        assert {normalise(k): v for k, v in installed.items()} == pip, script.name
+        assert all(requirement_pins()[name] == v for name, v in pip.items()), script.name
