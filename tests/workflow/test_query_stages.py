@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import scipy.io
 import yaml
+from atlasmap import __version__
 from conftest import copy_workflow, with_demo_query
 from conftest import run_snakemake as snakemake
 
@@ -46,6 +47,8 @@ def test_every_rule_wrote_its_log(demo_run):
     for rule in ("generate_demo", "download_query", "load_query", "subset_query"):
         logs = list((demo_run / "logs" / rule).glob("*.log"))
         assert logs, f"no log for {rule}"
+        for log in logs:  # which release wrote the outputs
+            assert f"atlasmap {__version__}" in log.read_text().splitlines()[0], log
     assert "kept 2500 of 5000 cells" in (demo_run / "logs/subset_query/demo.log").read_text()
 
 

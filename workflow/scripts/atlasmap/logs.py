@@ -6,6 +6,8 @@ import logging
 import os
 import sys
 
+from . import __version__
+
 
 def log_to(path: str | os.PathLike) -> None:
     """Redirect stderr and stdout (line-buffered) and the ``logging`` root logger to ``path``.
@@ -24,3 +26,5 @@ def log_to(path: str | os.PathLike) -> None:
     logging.captureWarnings(True)
     # fontTools logs every table it prunes while matplotlib embeds a font in a PDF.
     logging.getLogger("fontTools").setLevel(logging.WARNING)
+    # Which release wrote this job's outputs, for a log read months later.
+    logging.getLogger("atlasmap").info("atlasmap %s", __version__)
