@@ -18,6 +18,7 @@ import pytest
 import snakemake.common
 import snakemake_executor_plugin_slurm as slurm_plugin
 import yaml
+from atlasmap.resources_check import SLURM_PLUGIN_RESOURCES, SNAKEMAKE_RESOURCES
 from conftest import REPO
 from snakemake.cli import get_argument_parser, parse_args, parse_cores
 from snakemake_executor_plugin_slurm.partitions import get_best_partition, read_partition_file
@@ -108,12 +109,10 @@ PLUGIN_SETTINGS = {
     for field in dataclasses.fields(slurm_plugin.ExecutorSettings)
     if re.search(rf"\.{field.name}\b", PLUGIN_SOURCE)
 }
-# Job resources the plugin reads (job.resources.get("x") or job.resources.x),
-# and Snakemake's own that a profile may set.
-PLUGIN_RESOURCES = set(re.findall(r"resources\.get\(\s*[\"'](\w+)[\"']", PLUGIN_SOURCE)) | set(
-    re.findall(r"resources\.([a-z_]+)\b(?!\s*\()", PLUGIN_SOURCE)
-)
-SNAKEMAKE_RESOURCES = {"mem", "disk", "disk_mb", "tmpdir"}
+# Job resources the plugin reads, and Snakemake's own that a profile may set: the
+# lists the workflow checks profiles with (tests/unit/test_resources_check.py holds
+# them to what the installed plugin reads).
+PLUGIN_RESOURCES = SLURM_PLUGIN_RESOURCES
 
 
 def test_the_plugin_facts_the_checks_rely_on():

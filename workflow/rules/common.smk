@@ -20,7 +20,14 @@ def library_file(name):
     return workflow.source_path(f"../scripts/atlasmap/{name}.py")
 
 
-for light_module in ("__init__", "contract", "errors", "reach", "sheet"):
+for light_module in (
+    "__init__",
+    "contract",
+    "errors",
+    "reach",
+    "resources_check",
+    "sheet",
+):
     library_file(light_module)
 # The sheet's reader finds its schema beside the library, in the cache too.
 workflow.source_path("../schemas/queries.schema.yaml")
@@ -39,7 +46,22 @@ from atlasmap.contract import (  # noqa: E402
 )
 from atlasmap.errors import AtlasmapInputError  # noqa: E402
 from atlasmap.reach import Library, code_digests  # noqa: E402
+from atlasmap.resources_check import check_resources, workflow_rule_names  # noqa: E402
 from atlasmap.sheet import read_query_sheet  # noqa: E402
+
+# Resource names given by the profile (default-resources, set-resources) or on the command
+# line: one that nothing reads (a misspelt slurm_account) would be passed on and ignored,
+# so it stops the plan, named. Not where atlasmap is a module of another workflow, whose
+# rules and resources are the host's.
+if workflow.modifier.namespace is None:
+    try:
+        check_resources(
+            workflow.resource_settings.default_resources or {},
+            workflow.resource_settings.overwrite_resources,
+            workflow_rule_names(workflow.current_basedir),
+        )
+    except AtlasmapInputError as err:
+        raise WorkflowError(str(err)) from None
 
 # The library code each rule's script runs, as digests in the rule's params: a change to
 # it reruns the rule and what follows; a comment, a docstring, a function the script
