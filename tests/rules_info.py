@@ -42,6 +42,7 @@ def main() -> None:
                     "log": [str(entry) for entry in rule.log],
                     "benchmark": str(rule.benchmark) if rule.benchmark else None,
                     "outputs": [str(entry) for entry in rule.output],
+                    "resources": sorted(rule.resources),
                     # run on the head node under a cluster executor (localrules)
                     "local": rule.name in workflow._localrules,
                 }

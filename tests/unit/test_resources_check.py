@@ -2,10 +2,7 @@
 named with its likely meaning; the names known are those the workflow's rules, Snakemake
 and the installed SLURM plugin read."""
 
-import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +20,7 @@ from atlasmap.resources_check import (
     resource_problems,
     workflow_rule_names,
 )
-from conftest import REPO
+from conftest import REPO, rules_info
 from snakemake.resources import Resources
 
 RULES_DIR = REPO / "workflow" / "rules"
@@ -105,39 +102,10 @@ def test_what_the_shipped_profiles_give_is_known(profile):
     assert resource_problems(default or {}, per_rule or {}, RULES) == []
 
 
-# Loads the workflow with every rule defined (rules_info.FETCHED: the atlas and the model
-# fetched) and prints each rule's resources, as Snakemake parsed them.
-RULE_RESOURCES = """
-import json, sys
-from pathlib import Path
-sys.path.insert(0, "tests")
-from rules_info import FETCHED
-from snakemake.api import SnakemakeApi
-from snakemake.settings.enums import Quietness
-from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
-
-with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
-    workflow = api.workflow(
-        resource_settings=ResourceSettings(),
-        config_settings=ConfigSettings(config=FETCHED),
-        snakefile=Path("workflow/Snakefile"),
-        workdir=Path("."),
-    )._workflow
-    json.dump({rule.name: sorted(rule.resources) for rule in workflow.rules}, sys.stdout)
-"""
-
-
 @pytest.fixture(scope="module")
 def rule_resources() -> dict[str, list[str]]:
-    done = subprocess.run(
-        [sys.executable, "-c", RULE_RESOURCES],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout)
+    """Each rule's resources as Snakemake parsed them, every rule defined (rules_info)."""
+    return {rule["name"]: rule["resources"] for rule in rules_info()}
 
 
 def test_every_resource_the_rules_declare_is_known_and_listed_as_theirs(rule_resources):
