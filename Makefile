@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed
 # PyPI's Linux wheel of torch is a CUDA build of several GB; PyTorch's CPU index
 # (the default) has the same release as a CPU build (2.13.0+cpu), which pip prefers.
 # For a GPU machine: make TORCH_INDEX=https://download.pytorch.org/whl/cu126 (or any
-# CUDA index of PyTorch's), or TORCH_INDEX= for PyPI's own build.
+# CUDA index of PyTorch's), or TORCH_INDEX= for PyPI's own build. One retry: where the
+# index is out of reach (a local wheel found instead), pip's five cost a minute.
 TORCH_PIN := $(shell grep -E '^torch==' requirements.txt)
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 # The pins are tested with Python 3.11 (pyproject.toml: requires-python).
@@ -39,7 +40,7 @@ $(STAMP): requirements.txt
 	@$(PYTHON) -c 'import sys; v = "%d.%d" % sys.version_info[:2]; sys.exit(v != "$(PYTHON_VERSION)" and f"atlasmap needs Python $(PYTHON_VERSION), the version its pins are tested with; $(PYTHON) is {v}. Name another: make PYTHON=python$(PYTHON_VERSION) ...")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) "$(TORCH_PIN)"
+	$(BIN)/pip install --quiet --retries 1 $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) "$(TORCH_PIN)"
 	$(BIN)/pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
