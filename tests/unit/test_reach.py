@@ -45,7 +45,8 @@ LIBRARY = {
         def write(x):
             return anndata.AnnData(x)
     """,
-    "api": "from .calls import vote\n",
+    "api": "from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    import torch\n"
+    "from .calls import vote\n",
 }
 SCRIPT = "from atlasmap.api import vote\n\nvote(snakemake.input[0])\n"
 

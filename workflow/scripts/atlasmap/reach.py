@@ -38,7 +38,7 @@ def _is_type_checking(node: ast.AST) -> bool:
 
 def _walk(tree: ast.AST):
     """ast.walk, less ``if TYPE_CHECKING:`` bodies and annotations (they run nothing)."""
-    todo = [tree]
+    todo = list(tree.orelse) if _is_type_checking(tree) else [tree]
     while todo:
         node = todo.pop()
         yield node
