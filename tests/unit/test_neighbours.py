@@ -3,8 +3,9 @@ farther ones, the same whatever the threads, in the metric Annoy measures."""
 
 import numpy as np
 import pytest
-from atlasmap.embedding import ThreadedAnnoyTransformer, refine_neighbours
+from atlasmap.embedding import ThreadedAnnoyTransformer
 from atlasmap.errors import AtlasmapInputError
+from atlasmap.neighbours import refine_neighbours
 from conftest import neighbour_recall as recall
 from sklearn.neighbors import NearestNeighbors
 

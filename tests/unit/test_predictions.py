@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 from atlasmap.calls import (
     CallSettings,
-    ExactNeighbours,
     LatentKNN,
     call_cells,
     coarser_calls,
@@ -19,6 +18,7 @@ from atlasmap.metrics import (
     evaluate,
     expected_calibration_error,
 )
+from atlasmap.neighbours import ExactNeighbours
 from atlasmap.reference import label_hierarchy
 from sklearn.metrics import f1_score
 

@@ -202,12 +202,13 @@ def test_umap_learns_kernels_are_compiled_once_not_in_every_job():
     """umap-learn compiles its numba kernels in every process (about 10 s a job), and
     pynndescent its distances at import (about 6 s); once one job has compiled them,
     the next loads them from numba's cache."""
-    from atlasmap.embedding import UMAP_KERNELS
+    from atlasmap.numba_cache import UMAP_KERNELS
     from conftest import run_python
 
     script = """
 import json, numpy as np, pandas as pd
-from atlasmap.embedding import EmbeddingSettings, UMAP_KERNELS, cache_umap_kernels, layout_reference
+from atlasmap.embedding import EmbeddingSettings, layout_reference
+from atlasmap.numba_cache import UMAP_KERNELS, cache_umap_kernels
 latent = np.random.default_rng(0).normal(size=(300, 5)).astype(np.float32)
 layout_reference(pd.Index([f"c{i}" for i in range(300)]), latent, EmbeddingSettings(n_neighbors=10))
 import importlib

@@ -49,6 +49,7 @@ import scipy.sparse as sp
 
 from .errors import AtlasmapInputError
 from .expression import ExpressionModel, fit_expression_model, fit_linear
+from .neighbours import ExactNeighbours
 
 log = logging.getLogger(__name__)
 
@@ -87,43 +88,6 @@ class CallSettings:
     query_smoothing: int = 50
     seed: int = 0
     n_jobs: int = 1
-
-
-def spatial_order(points: np.ndarray) -> np.ndarray:
-    """The rows of ``points`` in the leaf order of a KD-tree of them: near rows one after
-    another, so that searches of an index (KD-tree, Annoy) in this order walk the same
-    branches while they are in cache. The results do not depend on the order."""
-    from scipy.spatial import cKDTree
-
-    points = np.asarray(points, dtype=np.float64)
-    if not len(points):
-        return np.zeros(0, dtype=np.intp)
-    return cKDTree(points, leafsize=32).indices
-
-
-class ExactNeighbours:
-    """Exact Euclidean nearest neighbours of a fixed set of points: scipy's KD-tree,
-    asked in spatial order. The same neighbours and distances as scikit-learn's
-    KD-tree, 3.5x as fast on 200k query cells in a 10-dimensional latent (15 s
-    instead of 52 s on one core): the calls' largest cost."""
-
-    def __init__(self, points: np.ndarray, n_jobs: int = 1) -> None:
-        from scipy.spatial import cKDTree
-
-        self.tree = cKDTree(np.asarray(points, dtype=np.float64), leafsize=32)
-        self.n_jobs = n_jobs
-
-    def query(self, points: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Distances and indices (cells x k) of each point's ``k`` nearest, nearest first."""
-        points = np.asarray(points, dtype=np.float64)
-        shape = (len(points), k)
-        if not len(points):
-            return np.zeros(shape), np.zeros(shape, dtype=np.intp)
-        order = spatial_order(points)
-        distances, indices = self.tree.query(points[order], k=k, workers=self.n_jobs)
-        back = np.empty_like(order)
-        back[order] = np.arange(len(order))
-        return np.reshape(distances, shape)[back], np.reshape(indices, shape)[back]
 
 
 def kernel_weights(distances: np.ndarray, bandwidth: float) -> np.ndarray:

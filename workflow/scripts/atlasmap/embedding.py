@@ -5,17 +5,16 @@ atlas cells once per reference (rule layout_reference) and projects each
 query's cells onto that fixed layout, as Azimuth does, with umap-learn's own
 transform step fed by the reference's Annoy index; ``joint`` lays out all cells
 together, as the tutorial does.
+
+The Annoy index (sklearn-ann's transformer, for scanpy's neighbour graph) is built
+here; its searches and their refinement are :mod:`atlasmap.neighbours`'s, numba's
+on-disk cache for umap-learn :mod:`atlasmap.numba_cache`'s.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
 import os
-import sys
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import anndata as ad
@@ -25,9 +24,10 @@ from annoy import AnnoyIndex
 from scipy.sparse import coo_matrix, csr_matrix
 from sklearn_ann.kneighbors.annoy import AnnoyTransformer
 
-from .calls import spatial_order
 from .contract import EMBEDDING_KEY
 from .errors import AtlasmapInputError
+from .neighbours import annoy_nearest, refine_neighbours, search_rows, spatial_order
+from .numba_cache import cache_umap_kernels
 
 log = logging.getLogger(__name__)
 
@@ -55,120 +55,6 @@ class EmbeddingSettings:
     layout: str = "reference"
     seed: int = 0
     n_jobs: int = 1
-
-
-def _search_rows(
-    search, indices: np.ndarray, distances: np.ndarray, n_jobs: int, order=None
-) -> None:
-    """Fill row i of ``indices`` and ``distances`` with ``search(i)``, the rows taken in
-    ``order`` (default: as they are), split in ``n_jobs`` contiguous blocks on as many
-    threads (Annoy releases the GIL while it searches, so threads scale)."""
-    n_rows = indices.shape[0]
-    order = np.arange(n_rows) if order is None else np.asarray(order)
-
-    def fill(rows: np.ndarray) -> None:
-        for i in rows:
-            indices[i], distances[i] = search(int(i))
-
-    n_jobs = max(n_jobs, 1)
-    step = max(-(-n_rows // n_jobs), 1)
-    with ThreadPoolExecutor(n_jobs) as pool:
-        list(pool.map(fill, [order[s : s + step] for s in range(0, n_rows, step)]))
-
-
-def annoy_nearest(search, k: int, search_k: int, index: AnnoyIndex):
-    """``search(k, search_k)`` (an Annoy search of one cell: indices, distances), searched
-    again twice as deep while it finds fewer than ``k``: Annoy stops after ``search_k``
-    candidates, duplicates among trees included, which a shallow search can spend on
-    fewer than ``k`` distinct cells."""
-    n_items, n_trees = index.get_n_items(), index.get_n_trees()
-    if k > n_items:
-        raise AtlasmapInputError(f"{k} neighbours asked of {n_items} cells")
-    depth = search_k if search_k > 0 else n_trees * k
-    found = search(k, search_k)
-    while len(found[0]) < k and depth < n_trees * n_items:
-        depth *= 2
-        found = search(k, depth)
-    return found
-
-
-@contextlib.contextmanager
-def _numba_threads(n_jobs: int) -> Iterator[None]:
-    import numba
-
-    before = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(n_jobs, numba.config.NUMBA_NUM_THREADS)))
-    try:
-        yield
-    finally:
-        numba.set_num_threads(before)
-
-
-def refine_neighbours(
-    query: np.ndarray,
-    indices: np.ndarray,
-    *,
-    reference: np.ndarray | None = None,
-    graph: np.ndarray | None = None,
-    passes: int = 1,
-    metric: str = "euclidean",
-    n_jobs: int = 1,
-    query_order: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Approximate neighbours made nearer by the local join of NN-descent: each row of
-    ``query`` also measures the neighbours (in ``graph``) of its neighbours
-    (``indices``, rows of ``reference``) and keeps the nearest ``k``, nearest first.
-
-    Without ``reference`` the query is its own reference and, without ``graph``,
-    each pass joins through the previous pass's neighbours (an all-neighbour
-    graph). With a ``reference``, ``graph`` is its own neighbour graph. A row
-    never gets farther neighbours; the result depends neither on ``n_jobs`` nor on
-    the order of the rows. Returns (indices, distances), ``metric`` as Annoy's.
-    ``query_order``: ``spatial_order(query)``, where the caller has it already.
-    """
-    if metric not in ("euclidean", "angular", "manhattan"):
-        raise AtlasmapInputError(
-            f"neighbors.refine supports euclidean, angular, manhattan, not {metric!r}"
-        )
-    self_join = reference is None
-    if self_join and graph is not None:
-        raise ValueError("a graph is joined through only against a reference")
-    if not self_join and graph is None:
-        raise ValueError("refining against a reference needs the reference's own neighbour graph")
-
-    def prepare(points):
-        points = np.ascontiguousarray(points, dtype=np.float32)
-        if metric == "angular":  # Annoy's angular distance: euclidean between unit vectors
-            norms = np.linalg.norm(points, axis=1, keepdims=True)
-            points = points / np.where(norms > 0, norms, 1)
-        return points
-
-    # Worked on in spatial order, rows and labels alike: a cell's neighbours' neighbours
-    # then lie close in memory (2.5x faster at 300k cells); mapped back at the end.
-    query_order = spatial_order(query) if query_order is None else query_order
-    query = prepare(query)[query_order]
-    if self_join:
-        reference_order, reference = query_order, query
-    else:
-        reference_order = spatial_order(reference)
-        reference = prepare(reference)[reference_order]
-    relabel = np.empty(len(reference_order), dtype=np.int64)
-    relabel[reference_order] = np.arange(len(reference_order))
-    indices = relabel[np.asarray(indices)[query_order]]
-    distances = np.zeros(indices.shape)
-    fixed_graph = None if self_join else relabel[np.asarray(graph)[reference_order]]
-    if len(indices):
-        from .refine_kernel import refine_rows
-
-        with _numba_threads(n_jobs):
-            for _ in range(passes):
-                joined = indices if fixed_graph is None else fixed_graph
-                indices, distances = refine_rows(
-                    query, reference, indices, joined, metric == "manhattan"
-                )
-    found, measured = np.empty_like(indices), np.empty_like(distances)
-    found[query_order], measured[query_order] = reference_order[indices], distances
-    return found, measured
 
 
 class ThreadedAnnoyTransformer(AnnoyTransformer):
@@ -204,7 +90,7 @@ class ThreadedAnnoyTransformer(AnnoyTransformer):
             return annoy_nearest(by_item, k, self.search_k, self.annoy_)
 
         order = spatial_order(X)
-        _search_rows(search, indices, distances, self.n_jobs, order)
+        search_rows(search, indices, distances, self.n_jobs, order)
         if self.refine:
             indices, distances = refine_neighbours(
                 X,
@@ -249,71 +135,6 @@ def annoy_neighbors(
         key_added=key_added,
     )
     return transformer
-
-
-# The umap-learn numba kernels our path calls, which it compiles afresh in every
-# process (no cache=True): about 10 s of each job's time, whatever its size.
-UMAP_KERNELS = {
-    "umap.layouts": ("_nb_optimize_layout_euclidean_single_epoch",),
-    "umap.umap_": ("smooth_knn_dist", "compute_membership_strengths"),
-}
-# Packages whose numba functions are compiled with numba's on-disk cache: pynndescent
-# (which umap-learn imports) compiles some 80 distance functions with explicit
-# signatures, so at import time, without a cache: about 6 s of every UMAP job.
-NUMBA_CACHED_PACKAGES = ("umap", "pynndescent")
-
-
-@contextlib.contextmanager
-def numba_cache_for(packages: tuple[str, ...]) -> Iterator[None]:
-    """While importing ``packages``, have their ``numba.njit``/``numba.jit`` functions
-    cached on disk (``cache=True`` where they do not say otherwise)."""
-    import numba
-
-    originals = {name: getattr(numba, name) for name in ("njit", "jit")}
-
-    def with_cache(decorator):
-        @functools.wraps(decorator)
-        def decorate(*args, **kwargs):
-            caller = sys._getframe(1).f_globals.get("__name__", "")
-            if caller.split(".")[0] in packages:
-                kwargs.setdefault("cache", True)
-            return decorator(*args, **kwargs)
-
-        return decorate
-
-    for name, decorator in originals.items():
-        setattr(numba, name, with_cache(decorator))
-    try:
-        yield
-    finally:
-        for name, decorator in originals.items():
-            setattr(numba, name, decorator)
-
-
-@functools.cache
-def cache_umap_kernels() -> list[str]:
-    """Have numba keep umap-learn's and pynndescent's compiled functions on disk (beside
-    them, or in numba's user-wide cache where that is read-only), so that only the
-    first job compiles them. Returns the kernels of our path now cached; a kernel
-    umap-learn no longer has, or a disk numba cannot write to, leaves that kernel
-    compiled per process as before."""
-    import importlib
-
-    if "umap" not in sys.modules:
-        with numba_cache_for(NUMBA_CACHED_PACKAGES):
-            import umap  # noqa: F401
-    cached = []
-    for module_name, names in UMAP_KERNELS.items():
-        module = importlib.import_module(module_name)
-        for name in names:
-            kernel = getattr(module, name, None)
-            try:
-                kernel.enable_caching()
-            except (AttributeError, RuntimeError) as err:  # not a dispatcher; no cache locator
-                log.warning("umap-learn's %s.%s compiled per process: %s", module_name, name, err)
-                continue
-            cached.append(f"{module_name}.{name}")
-    return cached
 
 
 @dataclass(frozen=True)
@@ -378,7 +199,7 @@ def search_reference(
         return annoy_nearest(by_vector, k, settings.search_k, reference.index)
 
     order = spatial_order(latent)
-    _search_rows(search, indices, distances, settings.n_jobs, order)
+    search_rows(search, indices, distances, settings.n_jobs, order)
     if settings.refine and n_cells:
         found, measured = refine_neighbours(
             latent,

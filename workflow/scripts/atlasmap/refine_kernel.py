@@ -1,7 +1,7 @@
-"""The compiled kernel of :func:`atlasmap.embedding.refine_neighbours` (NN-descent's
+"""The compiled kernel of :func:`atlasmap.neighbours.refine_neighbours` (NN-descent's
 local join), in a module of its own: numba caches a module-level function on disk, so
 only the first job compiles it (a kernel defined in a closure is compiled afresh in
-every process), and importing :mod:`atlasmap.embedding` does not import numba."""
+every process), and importing :mod:`atlasmap.neighbours` does not import numba."""
 
 import numba
 import numpy as np
