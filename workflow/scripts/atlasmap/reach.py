@@ -22,7 +22,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 PACKAGE = "atlasmap"
@@ -209,6 +209,7 @@ def _unit(nodes: list[ast.AST], package: str, library: Library | None) -> Unit:
 class Reach:
     """What running a script reaches: library units, and third-party imports."""
 
+    script: Unit  # the script's own code, whole
     units: dict[tuple[str, str], Unit]  # (module, unit name) -> unit
     third_party: dict[str, str]  # import name -> the first module seen importing it
 
@@ -242,8 +243,7 @@ def reach(script: str, library: Library, script_name: str = "script") -> Reach:
                 todo.extend(_follow(library, target, attribute))
             elif used in units and used != MODULE:
                 todo.append((module, used))
-    reached.pop((script_name, MODULE))
-    return Reach(units=reached, third_party=third_party)
+    return Reach(script=reached.pop((script_name, MODULE)), units=reached, third_party=third_party)
 
 
 def _follow(library: Library, target: str, attribute: str | None) -> list[tuple[str, str]]:
@@ -262,15 +262,15 @@ def _follow(library: Library, target: str, attribute: str | None) -> list[tuple[
     return []  # a constant: the module's top level, reached already
 
 
-def code_digests(script: str, library: Library, skip: Iterable[str] = ("__init__",)):
+def code_digests(script: str, library: Library):
     """Module -> a short digest of the library code ``script`` reaches in it; ``script``
     -> the script's own. The package's ``__init__`` (its docstring and version) is
     skipped: a release would otherwise rerun every job."""
-    by_module: dict[str, list[str]] = {}
-    for (module, name), unit in reach(script, library).units.items():
-        if module not in skip:
+    reached = reach(script, library)
+    by_module: dict[str, list[str]] = {"script": [reached.script.code]}
+    for (module, name), unit in reached.units.items():
+        if module != "__init__":
             by_module.setdefault(module, []).append(f"{name}\n{unit.code}")
-    by_module["script"] = [split_units(script, "__main__", library, whole=True)[MODULE].code]
     return {
         module: hashlib.sha256("\n\n".join(sorted(parts)).encode()).hexdigest()[:16]
         for module, parts in sorted(by_module.items())
