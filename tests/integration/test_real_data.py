@@ -23,7 +23,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-from atlasmap.calls import UNKNOWN, CallSettings, call_embedded
+from atlasmap.calls import CallSettings, call_embedded
+from atlasmap.contract import UNKNOWN
 from atlasmap.mapping import MappingSettings, map_query
 from atlasmap.reference import TrainingSettings, save_model, train_reference_models
 from conftest import REPO

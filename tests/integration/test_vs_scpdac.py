@@ -13,8 +13,9 @@ import sys
 import numpy as np
 import pytest
 from atlasmap.calls import call_mapping
+from atlasmap.contract import PROBABILITIES_KEY
 from atlasmap.genes import align_to_genes, quantile_bins
-from atlasmap.mapping import PROBABILITIES_KEY, map_query
+from atlasmap.mapping import map_query
 from atlasmap.model_package import fetch_model_from_wheel
 from atlasmap.reference import read_model_info
 from conftest import REPO

@@ -290,7 +290,7 @@ def test_baseline_fits_on_one_blas_thread_whatever_the_job_gets(small_study, mon
 
 def toy_embedded(rng, n=200):
     """obs/obsm/run of an expanded atlas as map_query writes it: toy atlas + query."""
-    from atlasmap.mapping import EMBEDDING_KEY, PROBABILITIES_KEY
+    from atlasmap.contract import EMBEDDING_KEY, PROBABILITIES_KEY
 
     latent, labels, batches = blobs(rng, CENTRES, n)
     query_latent = np.vstack(
@@ -370,7 +370,7 @@ def test_calls_from_the_fit_made_once_per_reference_are_the_calls_fitted_in_plac
         read_reference_calls,
         write_reference_calls,
     )
-    from atlasmap.mapping import EMBEDDING_KEY, PROBABILITIES_KEY
+    from atlasmap.contract import EMBEDDING_KEY, PROBABILITIES_KEY
 
     obs, obsm, run = toy_embedded(np.random.default_rng(3))
     atlas_counts, query_counts = toy_expression(obs)
@@ -417,8 +417,8 @@ def json_round_trip(value):
 def write_embedded_atlas(path, obs, obsm, run) -> np.ndarray:
     """embed_reference's file of the toy expanded atlas's atlas cells; returns their mask."""
     import anndata as ad
+    from atlasmap.contract import EMBEDDED_ATLAS_KEY
     from atlasmap.io import write_h5ad
-    from atlasmap.mapping import EMBEDDED_ATLAS_KEY
 
     atlas = (obs["source"] == "atlas").to_numpy()
     embedded_atlas = ad.AnnData(

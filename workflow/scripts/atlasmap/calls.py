@@ -47,13 +47,20 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .contract import (
+    CALL_COLUMNS,
+    EMBEDDING_KEY,
+    PROBABILITIES_KEY,
+    SOURCE_COLUMN,
+    UNKNOWN,
+    query_mask,
+)
 from .errors import AtlasmapInputError
 from .expression import ExpressionModel, fit_expression_model, fit_linear
 from .neighbours import ExactNeighbours
 
 log = logging.getLogger(__name__)
 
-UNKNOWN = "Unknown"
 # unknown_reason of a cell that was called (not rejected).
 CALLED = "none"
 METHODS = ("knn", "classifier", "consensus", "ensemble")
@@ -945,7 +952,7 @@ def fit_calls_files(
     (the atlas itself: embed_reference's file holds only the model's genes), the
     calibration the held-out latents in ``model_dir``, where there are any."""
     from .io import read_annotations
-    from .mapping import EMBEDDING_KEY, PROBABILITIES_KEY, reference_latent
+    from .mapping import reference_latent
     from .reference import check_atlas_columns
 
     embedded = read_annotations(atlas_path, obsm=(EMBEDDING_KEY, PROBABILITIES_KEY))
@@ -1023,10 +1030,9 @@ def call_embedded(
     Returns the prediction table (one row per query cell, indexed by barcode,
     the query's metadata after the call columns) and the fit report.
     """
-    from .mapping import CALL_COLUMNS, EMBEDDING_KEY, PROBABILITIES_KEY
 
     labels_key = run["labels_key"]
-    is_query = (obs["source"] == "query").to_numpy()
+    is_query = query_mask(obs)
     is_atlas = ~is_query
     latent = obsm[EMBEDDING_KEY]
     probs = obsm.get(PROBABILITIES_KEY)
@@ -1103,7 +1109,7 @@ def call_embedded(
         calls = calls.drop(columns=["knn_celltype", "knn_probability"])
     # The query's own metadata columns, not the atlas-only ones the outer join added.
     own = run.get("query_columns")
-    metadata = query_obs[list(own)] if own is not None else query_obs.drop(columns=["source"])
+    metadata = query_obs[list(own)] if own is not None else query_obs.drop(columns=[SOURCE_COLUMN])
     metadata = metadata.drop(columns=["barcode", *CALL_COLUMNS], errors="ignore")
     metadata.index = barcodes
     table = pd.concat([calls, metadata], axis=1)
@@ -1244,7 +1250,7 @@ def attach_calls(adata, predictions: pd.DataFrame) -> None:
     run = adata.uns["atlasmap"]
     labels_key = run["labels_key"]
     obs = adata.obs
-    is_query = (obs["source"] == "query").to_numpy()
+    is_query = query_mask(obs)
     table = predictions.set_index("barcode").reindex(obs.loc[is_query, "barcode"].astype(str))
     if table["predicted_celltype"].isna().any():
         raise AtlasmapInputError(
@@ -1253,7 +1259,6 @@ def attach_calls(adata, predictions: pd.DataFrame) -> None:
         )
     levels = [c.removeprefix("predicted_") for c in table if c.startswith("predicted_")]
     levels = [lv for lv in levels if lv != "celltype"]
-    from .mapping import CALL_COLUMNS
 
     columns = [c for c in CALL_COLUMNS if c in table]
     columns += [f"{kind}_{lv}" for lv in levels for kind in ("predicted", "probability")]
@@ -1277,7 +1282,7 @@ def call_mapping(result, settings: CallSettings = CallSettings()) -> tuple[pd.Da
     """:func:`call_embedded` on a :class:`~atlasmap.mapping.MappingResult` in memory; the
     expression member reads the expanded atlas's counts (the model's genes)."""
     expanded = result.expanded
-    is_query = (expanded.obs["source"] == "query").to_numpy()
+    is_query = query_mask(expanded.obs)
     query = expanded[is_query]
     query = ad.AnnData(
         X=query.layers["counts"],

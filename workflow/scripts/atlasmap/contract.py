@@ -126,10 +126,35 @@ MODEL_FILE = "model.pt"
 
 # The {mode} wildcard: scArches surgery or a frozen embedding.
 MODES = ("surgery", "embed")
-# obsm key of the scANVI latent space in mapped.h5ad.
-EMBEDDING_KEY = "X_scANVI_emb"
 # obs["source"] of the expanded atlas, as the tutorial's extend_atlas writes it.
-SOURCES = ("atlas", "query")
+SOURCE_COLUMN = "source"
+ATLAS, QUERY = "atlas", "query"
+SOURCES = (ATLAS, QUERY)
+# The expanded atlas's obsm: the scANVI latent space, the classifier's probabilities
+# of every cell (their labels in uns["atlasmap"]), the UMAP of every cell and the
+# query-alone UMAP (NaN for atlas cells).
+EMBEDDING_KEY = "X_scANVI_emb"
+PROBABILITIES_KEY = "scanvi_probabilities"
+UMAP_KEY = "X_umap"
+QUERY_UMAP_KEY = "X_umap_query"
+# uns key of an atlas embedded by embed_reference: its classifier labels and model.
+EMBEDDED_ATLAS_KEY = "atlasmap_reference"
+# Each reference cell's Annoy neighbours (itself first), in the reference layout's file.
+REFERENCE_GRAPH_KEY = "annoy_neighbors"
+# The call of a cell no label fits (low probability, or unlike every atlas cell).
+UNKNOWN = "Unknown"
+
+
+def query_mask(obs):
+    """Which cells of an expanded atlas's obs are query cells (a boolean array)."""
+    return (obs[SOURCE_COLUMN] == QUERY).to_numpy()
+
+
+def atlas_mask(obs):
+    """Which cells of an expanded atlas's obs are atlas cells (a boolean array)."""
+    return (obs[SOURCE_COLUMN] == ATLAS).to_numpy()
+
+
 # Columns the call step writes for query cells (query metadata may not clash with them).
 CALL_COLUMNS = [
     "predicted_celltype",

@@ -24,19 +24,20 @@ from annoy import AnnoyIndex
 from scipy.sparse import coo_matrix, csr_matrix
 from sklearn_ann.kneighbors.annoy import AnnoyTransformer
 
-from .contract import EMBEDDING_KEY
+from .contract import (
+    EMBEDDING_KEY,
+    QUERY_UMAP_KEY,
+    REFERENCE_GRAPH_KEY,
+    UMAP_KEY,
+    atlas_mask,
+    query_mask,
+)
 from .errors import AtlasmapInputError
 from .neighbours import annoy_nearest, refine_neighbours, search_rows, spatial_order
 from .numba_cache import cache_umap_kernels
 
 log = logging.getLogger(__name__)
 
-QUERY_UMAP_KEY = "X_umap_query"
-UMAP_KEY = "X_umap"
-# Each reference cell's Annoy neighbours (itself first), in the reference layout's file.
-REFERENCE_GRAPH_KEY = "annoy_neighbors"
-# obs["source"] of cells in the expanded atlas (contract.SOURCES).
-ATLAS, QUERY = "atlas", "query"
 LAYOUTS = ("reference", "joint")
 
 
@@ -309,7 +310,7 @@ def _expanded_layout(
     adata: ad.AnnData, reference: ReferenceLayout, settings: EmbeddingSettings
 ) -> np.ndarray:
     """The reference's own coordinates for atlas cells, projections for query cells."""
-    is_atlas = (adata.obs["source"] == ATLAS).to_numpy()
+    is_atlas = atlas_mask(adata.obs)
     if not adata.obs_names[is_atlas].equals(reference.cells):
         raise AtlasmapInputError(
             f"the reference layout's {len(reference.cells)} cells are not the expanded atlas's "
@@ -341,10 +342,10 @@ def neighbors_umap(
     if settings.layout not in LAYOUTS:
         raise AtlasmapInputError(f"umap.layout must be one of {LAYOUTS}, not {settings.layout!r}")
     annoy_neighbors(adata, settings)
-    has_atlas = bool((adata.obs["source"] == ATLAS).any())
+    has_atlas = bool(atlas_mask(adata.obs).any())
     if settings.layout == "reference" and has_atlas:
         if reference is None:  # not made once beforehand: made here
-            is_atlas = (adata.obs["source"] == ATLAS).to_numpy()
+            is_atlas = atlas_mask(adata.obs)
             reference = layout_reference(
                 adata.obs_names[is_atlas], adata.obsm[EMBEDDING_KEY][is_atlas], settings
             )
@@ -354,7 +355,7 @@ def neighbors_umap(
         log.info("UMAP of %d cells on %d Annoy neighbours", adata.n_obs, settings.n_neighbors)
     adata.uns.setdefault("atlasmap", {})["umap_layout"] = settings.layout if has_atlas else "joint"
     if settings.query_alone:
-        is_query = (adata.obs["source"] == QUERY).to_numpy()
+        is_query = query_mask(adata.obs)
         query = ad.AnnData(obs=adata.obs.loc[is_query, []].copy())
         query.obsm[EMBEDDING_KEY] = adata.obsm[EMBEDDING_KEY][is_query]
         annoy_neighbors(query, settings)

@@ -17,7 +17,17 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .contract import CALL_COLUMNS, EMBEDDING_KEY, MODES, SOURCES
+from .contract import (
+    ATLAS,
+    CALL_COLUMNS,
+    EMBEDDED_ATLAS_KEY,
+    EMBEDDING_KEY,
+    MODES,
+    PROBABILITIES_KEY,
+    QUERY,
+    SOURCE_COLUMN,
+    SOURCES,
+)
 from .errors import AtlasmapInputError
 from .genes import (
     GeneAlignment,
@@ -35,11 +45,6 @@ from .reference import (
 )
 
 log = logging.getLogger(__name__)
-
-# The scANVI classifier's probabilities of every cell; labels in uns["atlasmap"].
-PROBABILITIES_KEY = "scanvi_probabilities"
-# uns key of an atlas embedded by embed_reference: its classifier labels and model.
-EMBEDDED_ATLAS_KEY = "atlasmap_reference"
 
 
 @dataclass(frozen=True)
@@ -608,20 +613,20 @@ def embed_reference_files(
 
 def _query_columns(query: ad.AnnData) -> set[str]:
     """The query's metadata columns as they appear in the expanded atlas."""
-    clash = set(CALL_COLUMNS) | {"source", "barcode"}
+    clash = set(CALL_COLUMNS) | {SOURCE_COLUMN, "barcode"}
     return {f"query_{c}" if c in clash else c for c in query.obs.columns}
 
 
 def _expanded_atlas(atlas, query, ref_aligned, q_aligned, z_ref, z_query):
     """Reference + query on the model's genes; every obs column of both kept (outer join)."""
     ref_obs = atlas.obs.copy()
-    ref_obs["source"] = "atlas"
+    ref_obs[SOURCE_COLUMN] = ATLAS
     q_obs = query.obs.copy()
-    clash = q_obs.columns.intersection(CALL_COLUMNS + ["source", "barcode"])
+    clash = q_obs.columns.intersection(CALL_COLUMNS + [SOURCE_COLUMN, "barcode"])
     if len(clash):
         log.warning("query metadata columns %s renamed with prefix 'query_'", list(clash))
         q_obs = q_obs.rename(columns={c: f"query_{c}" for c in clash})
-    q_obs["source"] = "query"
+    q_obs[SOURCE_COLUMN] = QUERY
     q_obs["barcode"] = query.obs_names.to_numpy()
     q_names = q_obs.index
     overlap = q_names.intersection(ref_obs.index)
@@ -635,7 +640,7 @@ def _expanded_atlas(atlas, query, ref_aligned, q_aligned, z_ref, z_query):
     for column in obs.columns:
         if obs[column].dtype == object:
             obs[column] = obs[column].astype("category")
-    obs["source"] = pd.Categorical(obs["source"], categories=list(SOURCES))
+    obs[SOURCE_COLUMN] = pd.Categorical(obs[SOURCE_COLUMN], categories=list(SOURCES))
     counts = sp.vstack([ref_aligned.layers["counts"], q_aligned.layers["counts"]]).tocsr()
     expanded = ad.AnnData(X=counts, obs=obs, var=q_aligned.var.copy())
     expanded.layers["counts"] = counts

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .calls import UNKNOWN
+from .contract import UNKNOWN, query_mask
 
 
 def classification_metrics(
@@ -261,8 +261,8 @@ def mode_agreement(
 ) -> tuple[pd.Series, pd.Series, float, pd.DataFrame]:
     """The two modes' calls of the same query cells (matched on barcode), the share
     of cells they call alike, and their cross-table (rows surgery, columns embed)."""
-    surgery = surgery_obs[surgery_obs["source"] == "query"].set_index("barcode")
-    embed = embed_obs[embed_obs["source"] == "query"].set_index("barcode").reindex(surgery.index)
+    surgery = surgery_obs[query_mask(surgery_obs)].set_index("barcode")
+    embed = embed_obs[query_mask(embed_obs)].set_index("barcode").reindex(surgery.index)
     calls_surgery, calls_embed = surgery[column].astype(str), embed[column].astype(str)
     share = float(np.mean(calls_surgery.to_numpy() == calls_embed.to_numpy()))
     cross = pd.crosstab(calls_surgery.rename("surgery"), calls_embed.rename("embed"))

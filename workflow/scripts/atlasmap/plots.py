@@ -22,8 +22,17 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib import colors as mcolors  # noqa: E402
 
-from .calls import UNKNOWN  # noqa: E402
-from .contract import MAPPING_FIGURES  # noqa: E402, F401 - figure names, with the figures
+from .contract import (  # noqa: E402
+    ATLAS,
+    MAPPING_FIGURES,  # noqa: F401 - figure names, with the figures
+    QUERY,
+    QUERY_UMAP_KEY,
+    SOURCE_COLUMN,
+    UMAP_KEY,
+    UNKNOWN,
+    atlas_mask,
+    query_mask,
+)
 from .io import atomic_path  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -222,7 +231,7 @@ def umap_query_highlight(coords: np.ndarray, is_query: np.ndarray, title: str):
         size = point_size(len(coords))
         _scatter(ax, coords[~is_query], [REFERENCE_COLOUR] * int((~is_query).sum()), size)
         _scatter(ax, coords[is_query], [QUERY_COLOUR] * int(is_query.sum()), size)
-        _legend(ax, {"atlas": REFERENCE_COLOUR, "query": QUERY_COLOUR}, ["atlas", "query"])
+        _legend(ax, {ATLAS: REFERENCE_COLOUR, QUERY: QUERY_COLOUR}, [ATLAS, QUERY])
         ax.set_title(title)
     return fig
 
@@ -479,7 +488,7 @@ def run_palette(obs: pd.DataFrame, level: str, column: str, overrides=None) -> d
     """The palette of a run: every reference label at ``level`` plus every call."""
     labels = set(obs[column].dropna().astype(str))
     if level in obs:
-        labels |= set(obs.loc[obs["source"] == "atlas", level].dropna().astype(str))
+        labels |= set(obs.loc[atlas_mask(obs), level].dropna().astype(str))
     return label_palette(labels, overrides)
 
 
@@ -498,16 +507,14 @@ def mapping_figures(
     level = level or labels_key
     column = prediction_column(level, labels_key)
     palette = run_palette(obs, level, column, colors)
-    coords = obsm["X_umap"]
-    is_query = (obs["source"] == "query").to_numpy()
-    sample_palette = label_palette(obs.loc[is_query, batch_key].astype(str))
+    coords = obsm[UMAP_KEY]
+    query = query_mask(obs)
+    sample_palette = label_palette(obs.loc[query, batch_key].astype(str))
     figures = {
         "umap_celltype": lambda: umap_categorical(
             coords, obs[column], palette, f"{title}: predicted {level}", legend_title=level
         ),
-        "umap_query": lambda: umap_query_highlight(
-            coords, is_query, f"{title}: query on the atlas"
-        ),
+        "umap_query": lambda: umap_query_highlight(coords, query, f"{title}: query on the atlas"),
         # The query's samples over the grey atlas: an atlas's hundreds of donors
         # would make a legend no one can read.
         "umap_sample": lambda: umap_categorical(
@@ -516,39 +523,39 @@ def mapping_figures(
             sample_palette,
             f"{title}: query {batch_key}",
             legend_title=batch_key,
-            background=~is_query,
+            background=~query,
         ),
         "umap_uncertainty": lambda: umap_uncertainty(
             coords,
-            is_query,
+            query,
             obs["prediction_uncertainty"].to_numpy(dtype=float),
             (obs[column].astype(str) == UNKNOWN).to_numpy(),
             f"{title}: uncertainty",
         ),
         "umap_query_alone": lambda: umap_categorical(
-            obsm["X_umap_query"][is_query],
-            obs.loc[is_query, column],
+            obsm[QUERY_UMAP_KEY][query],
+            obs.loc[query, column],
             palette,
             f"{title}: query alone, predicted {level}",
             legend_title=level,
         ),
         "umap_query_alone_sample": lambda: umap_categorical(
-            obsm["X_umap_query"][is_query],
-            obs.loc[is_query, batch_key],
+            obsm[QUERY_UMAP_KEY][query],
+            obs.loc[query, batch_key],
             sample_palette,
             f"{title}: query alone, {batch_key}",
             legend_title=batch_key,
         ),
         "label_distribution": lambda: label_distribution(
-            obs.loc[is_query, column],
-            obs.loc[is_query, batch_key],
+            obs.loc[query, column],
+            obs.loc[query, batch_key],
             palette,
             f"{title}: predicted {level}",
         ),
         # The tutorial's view: the whole expanded atlas, atlas labels and query calls.
         "label_distribution_atlas": lambda: label_distribution(
             obs[column],
-            obs["source"],
+            obs[SOURCE_COLUMN],
             palette,
             f"{title}: {level} in the expanded atlas",
             counted="cells",
@@ -623,7 +630,7 @@ def compare_figures(
             values = obs[column].astype(str).to_numpy()
             _scatter(
                 ax,
-                obsm["X_umap"],
+                obsm[UMAP_KEY],
                 [palette.get(v, UNKNOWN_COLOUR) for v in values],
                 point_size(len(values)),
                 order=_shuffled(len(values)),

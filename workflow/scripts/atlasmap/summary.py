@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .calls import UNKNOWN
+from .contract import UNKNOWN
 from .errors import AtlasmapInputError
 from .io import atomic_path
 
