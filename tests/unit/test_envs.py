@@ -4,8 +4,8 @@ Static: no conda (its channels are out of reach here). For each rule with a
 script, the script and every atlasmap module it reaches are parsed with
 ``ast``; every third-party import (lazy ones inside functions too: they run in
 the job) and every ``python -m <tool>`` it runs must be a package of the rule's
-env. The envs are first solved on the user's machine (README, "Running it
-yourself"); ``snakedeploy pin-conda-envs`` pins them there.
+env. The envs are first solved on the user's machine (docs/environments.md, "Conda
+envs per rule"); ``snakedeploy pin-conda-envs`` pins them there.
 """
 
 from __future__ import annotations

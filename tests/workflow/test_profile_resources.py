@@ -42,7 +42,7 @@ def uncommented(text: str, line: str, replacement: str) -> str:
     return text.replace(line, replacement)
 
 
-# The account where the profile's comment says it goes, spelt as the README has it...
+# The account where the profile's comment says it goes, spelt as docs/cluster.md has it...
 ACCOUNT_LINE = "  # slurm_account: my_lab_account\n"
 # ... and the GPU type for train_reference, as the profile's comment shows it.
 GPU_MODEL_LINES = "# set-resources:\n#   train_reference:\n#     gpu_model: a100\n"
