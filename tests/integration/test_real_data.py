@@ -23,10 +23,12 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-from atlasmap.calls import CallSettings, call_embedded
+from atlasmap.call_adapters import call_embedded
+from atlasmap.calls import CallSettings
 from atlasmap.contract import UNKNOWN
-from atlasmap.mapping import MappingSettings, map_query
-from atlasmap.reference import TrainingSettings, save_model, train_reference_models
+from atlasmap.mapping import map_query
+from atlasmap.reference import save_model, train_reference_models
+from atlasmap.settings import MappingSettings, TrainingSettings
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))

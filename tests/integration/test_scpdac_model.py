@@ -15,11 +15,12 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import yaml
-from atlasmap.calls import call_mapping
+from atlasmap.call_adapters import call_mapping
 from atlasmap.errors import AtlasmapInputError
-from atlasmap.mapping import MappingSettings, map_query
+from atlasmap.mapping import map_query
 from atlasmap.model_package import fetch_model_from_wheel
 from atlasmap.reference import read_model_info
+from atlasmap.settings import MappingSettings
 from conftest import REPO
 
 CHEN = yaml.safe_load((REPO / "config" / "chen2025.yaml").read_text())

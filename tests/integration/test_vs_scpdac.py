@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-from atlasmap.calls import call_mapping
+from atlasmap.call_adapters import call_mapping
 from atlasmap.contract import PROBABILITIES_KEY
 from atlasmap.genes import align_to_genes, quantile_bins
 from atlasmap.mapping import map_query

@@ -120,18 +120,75 @@ def schema_defaults() -> dict:
     )
 
 
+SETTINGS = ("CallSettings", "DownloadSettings", "EmbeddingSettings", "MappingSettings")
+SETTINGS += ("TrainingSettings",)
+
+
+def settings_classes():
+    import atlasmap.settings
+
+    return [getattr(atlasmap.settings, name) for name in SETTINGS]
+
+
 def test_settings_dataclasses_default_to_the_schema_defaults():
     """A library user who builds settings by hand gets what a workflow user gets."""
-    from atlasmap.calls import CallSettings, call_settings
-    from atlasmap.embedding import EmbeddingSettings, embedding_settings
-    from atlasmap.mapping import MappingSettings, mapping_settings
-    from atlasmap.reference import TrainingSettings, training_settings
+    config = schema_defaults()
+    for settings in settings_classes():
+        assert settings.from_config(config) == settings(), settings.__name__
+
+
+def test_settings_mirror_the_schema_sections_key_for_key():
+    """Every key a settings field names is a key of the schema, and every key of the
+    sections the settings mirror is read by one: a new key cannot be forgotten."""
+    from atlasmap.settings import schema_defaults as defaults
+
+    read = {key for settings in settings_classes() for key in settings.keys().values()}
+    reference = defaults()["reference"]
+    mirrored = [f"reference.training.{key}" for key in reference["training"]]
+    for section in ("mapping.calls", "mapping.surgery", "neighbors", "umap", "download"):
+        head, _, sub = section.partition(".")
+        keys = defaults()[head][sub] if sub else defaults()[head]
+        mirrored += [f"{section}.{key}" for key in keys]
+    assert set(mirrored) <= read, set(mirrored) - read
+    flat = {**defaults(), "reference": reference}
+    for key in read:
+        value = flat
+        for part in key.split("."):
+            assert part in value, f"{key}: not a key of the schema"
+            value = value[part]
+
+
+def test_a_users_config_reaches_the_settings():
+    from atlasmap.settings import (
+        SURGERY_KEYS,
+        CallSettings,
+        MappingSettings,
+        TrainingSettings,
+        config_values,
+    )
 
     config = schema_defaults()
-    assert embedding_settings(config["neighbors"], config["umap"], seed=0) == EmbeddingSettings()
-    assert call_settings(config["mapping"]) == CallSettings()
-    assert mapping_settings(config["reference"], config["mapping"]) == MappingSettings()
-    assert training_settings(config["reference"]["training"]) == TrainingSettings()
+    config["mapping"]["calls"]["n_neighbors"] = 7
+    config["mapping"]["surgery"]["max_epochs"] = 3
+    config["reference"]["counts_layer"] = "raw"
+    config["reference"]["training"]["n_latent"] = 4
+    config["seed"] = 9
+    assert CallSettings.from_config(config, n_jobs=2) == CallSettings(
+        n_neighbors=7, seed=9, n_jobs=2
+    )
+    assert TrainingSettings.from_config(config).n_latent == 4
+    surgery = MappingSettings.from_config(config)
+    assert (surgery.atlas_layer, surgery.surgery_max_epochs, surgery.seed) == ("raw", 3, 9)
+    # Another reference of the same config: its own keys, the config's mapping.
+    other = {**config["reference"], "counts_layer": None, "labels_key": "cell_type"}
+    assert MappingSettings.from_config(config, other).labels_key == "cell_type"
+    # The frozen mapping never reads surgery's keys: an edit of them leaves it alone.
+    embed = config_values(MappingSettings, config, leave_out=SURGERY_KEYS)
+    assert not any(key.startswith("mapping.surgery") for key in embed)
+    assert (
+        MappingSettings.from_values(embed).surgery_max_epochs
+        == MappingSettings().surgery_max_epochs
+    )
 
 
 def config_readme_defaults() -> dict[str, str]:

@@ -11,13 +11,13 @@ import time
 
 import pytest
 from atlasmap.download import (
-    DownloadSettings,
     fetch,
     fetch_deposit,
     geo_supplementary_url,
     resolve_sources,
 )
 from atlasmap.errors import AtlasmapInputError
+from atlasmap.settings import DownloadSettings
 from fault_server import PAYLOAD, running_fault_server
 
 FILES = {

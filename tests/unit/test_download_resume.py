@@ -11,8 +11,9 @@ import logging
 import random
 
 import pytest
-from atlasmap.download import DownloadSettings, Partial, fetch, fetch_atlas
+from atlasmap.download import Partial, fetch, fetch_atlas
 from atlasmap.errors import AtlasmapInputError
+from atlasmap.settings import DownloadSettings
 from fault_server import CUT_BYTES, running_fault_server
 
 # Incompressible, so that the file is many cuts long (about 1 MB).

@@ -168,7 +168,7 @@ def test_the_import_scan_follows_the_library_and_lazy_imports():
     assert "scvi" not in found
     assert not {"os", "subprocess", "atlasmap", "__future__"} & set(found)
     assert third_party_imports(scripts / "evaluate_mapping.py")["h5py"].endswith("reference.py")
-    # Only what is used: plots take a constant from atlasmap.calls, not its scikit-learn.
+    # Only what is used: plots take constants from atlasmap.contract, not the calls' scikit-learn.
     assert not {"scvi", "torch", "sklearn"} & set(third_party_imports(scripts / "plot_mapping.py"))
 
 

@@ -6,13 +6,12 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from atlasmap.contract import EMBEDDING_KEY
 from atlasmap.embedding import (
     QUERY_UMAP_KEY,
-    EmbeddingSettings,
     ThreadedAnnoyTransformer,
     neighbors_umap,
 )
-from atlasmap.mapping import EMBEDDING_KEY
 from atlasmap.metrics import classification_metrics
 from atlasmap.plots import (
     MAPPING_FIGURES,
@@ -25,6 +24,7 @@ from atlasmap.plots import (
     umap_categorical,
     umap_uncertainty,
 )
+from atlasmap.settings import EmbeddingSettings
 from conftest import assert_valid_figure, run_python
 
 LABELS = ["T cell", "B cell", "Macrophage", "Fibroblast"]

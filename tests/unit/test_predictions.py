@@ -364,13 +364,13 @@ def toy_expression(obs, seed=7):
 def test_calls_from_the_fit_made_once_per_reference_are_the_calls_fitted_in_place(tmp_path, method):
     """fit_calls fits on the atlas once; every query and mode reads that fit back: the
     calls, probabilities, novelty and report are those of a fit made in the call step."""
-    from atlasmap.calls import (
-        call_embedded,
+    from atlasmap.call_adapters import call_embedded
+    from atlasmap.contract import EMBEDDING_KEY, PROBABILITIES_KEY
+    from atlasmap.reference_calls import (
         fit_reference_calls,
         read_reference_calls,
         write_reference_calls,
     )
-    from atlasmap.contract import EMBEDDING_KEY, PROBABILITIES_KEY
 
     obs, obsm, run = toy_embedded(np.random.default_rng(3))
     atlas_counts, query_counts = toy_expression(obs)
@@ -431,8 +431,9 @@ def write_embedded_atlas(path, obs, obsm, run) -> np.ndarray:
 
 
 def test_a_fit_of_another_atlas_or_other_settings_is_refused(tmp_path):
-    from atlasmap.calls import call_embedded, fit_calls_files, read_reference_calls
+    from atlasmap.call_adapters import call_embedded, fit_calls_files
     from atlasmap.errors import AtlasmapInputError
+    from atlasmap.reference_calls import read_reference_calls
 
     obs, obsm, run = toy_embedded(np.random.default_rng(4))
     atlas = write_embedded_atlas(tmp_path / "embedded_atlas.h5ad", obs, obsm, run)
@@ -610,7 +611,7 @@ def test_the_ensembles_fit_reads_the_atlas_counts_and_refuses_another_atlas(tmp_
     """fit_calls reads the atlas's counts on all its genes beside embed_reference's file;
     an atlas file whose cells are not the embedded ones is refused, naming the file, and
     no fit is written."""
-    from atlasmap.calls import fit_calls_files
+    from atlasmap.call_adapters import fit_calls_files
     from atlasmap.errors import AtlasmapInputError
     from atlasmap.io import write_h5ad
 

@@ -156,4 +156,4 @@ def test_train_reference_does_not_reach_the_kernel_of_the_calls():
     calls = reach((SCRIPTS / "call_celltypes.py").read_text(), lib).units
     assert ("calls", "kernel_weights") in calls
     assert ("calls", "kernel_weights") not in train
-    assert ("calls", "calibration_folds") in train  # held-out folds of the training
+    assert ("folds", "calibration_folds") in train  # held-out folds of the training

@@ -4,9 +4,9 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from atlasmap.contract import EMBEDDING_KEY
 from atlasmap.embedding import (
     QUERY_UMAP_KEY,
-    EmbeddingSettings,
     layout_reference,
     neighbors_umap,
     project_onto_reference,
@@ -16,7 +16,7 @@ from atlasmap.embedding import (
     write_reference_layout,
 )
 from atlasmap.errors import AtlasmapInputError
-from atlasmap.mapping import EMBEDDING_KEY
+from atlasmap.settings import EmbeddingSettings
 
 N_TYPES, N_DIMS = 5, 10
 SETTINGS = EmbeddingSettings(n_neighbors=15, n_trees=5, seed=2)
@@ -207,7 +207,8 @@ def test_umap_learns_kernels_are_compiled_once_not_in_every_job():
 
     script = """
 import json, numpy as np, pandas as pd
-from atlasmap.embedding import EmbeddingSettings, layout_reference
+from atlasmap.embedding import layout_reference
+from atlasmap.settings import EmbeddingSettings
 from atlasmap.numba_cache import UMAP_KERNELS, cache_umap_kernels
 latent = np.random.default_rng(0).normal(size=(300, 5)).astype(np.float32)
 layout_reference(pd.Index([f"c{i}" for i in range(300)]), latent, EmbeddingSettings(n_neighbors=10))

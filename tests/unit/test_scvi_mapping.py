@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 import scvi
 import torch
-from atlasmap.calls import CallSettings, call_mapping, fit_call_model
+from atlasmap.call_adapters import call_mapping
+from atlasmap.calls import CallSettings, fit_call_model
 from atlasmap.errors import AtlasmapInputError
 from atlasmap.mapping import (
     EMBEDDING_KEY,
     PROBABILITIES_KEY,
-    MappingSettings,
     embed_reference,
     embed_reference_files,
     map_query,
@@ -28,7 +28,6 @@ from atlasmap.mapping import (
 )
 from atlasmap.reference import (
     HELD_OUT_FILE,
-    TrainingSettings,
     read_held_out_latents,
     read_model_info,
     save_model,
@@ -36,6 +35,7 @@ from atlasmap.reference import (
     train_scanvi_model,
     train_scvi_model,
 )
+from atlasmap.settings import MappingSettings, TrainingSettings
 
 HELD_OUT = ["ATLAS_D05", "ATLAS_D06"]
 SETTINGS = MappingSettings(surgery_max_epochs=8)

@@ -26,11 +26,14 @@ for light_module in (
     "errors",
     "reach",
     "resources_check",
+    "settings",
     "sheet",
 ):
     library_file(light_module)
-# The sheet's reader finds its schema beside the library, in the cache too.
-workflow.source_path("../schemas/queries.schema.yaml")
+# The sheet's reader and the settings find their schemas beside the library, in the
+# cache too.
+for schema in ("queries", "config"):
+    workflow.source_path(f"../schemas/{schema}.schema.yaml")
 sys.path.insert(0, str(Path(library_file("__init__")).parents[1]))
 from atlasmap.contract import (  # noqa: E402
     DEFAULT_REFERENCE,
@@ -47,6 +50,15 @@ from atlasmap.contract import (  # noqa: E402
 from atlasmap.errors import AtlasmapInputError  # noqa: E402
 from atlasmap.reach import Library, code_digests  # noqa: E402
 from atlasmap.resources_check import check_resources, workflow_rule_names  # noqa: E402
+from atlasmap.settings import (  # noqa: E402
+    SURGERY_KEYS,
+    CallSettings,
+    DownloadSettings,
+    EmbeddingSettings,
+    MappingSettings,
+    TrainingSettings,
+    config_values,
+)
 from atlasmap.sheet import read_query_sheet  # noqa: E402
 
 # Resource names given by the profile (default-resources, set-resources) or on the command
@@ -391,31 +403,31 @@ def reference_model(wildcards):
 
 
 def training_params(wildcards):
-    """What train_reference depends on (not the mapping-only reference keys)."""
-    keys = ("labels_key", "batch_key", "unlabeled_category", "counts_layer", "training")
+    """The reference's keys train_reference reads beside its TrainingSettings."""
+    keys = ("labels_key", "batch_key", "unlabeled_category", "counts_layer")
     return {key: reference_settings(wildcards)[key] for key in keys}
 
 
-# Mapping keys that only the call step reads: editing them never reruns mapping.
-CALL_KEYS = ("unknown_threshold", "calls")
+# A job's settings reach it as the values of the config keys its settings dataclass
+# reads (atlasmap.settings): editing a key reruns the jobs that read it, and no other.
+def settings_values(settings, leave_out=()):
+    """An input function: config key -> value of each key ``settings`` reads, those of
+    the job's reference included; none under the key prefixes ``leave_out``."""
+
+    def values(wildcards):
+        return config_values(settings, config, reference_settings(wildcards), leave_out)
+
+    return values
 
 
-def mapping_params(wildcards):
-    """Mapping settings; surgery's own only for surgery, so that editing them
+def mapping_values(wildcards):
+    """map_query's settings; surgery's own only for surgery, so that editing them
     reruns the surgery mapping alone."""
-    params = {
-        k: v
-        for k, v in config["mapping"].items()
-        if k not in ("modes", "surgery", *CALL_KEYS)
-    }
-    if wildcards.mode == "surgery":
-        params["surgery"] = config["mapping"]["surgery"]
-    return params
+    leave_out = () if wildcards.mode == "surgery" else SURGERY_KEYS
+    return settings_values(MappingSettings, leave_out)(wildcards)
 
 
-def calls_params(wildcards):
-    """What call_celltypes reads of the mapping section."""
-    return {key: config["mapping"][key] for key in CALL_KEYS}
+DOWNLOAD_VALUES = config_values(DownloadSettings, config)
 
 
 def side_by_side(wanted):
@@ -449,13 +461,6 @@ def surgery_first(wildcards):
     figures) is the study's longest, so its jobs go before the other mode's and before
     the small evaluation jobs whenever both are ready and only one fits."""
     return 1 if wildcards.mode == "surgery" else 0
-
-
-def embed_reference_params(wildcards):
-    """What embed_reference reads of the mapping section: not the modes, the calls
-    or surgery, whose edits leave the reference's latent as it is."""
-    keys = ("batch_size", "min_gene_overlap", "warn_gene_overlap", "accelerator")
-    return {key: config["mapping"][key] for key in keys}
 
 
 def reference_calls(wildcards):

@@ -18,9 +18,7 @@ rule map_query:
     priority: surgery_first
     params:
         code=library_code("map_query.py"),
-        reference=reference_settings,
-        mapping=mapping_params,
-        seed=lookup(dpath="seed", within=config),
+        settings=mapping_values,
     threads: mapping_threads
     resources:
         mem_mb=lambda wildcards, attempt: 16000 * attempt,
@@ -64,9 +62,8 @@ rule call_celltypes:
     priority: surgery_first
     params:
         code=library_code("call_celltypes.py"),
-        mapping=calls_params,
+        settings=settings_values(CallSettings),
         counts_layer=reference_value("counts_layer"),
-        seed=lookup(dpath="seed", within=config),
     threads: side_by_side(2)
     resources:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,

@@ -16,9 +16,7 @@ rule neighbors_umap:
     priority: surgery_first
     params:
         code=library_code("neighbors_umap.py"),
-        neighbors=lookup(dpath="neighbors", within=config),
-        umap=lookup(dpath="umap", within=config),
-        seed=lookup(dpath="seed", within=config),
+        settings=settings_values(EmbeddingSettings),
     # UMAP's optimisation is serial (seeded): one thread, so the modes run side by side.
     threads: 1
     resources:

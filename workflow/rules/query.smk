@@ -15,7 +15,7 @@ rule download_query:
         code=library_code("download_query.py"),
         location=deposit_location,
         checksum=deposit_checksum,
-        download=lookup(dpath="download", within=config),
+        settings=DOWNLOAD_VALUES,
     threads: 1
     resources:
         mem_mb=1000,

@@ -24,7 +24,7 @@ if FETCHED_ATLASES:
             checksum=fetched_reference_value(
                 FETCHED_ATLASES, "fetched_atlas", "atlas_checksum"
             ),
-            download=lookup(dpath="download", within=config),
+            settings=DOWNLOAD_VALUES,
         threads: 1
         resources:
             mem_mb=1000,
@@ -80,6 +80,7 @@ rule train_reference:
     params:
         code=library_code("train_reference.py"),
         reference=training_params,
+        settings=settings_values(TrainingSettings),
         seed=lookup(dpath="seed", within=config),
         accelerator=lookup(dpath="mapping/accelerator", within=config),
     threads: 4
@@ -109,9 +110,7 @@ rule embed_reference:
         "logs/embed_reference/{reference}.benchmark.tsv"
     params:
         code=library_code("embed_reference.py"),
-        reference=reference_settings,
-        mapping=embed_reference_params,
-        seed=lookup(dpath="seed", within=config),
+        settings=settings_values(MappingSettings, leave_out=SURGERY_KEYS),
     threads: side_by_side(2)
     resources:
         mem_mb=lambda wildcards, attempt: 12000 * attempt,
@@ -141,8 +140,7 @@ rule fit_calls:
     params:
         code=library_code("fit_calls.py"),
         reference=reference_settings,
-        mapping=calls_params,
-        seed=lookup(dpath="seed", within=config),
+        settings=settings_values(CallSettings),
     threads: side_by_side(2)
     resources:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
@@ -165,9 +163,7 @@ rule layout_reference:
         "logs/layout_reference/{reference}.benchmark.tsv"
     params:
         code=library_code("layout_reference.py"),
-        neighbors=lookup(dpath="neighbors", within=config),
-        umap=lookup(dpath="umap", within=config),
-        seed=lookup(dpath="seed", within=config),
+        settings=settings_values(EmbeddingSettings),
     # UMAP's optimisation is serial (seeded): one thread, beside the mappings.
     threads: 1
     resources:

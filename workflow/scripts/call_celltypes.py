@@ -4,14 +4,13 @@ from atlasmap.logs import log_to
 
 log_to(snakemake.log[0])
 
-from atlasmap.calls import call_celltypes_files, call_settings  # noqa: E402
+from atlasmap.call_adapters import call_celltypes_files  # noqa: E402
+from atlasmap.settings import CallSettings  # noqa: E402
 
 call_celltypes_files(
     embedded_path=snakemake.input.embedded,
     mapping_qc_path=snakemake.input.mapping_qc,
-    settings=call_settings(
-        snakemake.params.mapping, seed=snakemake.params.seed, n_jobs=snakemake.threads
-    ),
+    settings=CallSettings.from_values(snakemake.params.settings, n_jobs=snakemake.threads),
     predictions_path=snakemake.output.predictions,
     qc_path=snakemake.output.qc,
     report_path=snakemake.output.calls,

@@ -4,11 +4,12 @@ from atlasmap.logs import log_to
 
 log_to(snakemake.log[0])
 
-from atlasmap.download import DownloadSettings, fetch  # noqa: E402
+from atlasmap.download import fetch  # noqa: E402
+from atlasmap.settings import DownloadSettings  # noqa: E402
 
 fetch(
     snakemake.params.location,
     snakemake.output.file,
-    DownloadSettings(**snakemake.params.download),
+    DownloadSettings.from_values(snakemake.params.settings),
     checksum=snakemake.params.checksum,
 )

@@ -5,14 +5,13 @@ from atlasmap.logs import log_to
 
 log_to(snakemake.log[0])
 
-from atlasmap.calls import call_settings, fit_calls_files  # noqa: E402
+from atlasmap.call_adapters import fit_calls_files  # noqa: E402
+from atlasmap.settings import CallSettings  # noqa: E402
 
 fit_calls_files(
     atlas_path=snakemake.input.atlas,
     reference=snakemake.params.reference,
-    settings=call_settings(
-        snakemake.params.mapping, seed=snakemake.params.seed, n_jobs=snakemake.threads
-    ),
+    settings=CallSettings.from_values(snakemake.params.settings, n_jobs=snakemake.threads),
     output=snakemake.output.model,
     counts_path=snakemake.input.counts,
     model_dir=snakemake.input.model,

@@ -5,7 +5,8 @@ from atlasmap.logs import log_to
 log_to(snakemake.log[0])
 
 import torch  # noqa: E402
-from atlasmap.mapping import map_query_files, mapping_settings  # noqa: E402
+from atlasmap.mapping import map_query_files  # noqa: E402
+from atlasmap.settings import MappingSettings  # noqa: E402
 
 torch.set_num_threads(snakemake.threads)
 map_query_files(
@@ -13,9 +14,7 @@ map_query_files(
     embedded_atlas=snakemake.input.atlas or None,
     model_dir=snakemake.input.model,
     mode=snakemake.wildcards.mode,
-    settings=mapping_settings(
-        snakemake.params.reference, snakemake.params.mapping, snakemake.params.seed
-    ),
+    settings=MappingSettings.from_values(snakemake.params.settings),
     embedded=snakemake.output.embedded,
     qc=snakemake.output.qc,
 )

@@ -4,7 +4,8 @@ from atlasmap.logs import log_to
 
 log_to(snakemake.log[0])
 
-from atlasmap.embedding import embedding_settings, neighbors_umap_files  # noqa: E402
+from atlasmap.embedding import neighbors_umap_files  # noqa: E402
+from atlasmap.settings import EmbeddingSettings  # noqa: E402
 
 neighbors_umap_files(
     embedded=snakemake.input.embedded,
@@ -12,10 +13,5 @@ neighbors_umap_files(
     mapped=snakemake.output.mapped,
     reference_coords=snakemake.input.reference_coords or None,
     reference_index=snakemake.input.reference_index or None,
-    settings=embedding_settings(
-        snakemake.params.neighbors,
-        snakemake.params.umap,
-        snakemake.params.seed,
-        n_jobs=snakemake.threads,
-    ),
+    settings=EmbeddingSettings.from_values(snakemake.params.settings, n_jobs=snakemake.threads),
 )

@@ -4,11 +4,12 @@ from atlasmap.logs import log_to
 
 log_to(snakemake.log[0])
 
-from atlasmap.download import DownloadSettings, fetch_atlas  # noqa: E402
+from atlasmap.download import fetch_atlas  # noqa: E402
+from atlasmap.settings import DownloadSettings  # noqa: E402
 
 fetch_atlas(
     snakemake.params.url,
     snakemake.output.atlas,
-    DownloadSettings(**snakemake.params.download),
+    DownloadSettings.from_values(snakemake.params.settings),
     checksum=snakemake.params.checksum,
 )

@@ -6,12 +6,14 @@ log_to(snakemake.log[0])
 
 import torch  # noqa: E402
 from atlasmap.reference import train_reference_files  # noqa: E402
+from atlasmap.settings import TrainingSettings  # noqa: E402
 
 torch.set_num_threads(snakemake.threads)
 train_reference_files(
     atlas_path=snakemake.input.atlas,
     model_dir=snakemake.output.model,
     reference_config=snakemake.params.reference,
+    settings=TrainingSettings.from_values(snakemake.params.settings),
     seed=snakemake.params.seed,
     accelerator=snakemake.params.accelerator,
 )

@@ -35,6 +35,9 @@ seconds. Everything that decides a call is fitted on the reference alone:
 
 A cell is ``Unknown`` when its calibrated probability is under
 ``unknown_threshold`` or its novelty score is over the cut-off.
+
+The fit is made once per reference and kept as a file by :mod:`atlasmap.reference_calls`;
+the rules and the mapping's outputs reach the calls through :mod:`atlasmap.call_adapters`.
 """
 
 from __future__ import annotations
@@ -47,17 +50,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .contract import (
-    CALL_COLUMNS,
-    EMBEDDING_KEY,
-    PROBABILITIES_KEY,
-    SOURCE_COLUMN,
-    UNKNOWN,
-    query_mask,
-)
+from .contract import UNKNOWN
 from .errors import AtlasmapInputError
 from .expression import ExpressionModel, fit_expression_model, fit_linear
+from .folds import calibration_folds, fold_of_cells
 from .neighbours import ExactNeighbours
+from .settings import CallSettings
 
 log = logging.getLogger(__name__)
 
@@ -66,35 +64,6 @@ CALLED = "none"
 METHODS = ("knn", "classifier", "consensus", "ensemble")
 # Methods with the expression member, which need the cells' counts.
 EXPRESSION_METHODS = ("ensemble",)
-
-
-@dataclass(frozen=True)
-class CallSettings:
-    method: str = "ensemble"
-    # Chosen on held-out reference batches of the real-data benchmark.
-    n_neighbors: int = 50
-    unknown_threshold: float = 0.3
-    novelty: bool = True
-    novelty_false_positive_rate: float = 0.05
-    # Quantile of a batch's novelty scores taken as that batch's shift from the
-    # reference (None: no correction); see batch_shift.
-    novelty_batch_quantile: float | None = 0.5
-    calibrate: bool = True
-    calibration_folds: int = 5
-    calibration_cells: int = 20_000
-    # The ensemble's expression member: its weight (the kNN vote has the rest), the
-    # reference's variable genes it reads, its penalty and the atlas cells each fit may
-    # use. Chosen, with the method, on held-out reference batches
-    # (benchmarks/tune_ensemble.md).
-    expression_weight: float = 0.5
-    expression_genes: int = 5000
-    expression_c: float = 0.01
-    expression_cells: int = 20_000
-    # Query cells of the same batch whose probabilities each cell's are averaged with
-    # (0: none); chosen on held-out reference batches (benchmarks/tune_smoothing.md).
-    query_smoothing: int = 50
-    seed: int = 0
-    n_jobs: int = 1
 
 
 def kernel_weights(distances: np.ndarray, bandwidth: float) -> np.ndarray:
@@ -161,27 +130,6 @@ class CallModel:
             apart = ~np.asarray(agree, dtype=bool)
             out[apart] = np.interp(raw[apart], self.disagree_x, self.disagree_y)
         return out
-
-
-def calibration_folds(groups: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:
-    """Cell indices of each held-out fold: whole batches when there are several."""
-    unique = pd.unique(groups)
-    rng = np.random.default_rng(seed)
-    if len(unique) >= 2:
-        order = rng.permutation(unique)
-        n = min(n_folds, len(unique))
-        return [np.flatnonzero(np.isin(groups, order[i::n])) for i in range(n)]
-    log.warning("the reference has one batch: calibration folds are random cells, not batches")
-    cells = rng.permutation(len(groups))
-    return [np.sort(cells[i::n_folds]) for i in range(n_folds)]
-
-
-def fold_of_cells(folds: list[np.ndarray], n_cells: int) -> np.ndarray:
-    """Per cell, the index of the fold holding it (-1: none)."""
-    fold_of = np.full(n_cells, -1)
-    for i, held in enumerate(folds):
-        fold_of[held] = i
-    return fold_of
 
 
 def batch_shift(score: np.ndarray, batches, quantile: float | None) -> np.ndarray:
@@ -311,105 +259,80 @@ def fit_call_model(
     ``held_out``: the cells' :class:`~atlasmap.reference.HeldOutLatents`, in their
     order; its folds are then the calibration's, each scored in the latent of the
     model that did not see its labels (else in ``latent``, folds drawn here).
+
+    The steps: the members on every reference cell; the held-out folds and their
+    latents (:func:`_calibration_spaces`); each fold's cells called by members fitted
+    without it (:func:`_out_of_fold`, :func:`_held_out_calls`); the novelty scale and
+    cut-off (:func:`_fit_novelty`) and the calibration (:func:`_fit_calibration`) fitted
+    on those calls; the report (:func:`_fit_report`, :func:`_held_out_label_detection`).
     """
     s = settings
     if s.method not in METHODS:
         raise AtlasmapInputError(f"mapping.calls.method must be one of {METHODS}, not {s.method!r}")
-    labels = pd.Series(np.asarray(labels)).astype(str).to_numpy()
-    codes, names = pd.factorize(labels, sort=True)
-    names = np.asarray(names, dtype=object)
-    n_labels = len(names)
+    codes, names = _label_codes(labels)
     clf = _align_probabilities(classifier_probs, classifier_labels, names)
+    # One generator, drawn from in this order: the bandwidth, the held-out latents'
+    # scales, the out-of-fold sample, the held-out label detection.
     rng = np.random.default_rng(s.seed)
-    k = int(min(s.n_neighbors, len(latent) - 1))
-    if k < 1:
-        raise AtlasmapInputError("the reference needs at least two cells to call labels from")
+    k = _vote_size(s.n_neighbors, len(latent))
     expression_model, logged = _fit_expression_member(expression, expression_layer, codes, names, s)
 
     # The kernel's bandwidth: the reference's own typical distance to its k-th neighbour.
     bandwidth = _bandwidth(latent, k, rng, s.n_jobs)
-
     batches = np.asarray(batches).astype(str)
-    if held_out is not None:
-        folds = [np.flatnonzero(held_out.fold == f) for f in range(len(held_out.latents))]
-        spaces = [_rescaled(space, bandwidth, k, rng, s.n_jobs) for space in held_out.latents]
-    else:
-        folds = calibration_folds(batches, s.calibration_folds, s.seed)
-        spaces = [latent] * len(folds)
-    oof = _out_of_fold(spaces, codes, n_labels, folds, k, bandwidth, logged, s, rng)
-    cells, knn_probs, dist = oof["cells"], oof["knn"], oof["distance"]
-    expr_probs = oof["expression"]
-    held_clf = None if clf is None else clf[cells]
-    # Each held-out fold's batches are smoothed as query batches are.
-    held_group = np.char.add(oof["fold_of"].astype(str), np.char.add(":", batches[cells]))
-    knn_probs, held_clf = smooth_over_neighbours(
-        oof["latent"], held_group, [knn_probs, held_clf], s.query_smoothing, bandwidth, s.n_jobs
-    )
-    probs = _method_probabilities(s, knn_probs, held_clf, expr_probs)
-    best = probs.argmax(axis=1)
-    raw = probs[np.arange(len(best)), best]
-    correct = (best == codes[cells]).astype(float)
-    agree = members_agree(knn_probs, expr_probs)
-
-    # Typical distance per called label (overall median where a label is rarely called).
-    overall = float(np.median(dist))
-    scale = np.full(n_labels, overall)
-    for code in range(n_labels):
-        mine = dist[best == code]
-        if len(mine) >= 20:
-            scale[code] = float(np.median(mine))
-    scale = np.maximum(scale, 1e-9)
-    shift = batch_shift(dist / scale[best], batches[cells], s.novelty_batch_quantile)
-    score = dist / scale[best] / shift
-    cutoff = float(np.quantile(score, 1.0 - s.novelty_false_positive_rate)) if s.novelty else np.inf
+    folds, spaces = _calibration_spaces(latent, batches, held_out, bandwidth, k, rng, s)
+    oof = _out_of_fold(spaces, codes, len(names), folds, k, bandwidth, logged, s, rng)
+    held = _held_out_calls(oof, clf, codes, batches, bandwidth, s)
+    novelty = _fit_novelty(held, len(names), s)
 
     model = CallModel(
         labels=names,
-        knn=LatentKNN(latent, codes, n_labels, k, bandwidth, s.n_jobs),
-        distance_scale=scale,
-        novelty_cutoff=cutoff,
+        knn=LatentKNN(latent, codes, len(names), k, bandwidth, s.n_jobs),
+        distance_scale=novelty.scale,
+        novelty_cutoff=novelty.cutoff,
         novelty_batch_quantile=s.novelty_batch_quantile if s.novelty else None,
         calibration_x=None,
         calibration_y=None,
         expression=expression_model,
     )
     if s.calibrate:
-        _fit_calibration(model, raw, correct, agree)
-    calibrated = model.calibrated(raw, agree)
-    flagged = (calibrated < s.unknown_threshold) | (score > cutoff)
-    shift_of_batch = _per_batch(shift, batches[cells])
-    model.report = {
-        "method": s.method,
-        "n_neighbors": k,
-        "bandwidth": round(bandwidth, 6),
-        "folds": oof["folds"],
-        "held_out_cells": int(len(cells)),
-        "held_out_accuracy": round(float(correct.mean()), 4),
-        "held_out_member_accuracy": _member_accuracy(oof, clf, codes),
-        "held_out_members_agree": None if agree is None else round(float(agree.mean()), 4),
-        "held_out_mean_raw_probability": round(float(raw.mean()), 4),
-        "held_out_mean_calibrated_probability": round(float(calibrated.mean()), 4),
-        "held_out_share_unknown": round(float(flagged.mean()), 4),
-        "held_out_latent": "fold models" if held_out is not None else "reference model",
-        "held_out_caveats": _caveats(batches, s, held_out is not None),
-        "labels_short_of_cells": _labels_short_of_cells(codes, names, folds, k),
-        "novelty_cutoff": round(cutoff, 4) if np.isfinite(cutoff) else None,
-        "novelty_false_positive_rate": s.novelty_false_positive_rate if s.novelty else None,
-        "novelty_batch_quantile": model.novelty_batch_quantile,
-        "held_out_batch_shift": _rounded(shift_of_batch),
-        "unknown_threshold": s.unknown_threshold,
-        "query_smoothing": s.query_smoothing,
-    }
-    if expression_model is not None:
-        model.report["expression_genes"] = len(expression_model.genes)
-        model.report["expression_weight"] = s.expression_weight
+        _fit_calibration(model, held.raw, held.correct, held.agree)
+    model.report = _fit_report(
+        model,
+        held,
+        novelty,
+        s,
+        oof=oof,
+        classifier_probs=clf,
+        codes=codes,
+        folds=folds,
+        batches=batches,
+        fold_models=held_out is not None,
+    )
     if s.novelty:
-        cell_shift = pd.Series(batches).map(shift_of_batch).fillna(1.0).to_numpy(dtype=float)
+        cell_shift = (
+            pd.Series(batches).map(novelty.shift_of_batch).fillna(1.0).to_numpy(dtype=float)
+        )
         model.report["held_out_label_detection"] = _held_out_label_detection(
             spaces, codes, names, folds, model, rng, cell_shift
         )
     log.info("calls fitted on the reference: %s", model.report)
     return model
+
+
+def _label_codes(labels) -> tuple[np.ndarray, np.ndarray]:
+    """Each cell's label as a code into the reference's label names, sorted."""
+    labels = pd.Series(np.asarray(labels)).astype(str).to_numpy()
+    codes, names = pd.factorize(labels, sort=True)
+    return codes, np.asarray(names, dtype=object)
+
+
+def _vote_size(n_neighbors: int, n_cells: int) -> int:
+    """The neighbours each vote reads: ``n_neighbors``, or every other reference cell."""
+    k = int(min(n_neighbors, n_cells - 1))
+    if k < 1:
+        raise AtlasmapInputError("the reference needs at least two cells to call labels from")
+    return k
 
 
 def _fit_expression_member(expression, layer, codes, names, s: CallSettings):
@@ -451,6 +374,20 @@ def _bandwidth(latent: np.ndarray, k: int, rng, n_jobs: int) -> float:
     probe = rng.choice(len(latent), size=min(len(latent), 5000), replace=False)
     distances = ExactNeighbours(latent, n_jobs).query(latent[probe], k + 1)[0][:, -1]
     return max(float(np.median(distances)), 1e-6)
+
+
+def _calibration_spaces(
+    latent: np.ndarray, batches: np.ndarray, held_out, bandwidth: float, k: int, rng, s
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The calibration's held-out folds and the latent each is scored in: that of the
+    model that did not see its labels (``held_out``, rescaled), else the reference's."""
+    if held_out is not None:
+        folds = [np.flatnonzero(held_out.fold == f) for f in range(len(held_out.latents))]
+        spaces = [_rescaled(space, bandwidth, k, rng, s.n_jobs) for space in held_out.latents]
+    else:
+        folds = calibration_folds(batches, s.calibration_folds, s.seed)
+        spaces = [latent] * len(folds)
+    return folds, spaces
 
 
 def _out_of_fold(spaces, codes, n_labels, folds, k, bandwidth, logged, s, rng) -> dict:
@@ -502,6 +439,71 @@ def _out_of_fold(spaces, codes, n_labels, folds, k, bandwidth, logged, s, rng) -
     }
 
 
+@dataclass(frozen=True)
+class _HeldOutCalls:
+    """The reference's held-out cells, called as a query's cells are (before calibration)."""
+
+    cells: np.ndarray  # their rows in the reference
+    batches: np.ndarray  # their batches
+    distance: np.ndarray  # mean distance to their nearest cells of the other folds
+    best: np.ndarray  # the code of the label each is called
+    raw: np.ndarray  # that label's uncalibrated probability
+    correct: np.ndarray  # 1.0 where that is the cell's own label, else 0.0
+    agree: np.ndarray | None  # whether the kNN vote and the expression member agree
+
+
+def _held_out_calls(
+    oof: dict, clf, codes: np.ndarray, batches: np.ndarray, bandwidth: float, s: CallSettings
+) -> _HeldOutCalls:
+    """The held-out cells' calls from their out-of-fold members, smoothed and combined."""
+    cells, knn_probs, expr_probs = oof["cells"], oof["knn"], oof["expression"]
+    held_clf = None if clf is None else clf[cells]
+    # Each held-out fold's batches are smoothed as query batches are.
+    held_group = np.char.add(oof["fold_of"].astype(str), np.char.add(":", batches[cells]))
+    knn_probs, held_clf = smooth_over_neighbours(
+        oof["latent"], held_group, [knn_probs, held_clf], s.query_smoothing, bandwidth, s.n_jobs
+    )
+    probs = _method_probabilities(s, knn_probs, held_clf, expr_probs)
+    best = probs.argmax(axis=1)
+    return _HeldOutCalls(
+        cells=cells,
+        batches=batches[cells],
+        distance=oof["distance"],
+        best=best,
+        raw=probs[np.arange(len(best)), best],
+        correct=(best == codes[cells]).astype(float),
+        agree=members_agree(knn_probs, expr_probs),
+    )
+
+
+@dataclass(frozen=True)
+class _NoveltyFit:
+    """The novelty score's scale and cut-off, and the held-out cells' scores under them."""
+
+    scale: np.ndarray  # per label: typical out-of-fold neighbour distance
+    shift: np.ndarray  # per held-out cell: its batch's shift (batch_shift)
+    shift_of_batch: pd.Series  # the same, one value per batch
+    score: np.ndarray  # per held-out cell: its novelty score
+    cutoff: float
+
+
+def _fit_novelty(held: _HeldOutCalls, n_labels: int, s: CallSettings) -> _NoveltyFit:
+    """Per-label distance scale, batch shifts and the novelty cut-off, from the held-out calls."""
+    dist, best = held.distance, held.best
+    # Typical distance per called label (overall median where a label is rarely called).
+    overall = float(np.median(dist))
+    scale = np.full(n_labels, overall)
+    for code in range(n_labels):
+        mine = dist[best == code]
+        if len(mine) >= 20:
+            scale[code] = float(np.median(mine))
+    scale = np.maximum(scale, 1e-9)
+    shift = batch_shift(dist / scale[best], held.batches, s.novelty_batch_quantile)
+    score = dist / scale[best] / shift
+    cutoff = float(np.quantile(score, 1.0 - s.novelty_false_positive_rate)) if s.novelty else np.inf
+    return _NoveltyFit(scale, shift, _per_batch(shift, held.batches), score, cutoff)
+
+
 def _fit_calibration(model: CallModel, raw, correct, agree) -> None:
     """Isotonic maps raw -> P(right): one for all cells, or, with an expression member,
     one where the members agree and one where they disagree (each needs 50 cells)."""
@@ -510,6 +512,53 @@ def _fit_calibration(model: CallModel, raw, correct, agree) -> None:
         return
     model.calibration_x, model.calibration_y = _isotonic(raw[agree], correct[agree])
     model.disagree_x, model.disagree_y = _isotonic(raw[~agree], correct[~agree])
+
+
+def _fit_report(
+    model: CallModel,
+    held: _HeldOutCalls,
+    novelty: _NoveltyFit,
+    s: CallSettings,
+    *,
+    oof: dict,
+    classifier_probs,
+    codes: np.ndarray,
+    folds: list[np.ndarray],
+    batches: np.ndarray,
+    fold_models: bool,
+) -> dict:
+    """What calls.json says of the fit: its held-out figures, cut-offs and settings
+    (``classifier_probs``: the classifier's probabilities of every reference cell, or None)."""
+    calibrated = model.calibrated(held.raw, held.agree)
+    flagged = (calibrated < s.unknown_threshold) | (novelty.score > novelty.cutoff)
+    cutoff = novelty.cutoff
+    agree = held.agree
+    report = {
+        "method": s.method,
+        "n_neighbors": model.knn.k,
+        "bandwidth": round(model.knn.bandwidth, 6),
+        "folds": oof["folds"],
+        "held_out_cells": int(len(held.cells)),
+        "held_out_accuracy": round(float(held.correct.mean()), 4),
+        "held_out_member_accuracy": _member_accuracy(oof, classifier_probs, codes),
+        "held_out_members_agree": None if agree is None else round(float(agree.mean()), 4),
+        "held_out_mean_raw_probability": round(float(held.raw.mean()), 4),
+        "held_out_mean_calibrated_probability": round(float(calibrated.mean()), 4),
+        "held_out_share_unknown": round(float(flagged.mean()), 4),
+        "held_out_latent": "fold models" if fold_models else "reference model",
+        "held_out_caveats": _caveats(batches, s, fold_models),
+        "labels_short_of_cells": _labels_short_of_cells(codes, model.labels, folds, model.knn.k),
+        "novelty_cutoff": round(cutoff, 4) if np.isfinite(cutoff) else None,
+        "novelty_false_positive_rate": s.novelty_false_positive_rate if s.novelty else None,
+        "novelty_batch_quantile": model.novelty_batch_quantile,
+        "held_out_batch_shift": _rounded(novelty.shift_of_batch),
+        "unknown_threshold": s.unknown_threshold,
+        "query_smoothing": s.query_smoothing,
+    }
+    if model.expression is not None:
+        report["expression_genes"] = len(model.expression.genes)
+        report["expression_weight"] = s.expression_weight
+    return report
 
 
 def _member_accuracy(oof: dict, clf, codes) -> dict:
@@ -742,421 +791,6 @@ def coarser_calls(probs, labels, called, probability, reason, hierarchy, setting
     return pd.DataFrame(out)
 
 
-def call_settings(mapping_config: dict, seed: int = 0, n_jobs: int = 1) -> CallSettings:
-    """CallSettings from the config's mapping section (mapping.calls keys are its fields)."""
-    return CallSettings(
-        **mapping_config["calls"],
-        unknown_threshold=mapping_config["unknown_threshold"],
-        seed=seed,
-        n_jobs=n_jobs,
-    )
-
-
-@dataclass
-class ReferenceCalls:
-    """The calls' fit on the atlas cells alone, with the cells and latent it saw: made
-    once per reference (rule fit_calls) and reused by every query and mode, since
-    neither mode moves the atlas cells in the latent space."""
-
-    model: CallModel
-    hierarchy: pd.DataFrame | None
-    cells: pd.Index
-    latent: np.ndarray
-    settings: dict
-    where: str = "the calls' fit"
-
-    def check(self, cells: pd.Index, settings: CallSettings) -> None:
-        """Refuse a fit made on other atlas cells or with other settings."""
-        if not self.cells.equals(pd.Index(cells)):
-            raise AtlasmapInputError(
-                f"{self.where}: fitted on {len(self.cells)} atlas cells, not this mapping's "
-                f"{len(cells)} atlas cells in their order: made from another atlas; rerun fit_calls"
-            )
-        asked = fit_settings(settings)
-        if self.settings != asked:
-            changed = sorted(k for k in self.settings if self.settings[k] != asked.get(k))
-            raise AtlasmapInputError(
-                f"{self.where}: fitted with other mapping.calls settings ({', '.join(changed)}); "
-                "rerun fit_calls"
-            )
-
-
-def fit_settings(settings: CallSettings) -> dict:
-    """The settings a fit depends on (all but the threads), as JSON keeps them."""
-    import json
-
-    return json.loads(
-        json.dumps({k: v for k, v in settings.__dict__.items() if k != "n_jobs"}, default=float)
-    )
-
-
-def fit_reference_calls(
-    atlas_obs: pd.DataFrame,
-    latent: np.ndarray,
-    probabilities: np.ndarray | None,
-    classifier_labels,
-    *,
-    labels_key: str,
-    batch_key: str,
-    label_levels,
-    settings: CallSettings = CallSettings(),
-    expression: ad.AnnData | None = None,
-    expression_layer: str | None = "counts",
-    expression_where: str = "the atlas's counts",
-    model_dir=None,
-) -> ReferenceCalls:
-    """:func:`fit_call_model` on the atlas cells, with the label hierarchy of the
-    coarser ``label_levels`` that the calls at every level follow. ``expression``:
-    the atlas cells' counts (``expression_layer``), in the order of ``atlas_obs``.
-    ``model_dir``: the reference model's folder, whose held-out latents (where it
-    has them) the calibration reads."""
-    from .reference import label_hierarchy, read_held_out_latents
-
-    held_out = None if model_dir is None else read_held_out_latents(model_dir)
-    if held_out is not None:
-        held_out = held_out.aligned_to(pd.Index(atlas_obs.index), str(model_dir))
-
-    if expression is not None and not expression.obs_names.equals(atlas_obs.index):
-        raise AtlasmapInputError(
-            f"{expression_where}: its cells are not those of the embedded atlas, in order: "
-            "rerun embed_reference"
-        )
-    model = fit_call_model(
-        latent,
-        atlas_obs[labels_key].astype(str).to_numpy(),
-        atlas_obs[batch_key].astype(str).to_numpy(),
-        probabilities,
-        classifier_labels,
-        settings,
-        expression=expression,
-        expression_layer=expression_layer,
-        held_out=held_out,
-    )
-    levels = [lv for lv in label_levels if lv != labels_key]
-    hierarchy = label_hierarchy(atlas_obs, [*levels, labels_key], labels_key)
-    hierarchy = hierarchy[[lv for lv in levels if lv in hierarchy.columns]]
-    model.report["hierarchy_conflicts"] = hierarchy.attrs.get("conflicts", {})
-    return ReferenceCalls(
-        model,
-        hierarchy,
-        pd.Index(atlas_obs.index),
-        np.asarray(latent, dtype=np.float32),
-        fit_settings(settings),
-    )
-
-
-def write_reference_calls(fitted: ReferenceCalls, path) -> None:
-    """The fit as one numpy archive (no pickles), written whole or not at all."""
-    import json
-
-    from .io import atomic_path
-
-    model = fitted.model
-    hierarchy = fitted.hierarchy
-    meta = {
-        "report": model.report,
-        "settings": fitted.settings,
-        "k": model.knn.k,
-        "bandwidth": model.knn.bandwidth,
-        "novelty_cutoff": None if np.isinf(model.novelty_cutoff) else model.novelty_cutoff,
-        "novelty_batch_quantile": model.novelty_batch_quantile,
-        "hierarchy": None
-        if hierarchy is None
-        else {
-            "name": hierarchy.index.name,
-            "index": [str(x) for x in hierarchy.index],
-            "columns": [str(c) for c in hierarchy.columns],
-            "data": hierarchy.astype(object).where(hierarchy.notna(), None).to_numpy().tolist(),
-        },
-    }
-    arrays = {
-        "cells": np.asarray(fitted.cells.astype(str), dtype=str),
-        "latent": fitted.latent,
-        "codes": np.asarray(model.knn.codes, dtype=np.int32),
-        "labels": np.asarray(model.labels, dtype=str),
-        "distance_scale": np.asarray(model.distance_scale, dtype=np.float64),
-        "meta": np.asarray(json.dumps(meta, default=float)),
-    }
-    for key in ("calibration_x", "calibration_y", "disagree_x", "disagree_y"):
-        if getattr(model, key) is not None:
-            arrays[key] = np.asarray(getattr(model, key), dtype=np.float64)
-    expression = model.expression
-    if expression is not None:
-        arrays["expression_genes"] = np.asarray(expression.genes, dtype=str)
-        arrays["expression_coef"] = np.asarray(expression.coef, dtype=np.float32)
-        arrays["expression_intercept"] = np.asarray(expression.intercept, dtype=np.float64)
-        if expression.gene_ids is not None:
-            arrays["expression_gene_ids"] = np.asarray(expression.gene_ids, dtype=str)
-        if expression.mean is not None:
-            arrays["expression_mean"] = np.asarray(expression.mean, dtype=np.float32)
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-
-
-def read_reference_calls(path, n_jobs: int = 1) -> ReferenceCalls:
-    """The fit written by :func:`write_reference_calls`, its kNN index rebuilt."""
-    import json
-
-    try:
-        with np.load(path, allow_pickle=False) as stored:
-            arrays = {key: stored[key] for key in stored.files}
-        meta = json.loads(str(arrays["meta"]))
-    except (OSError, ValueError, KeyError) as err:
-        raise AtlasmapInputError(f"{path}: not a calls fit written by fit_calls ({err})") from err
-    labels = arrays["labels"].astype(object)
-    cutoff = meta["novelty_cutoff"]
-    model = CallModel(
-        labels=labels,
-        knn=LatentKNN(
-            arrays["latent"], arrays["codes"], len(labels), meta["k"], meta["bandwidth"], n_jobs
-        ),
-        distance_scale=arrays["distance_scale"],
-        novelty_cutoff=np.inf if cutoff is None else float(cutoff),
-        novelty_batch_quantile=meta["novelty_batch_quantile"],
-        calibration_x=arrays.get("calibration_x"),
-        calibration_y=arrays.get("calibration_y"),
-        report=meta["report"],
-        disagree_x=arrays.get("disagree_x"),
-        disagree_y=arrays.get("disagree_y"),
-    )
-    if "expression_coef" in arrays:
-        ids = arrays.get("expression_gene_ids")
-        model.expression = ExpressionModel(
-            arrays["expression_genes"].astype(object),
-            None if ids is None else ids.astype(object),
-            arrays["expression_coef"],
-            arrays["expression_intercept"],
-            arrays.get("expression_mean"),
-        )
-    hierarchy = None
-    if meta["hierarchy"] is not None:
-        h = meta["hierarchy"]
-        hierarchy = pd.DataFrame(
-            h["data"], index=pd.Index(h["index"], name=h["name"]), columns=h["columns"]
-        )
-    return ReferenceCalls(
-        model,
-        hierarchy,
-        pd.Index(arrays["cells"].astype(object)),
-        arrays["latent"],
-        meta["settings"],
-        where=str(path),
-    )
-
-
-def fit_calls_files(
-    *, atlas_path, reference: dict, settings: CallSettings, output, counts_path=None, model_dir=None
-) -> ReferenceCalls:
-    """:func:`fit_reference_calls` from embed_reference's file to the fit's file; the
-    expression member reads the atlas's counts on all its genes from ``counts_path``
-    (the atlas itself: embed_reference's file holds only the model's genes), the
-    calibration the held-out latents in ``model_dir``, where there are any."""
-    from .io import read_annotations
-    from .mapping import reference_latent
-    from .reference import check_atlas_columns
-
-    embedded = read_annotations(atlas_path, obsm=(EMBEDDING_KEY, PROBABILITIES_KEY))
-    ref = reference_latent(embedded, where=str(atlas_path))
-    obs = embedded.obs
-    check_atlas_columns(
-        embedded,
-        str(atlas_path),
-        labels_key=reference["labels_key"],
-        batch_key=reference["batch_key"],
-    )
-    fitted = fit_reference_calls(
-        obs,
-        ref.latent,
-        ref.probabilities.to_numpy(),
-        list(ref.probabilities.columns),
-        labels_key=reference["labels_key"],
-        batch_key=reference["batch_key"],
-        label_levels=[lv for lv in reference["label_levels"] if lv in obs.columns],
-        settings=settings,
-        expression=_atlas_counts(counts_path, reference["counts_layer"], settings),
-        expression_layer=reference["counts_layer"],
-        expression_where=str(counts_path),
-        model_dir=model_dir,
-    )
-    write_reference_calls(fitted, output)
-    return fitted
-
-
-def _atlas_counts(path, layer: str | None, settings: CallSettings):
-    """The atlas's counts for the expression member (none where the method does without);
-    fit_reference_calls checks its cells against the embedded atlas's."""
-    from .reference import atlas_counts_layer, read_atlas
-
-    if settings.method not in EXPRESSION_METHODS:
-        return None
-    if not path:
-        raise AtlasmapInputError(
-            f"mapping.calls.method {settings.method!r} needs the atlas's counts "
-            "(reference.atlas), which fit_calls was not given"
-        )
-    atlas = read_atlas(path)
-    atlas_counts_layer(atlas, layer, str(path))
-    return atlas
-
-
-def read_embedded(path) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict]:
-    """obs, obsm and run record of map_query's embedded.h5ad, without its count matrix."""
-    from .io import read_annotations
-
-    adata = read_annotations(path)
-    obsm = {k: np.asarray(v) for k, v in adata.obsm.items()}
-    return adata.obs, obsm, dict(adata.uns.get("atlasmap", {}))
-
-
-def call_embedded(
-    obs: pd.DataFrame,
-    obsm: dict[str, np.ndarray],
-    run: dict,
-    settings: CallSettings = CallSettings(),
-    fitted: ReferenceCalls | None = None,
-    query_expression: ad.AnnData | None = None,
-    atlas_expression=None,
-    counts_layer: str | None = "counts",
-) -> tuple[pd.DataFrame, dict]:
-    """Calls of the query cells of an embedded expanded atlas, fitted on its atlas cells,
-    or taken from ``fitted`` (made once per reference by :func:`fit_reference_calls`,
-    checked to be of these atlas cells and settings).
-
-    The ensemble's expression member reads ``query_expression`` (the query cells'
-    counts in layer ``"counts"``, named by barcode, on any genes) and, where the fit
-    is made here, ``atlas_expression()`` (a function giving the atlas cells' counts
-    in ``counts_layer``, called only then).
-
-    Returns the prediction table (one row per query cell, indexed by barcode,
-    the query's metadata after the call columns) and the fit report.
-    """
-
-    labels_key = run["labels_key"]
-    is_query = query_mask(obs)
-    is_atlas = ~is_query
-    latent = obsm[EMBEDDING_KEY]
-    probs = obsm.get(PROBABILITIES_KEY)
-    prob_labels = list(run.get("classifier_labels", []))
-    s = settings
-    if not is_atlas.any():
-        if s.method != "classifier":
-            log.warning(
-                "no atlas cells (mapping with the model alone): calls from the classifier, "
-                "uncalibrated, without novelty or smoothing, instead of mapping.calls.method %r",
-                s.method,
-            )
-        # Nor smoothed: without held-out atlas cells to calibrate it, a mean over
-        # neighbours would only lower every probability against the threshold.
-        s = CallSettings(**{**s.__dict__, "method": "classifier", "query_smoothing": 0})
-        names = np.asarray([x for x in prob_labels], dtype=object)
-        model = CallModel(
-            labels=names,
-            knn=_NoNeighbours(len(names)),
-            distance_scale=np.ones(len(names)),
-            novelty_cutoff=np.inf,
-            novelty_batch_quantile=None,
-            calibration_x=None,
-            calibration_y=None,
-            report={"method": "classifier", "calibrated": False, "novelty": False},
-        )
-        hierarchy = None
-    else:
-        if fitted is not None:
-            fitted.check(obs.index[is_atlas], s)
-            if not np.allclose(latent[is_atlas], fitted.latent, atol=1e-5):
-                # Surgery with weight decay moves the atlas cells (map_query embeds them
-                # again): the fit made on their reference latent does not hold for them.
-                log.warning(
-                    "%s: this mapping moved the atlas cells in the latent space; the calls "
-                    "are fitted on its own atlas latent",
-                    fitted.where,
-                )
-                fitted = None
-        if fitted is None:
-            fitted = fit_reference_calls(
-                obs.loc[is_atlas],
-                latent[is_atlas],
-                None if probs is None else probs[is_atlas],
-                prob_labels,
-                labels_key=labels_key,
-                batch_key=run["batch_key"],
-                label_levels=run.get("label_levels", []),
-                settings=s,
-                expression=None
-                if s.method not in EXPRESSION_METHODS or atlas_expression is None
-                else atlas_expression(),
-                expression_layer=counts_layer,
-                model_dir=_model_folder(run),
-            )
-        model, hierarchy = fitted.model, fitted.hierarchy
-    query_obs = obs.loc[is_query]
-    barcodes = pd.Index(query_obs["barcode"].astype(str).to_numpy(), name="barcode")
-    calls = call_cells(
-        model,
-        latent[is_query],
-        None if probs is None else probs[is_query],
-        prob_labels,
-        hierarchy,
-        s,
-        index=barcodes,
-        batches=query_obs[run["batch_key"]].astype(str).to_numpy(),
-        expression_probs=_query_expression_probs(model, s, query_expression, barcodes),
-    )
-    report = {**model.report, "query_batch_shift": calls.attrs.get("batch_shift", {})}
-    if model.knn.k == 0:
-        calls["prediction_uncertainty"] = np.nan
-        calls["novelty_score"] = np.nan
-        calls = calls.drop(columns=["knn_celltype", "knn_probability"])
-    # The query's own metadata columns, not the atlas-only ones the outer join added.
-    own = run.get("query_columns")
-    metadata = query_obs[list(own)] if own is not None else query_obs.drop(columns=[SOURCE_COLUMN])
-    metadata = metadata.drop(columns=["barcode", *CALL_COLUMNS], errors="ignore")
-    metadata.index = barcodes
-    table = pd.concat([calls, metadata], axis=1)
-    return table, report
-
-
-def _model_folder(run: dict):
-    """The mapping's model folder, where it is still there to read."""
-    from pathlib import Path
-
-    folder = run.get("model")
-    return folder if folder and Path(folder).is_dir() else None
-
-
-def _query_expression_probs(model: CallModel, s: CallSettings, query, barcodes):
-    """The expression member's probabilities of the query cells, in ``barcodes``' order."""
-    if model.expression is None or s.method not in EXPRESSION_METHODS:
-        return None
-    if query is None:
-        raise AtlasmapInputError(
-            f"mapping.calls.method {s.method!r} needs the query cells' counts, "
-            "which the call step was not given"
-        )
-    missing = barcodes.difference(pd.Index(query.obs_names.astype(str)))
-    if len(missing):
-        raise AtlasmapInputError(
-            f"the query's counts lack {len(missing)} of the mapped cells (e.g. "
-            f"{list(missing[:3])}): they come from another query"
-        )
-    cells = query[query.obs_names.get_indexer(barcodes)]
-    return model.expression.probabilities(cells, "counts", where="query")
-
-
-class _NoNeighbours:
-    """Stands in for the kNN when there are no atlas cells: no vote, no distance."""
-
-    k = 0
-    bandwidth = 1.0  # read by the smoothing, which is off without atlas cells
-
-    def __init__(self, n_labels: int) -> None:
-        self.n_labels = n_labels
-
-    def query(self, latent):
-        n = len(latent)
-        return np.full((n, self.n_labels), 1.0 / max(self.n_labels, 1)), np.zeros(n)
-
-
 def call_qc(table: pd.DataFrame, mapping_qc: pd.DataFrame, batch_key: str) -> pd.DataFrame:
     """map_query's per-sample QC with the calls' own: probability, Unknown, novelty."""
     samples = table[batch_key].astype(str).to_numpy() if batch_key in table else None
@@ -1187,114 +821,4 @@ def call_qc(table: pd.DataFrame, mapping_qc: pd.DataFrame, batch_key: str) -> pd
     extra = pd.DataFrame(rows)
     return mapping_qc.assign(sample=mapping_qc["sample"].astype(str)).merge(
         extra, on="sample", how="left"
-    )
-
-
-def call_celltypes_files(
-    *,
-    embedded_path,
-    mapping_qc_path,
-    settings: CallSettings,
-    predictions_path,
-    qc_path,
-    report_path,
-    reference_calls_path=None,
-    query_path=None,
-    atlas_path=None,
-    counts_layer: str | None = "counts",
-) -> pd.DataFrame:
-    """:func:`call_embedded` from map_query's files to the prediction table, QC and fit
-    report; the fit on the atlas from fit_calls's file, if given."""
-    import json
-
-    from .io import atomic_path, read_h5ad
-
-    obs, obsm, run = read_embedded(embedded_path)
-    fitted = None
-    if reference_calls_path:
-        fitted = read_reference_calls(reference_calls_path, n_jobs=settings.n_jobs)
-    query = None
-    if query_path and settings.method in EXPRESSION_METHODS:
-        query = read_h5ad(query_path)
-
-    def atlas_expression():
-        return _atlas_counts(atlas_path, counts_layer, settings)
-
-    table, report = call_embedded(
-        obs, obsm, run, settings, fitted, query, atlas_expression, counts_layer
-    )
-    qc = call_qc(table, pd.read_csv(mapping_qc_path, sep="\t"), run["batch_key"])
-    log.info(
-        "%d query cells: %.1f%% Unknown (%.1f%% for low probability, %.1f%% novel)",
-        len(table),
-        100 * float((table["predicted_celltype"] == UNKNOWN).mean()),
-        100 * float((table["unknown_reason"] == "probability").mean()),
-        100 * float((table["unknown_reason"] == "novelty").mean()),
-    )
-    with atomic_path(predictions_path) as tmp:
-        table.reset_index().to_csv(tmp, sep="\t", index=False)
-    with atomic_path(qc_path) as tmp:
-        qc.to_csv(tmp, sep="\t", index=False)
-    with atomic_path(report_path) as tmp:
-        tmp.write_text(json.dumps(report, indent=2, default=float) + "\n")
-    return table
-
-
-def attach_calls(adata, predictions: pd.DataFrame) -> None:
-    """Put the call columns of ``predictions`` into the expanded atlas's obs, in place.
-
-    Query cells get their calls; atlas cells their own labels at every level
-    (the tutorial colours the atlas by its labels and the query by its calls),
-    with no probability, uncertainty or novelty.
-    """
-    run = adata.uns["atlasmap"]
-    labels_key = run["labels_key"]
-    obs = adata.obs
-    is_query = query_mask(obs)
-    table = predictions.set_index("barcode").reindex(obs.loc[is_query, "barcode"].astype(str))
-    if table["predicted_celltype"].isna().any():
-        raise AtlasmapInputError(
-            f"predictions: {int(table['predicted_celltype'].isna().sum())} query cells of the "
-            "embedded atlas have no call: the predictions come from another mapping"
-        )
-    levels = [c.removeprefix("predicted_") for c in table if c.startswith("predicted_")]
-    levels = [lv for lv in levels if lv != "celltype"]
-
-    columns = [c for c in CALL_COLUMNS if c in table]
-    columns += [f"{kind}_{lv}" for lv in levels for kind in ("predicted", "probability")]
-    for column in columns:
-        numeric = pd.api.types.is_numeric_dtype(table[column])
-        values = pd.Series(
-            np.nan if numeric else None, index=obs.index, dtype=float if numeric else object
-        )
-        values[is_query] = table[column].to_numpy()
-        if not numeric:
-            own = labels_key if column in ("predicted_celltype", "candidate_celltype") else None
-            if column.startswith("predicted_") and column != "predicted_celltype":
-                own = column.removeprefix("predicted_")
-            if own is not None and own in obs:
-                values[~is_query] = obs.loc[~is_query, own].astype(str).to_numpy()
-            values = values.astype("category")
-        obs[column] = values
-
-
-def call_mapping(result, settings: CallSettings = CallSettings()) -> tuple[pd.DataFrame, dict]:
-    """:func:`call_embedded` on a :class:`~atlasmap.mapping.MappingResult` in memory; the
-    expression member reads the expanded atlas's counts (the model's genes)."""
-    expanded = result.expanded
-    is_query = query_mask(expanded.obs)
-    query = expanded[is_query]
-    query = ad.AnnData(
-        X=query.layers["counts"],
-        obs=pd.DataFrame(index=pd.Index(query.obs["barcode"].astype(str))),
-        var=pd.DataFrame(index=expanded.var_names),
-        layers={"counts": query.layers["counts"]},
-    )
-    return call_embedded(
-        expanded.obs,
-        dict(expanded.obsm),
-        expanded.uns["atlasmap"],
-        settings,
-        query_expression=query,
-        atlas_expression=lambda: expanded[~is_query],
     )

@@ -41,20 +41,12 @@ from .contract import (  # noqa: F401 - the URL helpers are part of this module'
 )
 from .errors import AtlasmapInputError
 from .io import copy_as_gzip, gzip_errors, is_gzip, open_gzip
+from .settings import DownloadSettings
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 PARTIAL_DIR = ".partial"  # beside each destination: where unfinished downloads wait
-
-
-@dataclass(frozen=True)
-class DownloadSettings:
-    retries: int = 5
-    timeout: float = 60.0
-    backoff: float = 2.0
-    max_backoff: float = 60.0
-    geo_mirror: str = GEO_MIRROR
 
 
 class TransientError(Exception):
@@ -192,6 +184,68 @@ def _open(url: str, headers: dict, timeout: float):
         raise TransientError(f"{type(reason).__name__}: {reason}") from err
 
 
+def _range_headers(held: dict | None, have: int) -> dict[str, str]:
+    """The headers that continue ``have`` bytes held of the object described by ``held``."""
+    if not have:
+        return {}
+    headers = {"Range": f"bytes={have}-"}
+    # If-Range: a server that knows the object changed sends all of the new one.
+    validator = held["etag"] if _strong(held.get("etag")) else held.get("last_modified")
+    if validator:
+        headers["If-Range"] = validator
+    return headers
+
+
+def _take_response(url: str, response, partial: Partial, held: dict | None, have: int):
+    """Whether the response continues the bytes held (``"resume"``), starts the file
+    afresh (``"start"``, recorded in ``partial``) or tells of a changed object whose bytes
+    held are discarded (``"restart"``); and the object's length, where known."""
+    record = {
+        "url": url,
+        "etag": response.headers.get("ETag"),
+        "last_modified": response.headers.get("Last-Modified"),
+    }
+    if have and response.status == 206:
+        first, record["length"] = _content_range(response.headers.get("Content-Range"))
+        changed = _changed(held, record)
+        if first != have or changed:
+            reason = changed or f"the server sent from byte {first}, not {have}"
+            log.warning("%s: the object changed on the server (%s); starting again", url, reason)
+            partial.discard()
+            return "restart", record["length"]
+        log.info("%s: resuming at byte %d", url, have)
+        return "resume", record["length"]
+    if have:
+        log.info("%s: server ignores ranges; downloading from the start", url)
+    length = response.headers.get("Content-Length")
+    record["length"] = int(length) if length is not None else None
+    partial.start(record)
+    return "start", record["length"]
+
+
+def _stream_body(url: str, response, path: Path, have: int, total: int | None) -> int:
+    """Append the response's body to ``path`` (holding ``have`` bytes), logging progress
+    every 10 s; the bytes held after it."""
+    done, last_report, started = have, time.monotonic(), time.monotonic()
+    try:
+        with open(path, "ab" if have else "wb") as out:
+            while chunk := response.read(_CHUNK):
+                out.write(chunk)
+                done += len(chunk)
+                if time.monotonic() - last_report > 10:
+                    last_report = time.monotonic()
+                    rate = (done - have) / max(last_report - started, 1e-9) / 1e6
+                    shown = (
+                        f"{100 * done / total:.0f}% of {total / 1e6:.1f} MB"
+                        if total
+                        else f"{done / 1e6:.1f} MB"
+                    )
+                    log.info("%s: %s (%.1f MB/s)", url, shown, rate)
+    except (TimeoutError, ConnectionError, http.client.HTTPException) as err:
+        raise TransientError(f"connection lost after {done} bytes ({type(err).__name__})") from err
+    return done
+
+
 def _http_attempt(url: str, partial: Partial, timeout: float) -> None:
     """One request: continue ``partial`` with a Range request, or start it afresh."""
     held = partial.held(url)
@@ -199,69 +253,17 @@ def _http_attempt(url: str, partial: Partial, timeout: float) -> None:
     if held and have and have == held.get("length"):
         log.info("%s: the %d bytes held are the whole file", url, have)
         return
-    headers = {}
-    if have:
-        headers["Range"] = f"bytes={have}-"
-        # If-Range: a server that knows the object changed sends all of the new one.
-        validator = held["etag"] if _strong(held.get("etag")) else held.get("last_modified")
-        if validator:
-            headers["If-Range"] = validator
     try:
-        response = _open(url, headers, timeout)
+        response = _open(url, _range_headers(held, have), timeout)
     except urllib.error.HTTPError as err:  # 416: the range is past the object's end
         partial.discard()
         raise TransientError(f"HTTP 416 with {have} bytes held; starting again") from err
-    restart = False
     with response:
-        record = {
-            "url": url,
-            "etag": response.headers.get("ETag"),
-            "last_modified": response.headers.get("Last-Modified"),
-        }
-        length = response.headers.get("Content-Length")
-        resumed = False
-        if have and response.status == 206:
-            first, record["length"] = _content_range(response.headers.get("Content-Range"))
-            changed = _changed(held, record)
-            if first != have or changed:
-                reason = changed or f"the server sent from byte {first}, not {have}"
-                log.warning(
-                    "%s: the object changed on the server (%s); starting again", url, reason
-                )
-                partial.discard()
-                restart = True
-            else:
-                resumed = True
-                log.info("%s: resuming at byte %d", url, have)
-        else:
-            if have:
-                log.info("%s: server ignores ranges; downloading from the start", url)
-            have = 0
-            record["length"] = int(length) if length is not None else None
-            partial.start(record)
-        if restart:  # the bytes held are of another object: ask for the new one whole
+        taken, total = _take_response(url, response, partial, held, have)
+        if taken == "restart":  # the bytes held are of another object: ask for it whole
             response.close()
             return _http_attempt(url, partial, timeout)
-        total = record["length"]
-        done, last_report, started = have, time.monotonic(), time.monotonic()
-        try:
-            with open(partial.data, "ab" if resumed else "wb") as out:
-                while chunk := response.read(_CHUNK):
-                    out.write(chunk)
-                    done += len(chunk)
-                    if time.monotonic() - last_report > 10:
-                        last_report = time.monotonic()
-                        rate = (done - have) / max(last_report - started, 1e-9) / 1e6
-                        shown = (
-                            f"{100 * done / total:.0f}% of {total / 1e6:.1f} MB"
-                            if total
-                            else f"{done / 1e6:.1f} MB"
-                        )
-                        log.info("%s: %s (%.1f MB/s)", url, shown, rate)
-        except (TimeoutError, ConnectionError, http.client.HTTPException) as err:
-            raise TransientError(
-                f"connection lost after {done} bytes ({type(err).__name__})"
-            ) from err
+        done = _stream_body(url, response, partial.data, have if taken == "resume" else 0, total)
     if total is not None and done < total:
         raise TransientError(f"truncated: {done} of {total} bytes")
 

@@ -35,27 +35,11 @@ from .contract import (
 from .errors import AtlasmapInputError
 from .neighbours import annoy_nearest, refine_neighbours, search_rows, spatial_order
 from .numba_cache import cache_umap_kernels
+from .settings import EmbeddingSettings
 
 log = logging.getLogger(__name__)
 
 LAYOUTS = ("reference", "joint")
-
-
-@dataclass(frozen=True)
-class EmbeddingSettings:
-    n_neighbors: int = 15
-    # Chosen on a tuning study of their own (benchmarks/tune_neighbors.md).
-    n_trees: int = 3
-    search_k: int = -1
-    refine: int = 2
-    metric: str = "euclidean"
-    min_dist: float = 0.5
-    spread: float = 1.0
-    query_alone: bool = True
-    query_alone_epochs: int | None = 50
-    layout: str = "reference"
-    seed: int = 0
-    n_jobs: int = 1
 
 
 class ThreadedAnnoyTransformer(AnnoyTransformer):
@@ -374,25 +358,6 @@ def neighbors_umap(
     return adata
 
 
-def embedding_settings(
-    neighbors_config: dict, umap_config: dict, seed: int, n_jobs: int = 1
-) -> EmbeddingSettings:
-    return EmbeddingSettings(
-        n_neighbors=neighbors_config["n_neighbors"],
-        n_trees=neighbors_config["n_trees"],
-        search_k=neighbors_config["search_k"],
-        refine=neighbors_config["refine"],
-        metric=neighbors_config["metric"],
-        min_dist=umap_config["min_dist"],
-        spread=umap_config["spread"],
-        query_alone=umap_config["query_alone"],
-        query_alone_epochs=umap_config["query_alone_epochs"],
-        layout=umap_config["layout"],
-        seed=seed,
-        n_jobs=n_jobs,
-    )
-
-
 def write_reference_layout(
     layout: ReferenceLayout, *, coords: str | os.PathLike, index: str | os.PathLike
 ) -> None:
@@ -464,7 +429,7 @@ def neighbors_umap_files(
 ) -> ad.AnnData:
     """:func:`neighbors_umap` on map_query's file, with the calls, to the delivered
     ``mapped.h5ad``; the reference layout from layout_reference's files, if given."""
-    from .calls import attach_calls
+    from .call_adapters import attach_calls
     from .io import read_h5ad, write_h5ad
 
     adata = read_h5ad(embedded)

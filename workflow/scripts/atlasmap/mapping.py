@@ -43,26 +43,9 @@ from .reference import (
     check_model_matches_config,
     read_model_info,
 )
+from .settings import MappingSettings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class MappingSettings:
-    labels_key: str = "Level_4"
-    batch_key: str = "Sample_ID"
-    label_levels: tuple[str, ...] = ("Level_1", "Level_2", "Level_3", "Level_4")
-    atlas_layer: str | None = "counts"
-    transform: dict | None = None
-    surgery_max_epochs: int = 10
-    surgery_early_stopping: bool = False
-    surgery_weight_decay: float = 0.0
-    train_batch_size: int = 128
-    inference_batch_size: int = 1024
-    min_gene_overlap: float = 0.5
-    warn_gene_overlap: float = 0.8
-    seed: int = 0
-    accelerator: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -676,30 +659,6 @@ def write_mapping(result: MappingResult, embedded: str | Path, qc: str | Path) -
     with atomic_path(qc) as tmp:
         result.qc.to_csv(tmp, sep="\t", index=False)
     write_h5ad(result.expanded, embedded)
-
-
-def mapping_settings(
-    reference_config: dict, mapping_config: dict, seed: int = 0
-) -> MappingSettings:
-    """MappingSettings from the config's reference and mapping sections."""
-    surgery = mapping_config.get("surgery") or {}
-    defaults = MappingSettings()
-    return MappingSettings(
-        labels_key=reference_config["labels_key"],
-        batch_key=reference_config["batch_key"],
-        label_levels=tuple(reference_config["label_levels"]),
-        atlas_layer=reference_config["counts_layer"],
-        transform=reference_config["transform"],
-        surgery_max_epochs=surgery.get("max_epochs", defaults.surgery_max_epochs),
-        surgery_early_stopping=surgery.get("early_stopping", defaults.surgery_early_stopping),
-        surgery_weight_decay=surgery.get("weight_decay", defaults.surgery_weight_decay),
-        train_batch_size=surgery.get("batch_size", defaults.train_batch_size),
-        inference_batch_size=mapping_config["batch_size"],
-        min_gene_overlap=mapping_config["min_gene_overlap"],
-        warn_gene_overlap=mapping_config["warn_gene_overlap"],
-        seed=seed,
-        accelerator=mapping_config["accelerator"],
-    )
 
 
 def map_query_files(

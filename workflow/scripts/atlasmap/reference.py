@@ -15,6 +15,7 @@ import pandas as pd
 
 from .contract import MODEL_FILE
 from .errors import AtlasmapInputError
+from .settings import TrainingSettings
 
 log = logging.getLogger(__name__)
 
@@ -80,31 +81,6 @@ def label_hierarchy(obs: pd.DataFrame, levels: list[str], finest: str) -> pd.Dat
             )
     table.attrs["conflicts"] = conflicts
     return table
-
-
-@dataclass(frozen=True)
-class TrainingSettings:
-    n_top_genes: int | None = 2000
-    n_latent: int = 10
-    n_layers: int = 2
-    n_hidden: int = 128
-    dropout_rate: float = 0.2
-    scvi_max_epochs: int | None = None  # None: scvi-tools' rule, scaled by atlas size
-    scanvi_max_epochs: int | None = None  # None: scvi-tools' rule (see max_epochs_for)
-    early_stopping: bool = True
-    early_stopping_patience: int = 20
-    # scANVI stops on its classifier's validation loss: its validation ELBO is best at
-    # its first epoch (it starts from a trained scVI), so the ELBO could not stop it.
-    # Stopping it sooner cost accuracy on held-out reference batches
-    # (benchmarks/tune_scanvi.md): over scvi-tools' at most 10 epochs, 10 lets it run.
-    scanvi_early_stopping_patience: int = 10
-    batch_size: int = 128
-    n_samples_per_label: int | None = None
-    # Calibration folds (groups of batches), each with one more scANVI trained from the
-    # same scVI with the fold's labels hidden: the calls' calibration then scores
-    # held-out cells in a latent that never saw their labels, as a query's cells are
-    # (see HeldOutLatents). 0: none.
-    calibration_models: int = 5
 
 
 def max_epochs_for(n_cells: int, scvi_epochs: int | None, scanvi_epochs: int | None):
@@ -217,7 +193,7 @@ def train_held_out_latents(
     hidden; every atlas cell's latent in each."""
     import scvi
 
-    from .calls import calibration_folds, fold_of_cells
+    from .folds import calibration_folds, fold_of_cells
 
     adata = vae.adata
     batches = adata.obs[batch_key].astype(str).to_numpy()
@@ -497,21 +473,18 @@ def check_model_matches_config(info: ModelInfo, labels_key: str, batch_key: str)
         )
 
 
-def training_settings(training_config: dict) -> TrainingSettings:
-    """TrainingSettings from the config's reference.training mapping."""
-    return TrainingSettings(**training_config)
-
-
 def train_reference_files(
     *,
     atlas_path: str | os.PathLike,
     model_dir: str | os.PathLike,
     reference_config: dict,
+    settings: TrainingSettings,
     seed: int = 0,
     accelerator: str = "auto",
 ) -> None:
     """Train a reference model (and the calls' held-out latents) from the atlas file
-    and save it (whole or not at all)."""
+    and save it (whole or not at all). ``reference_config``: the reference's keys
+    labels_key, batch_key, unlabeled_category and counts_layer."""
     atlas = read_atlas(atlas_path)
     model, held_out = train_reference_models(
         atlas,
@@ -519,7 +492,7 @@ def train_reference_files(
         batch_key=reference_config["batch_key"],
         unlabeled_category=reference_config["unlabeled_category"],
         layer=reference_config["counts_layer"],
-        settings=training_settings(reference_config["training"]),
+        settings=settings,
         seed=seed,
         accelerator=accelerator,
         where=str(atlas_path),
