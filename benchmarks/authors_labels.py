@@ -33,18 +33,19 @@ Writes benchmarks/authors_labels.md; per-run JSON under benchmarks/runs/.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import anndata as ad
+import bench  # noqa: F401  (first: the library on the path)
+import calls_vs_baselines as cvb
 import pandas as pd
+from atlasmap.contract import UNKNOWN
+from bench import BENCHMARKS, RUNS, say
+from real_data_data import BATCH_KEY, CACHE, LABELS_KEY, TRUTH, Wheel, counts_of, read_member
+from real_data_steps import setup_process
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import calls_vs_baselines as cvb  # noqa: E402
-import real_data as rd  # noqa: E402
-
-POPV = rd.Wheel(
+POPV = Wheel(
     "popv",
     "0.4.0",
     "popv-0.4.0.tar.gz",
@@ -90,31 +91,31 @@ VOCABULARY = {
     "lung ciliated cell": "ciliated cell",
 }
 UNSEEN = "type II pneumocyte"
-OUT = rd.REPO / "benchmarks" / "authors_labels.md"
-RUN = rd.RUNS / "authors_labels" / cvb.defaults_tag()
+OUT = BENCHMARKS / "authors_labels.md"
+RUN = RUNS / "authors_labels" / cvb.defaults_tag()
 
 
-def read_study(name: str, cache: Path = rd.CACHE) -> ad.AnnData:
+def read_study(name: str, cache: Path = CACHE) -> ad.AnnData:
     """One study's counts with its authors' labels in the shared vocabulary."""
     member, label_column, batch_columns = STUDIES[name]
-    adata = rd.read_member(POPV, member, cache)
-    out = rd.counts_of(adata, name)
+    adata = read_member(POPV, member, cache)
+    out = counts_of(adata, name)
     authors = adata.obs[label_column].astype(str).to_numpy()
     out.obs["authors_label"] = authors
-    out.obs[rd.LABELS_KEY] = [VOCABULARY.get(x, x) for x in authors]
+    out.obs[LABELS_KEY] = [VOCABULARY.get(x, x) for x in authors]
     batch = adata.obs[batch_columns].astype(str).agg(" ".join, axis=1).to_numpy()
-    out.obs[rd.BATCH_KEY] = [f"{name} {b}" for b in batch]
+    out.obs[BATCH_KEY] = [f"{name} {b}" for b in batch]
     return out
 
 
-def cases(cache: Path = rd.CACHE) -> dict[str, dict]:
+def cases(cache: Path = CACHE) -> dict[str, dict]:
     reference, query = read_study("lca", cache), read_study("ts_lung", cache)
-    truth = query.obs[rd.LABELS_KEY].to_numpy(dtype=object)
+    truth = query.obs[LABELS_KEY].to_numpy(dtype=object)
     query.obs = pd.DataFrame(
-        {rd.BATCH_KEY: query.obs[rd.BATCH_KEY].to_numpy(), rd.TRUTH: truth},
+        {BATCH_KEY: query.obs[BATCH_KEY].to_numpy(), TRUTH: truth},
         index=query.obs_names,
     )
-    without = reference[reference.obs[rd.LABELS_KEY] != UNSEEN].copy()
+    without = reference[reference.obs[LABELS_KEY] != UNSEEN].copy()
     return {
         "TS lung": {"atlas": reference, "query": query},
         "TS lung, reference without AT2": {"atlas": without, "query": query},
@@ -122,8 +123,8 @@ def cases(cache: Path = rd.CACHE) -> dict[str, dict]:
 
 
 def labels_table(frame: dict[str, dict]) -> str:
-    atlas = frame["TS lung"]["atlas"].obs[rd.LABELS_KEY].value_counts()
-    query = frame["TS lung"]["query"].obs[rd.TRUTH].value_counts()
+    atlas = frame["TS lung"]["atlas"].obs[LABELS_KEY].value_counts()
+    query = frame["TS lung"]["query"].obs[TRUTH].value_counts()
     table = pd.DataFrame({"reference (lung cell atlas)": atlas, "query (Tabula Sapiens)": query})
     table = table.fillna(0).astype(int).sort_values("query (Tabula Sapiens)", ascending=False)
     return table.to_markdown()
@@ -139,11 +140,11 @@ def recall_table(records: list[dict], name: str, rows: list[str]) -> str:
         if runs:
             out[row] = pd.DataFrame(runs).mean()
     # "Unknown" is no true label: it enters the recall table only as a call.
-    return pd.DataFrame(out).drop(index=rd.UNKNOWN, errors="ignore").round(2).to_markdown()
+    return pd.DataFrame(out).drop(index=UNKNOWN, errors="ignore").round(2).to_markdown()
 
 
 def main() -> None:
-    rd.setup_process(2)
+    setup_process(2)
     start = time.time()
     frame = cases()
     records = [
@@ -189,7 +190,7 @@ def main() -> None:
             "",
         ]
     OUT.write_text("\n".join(lines))
-    rd.say(f"wrote {OUT}")
+    say(f"wrote {OUT}")
 
 
 if __name__ == "__main__":

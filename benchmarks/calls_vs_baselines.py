@@ -23,39 +23,47 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
+import bench  # noqa: F401  (first: the library on the path)
 import numpy as np
 import pandas as pd
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import real_data as rd  # noqa: E402
+from atlasmap.contract import MODES
+from bench import BENCHMARKS, RUNS, say, write_json
+from real_data_data import LABELS_KEY, TRUTH, load_labelled, queries
+from real_data_steps import (
+    call_table,
+    celltypist_on_current_sklearn,
+    log1p_10k,
+    map_once,
+    score,
+    setup_process,
+    train_model,
+)
 
 SEEDS = (0, 1, 2)
-OUT = rd.REPO / "benchmarks" / "calls_vs_baselines.md"
+OUT = BENCHMARKS / "calls_vs_baselines.md"
 
 
 def defaults_tag() -> str:
     """A short name of the library's training and call defaults: a run's saved rows and
     models are reused only under the same defaults."""
-    from atlasmap.calls import CallSettings
-    from atlasmap.reference import TrainingSettings
+    from atlasmap.settings import CallSettings, TrainingSettings
 
     text = json.dumps([asdict(TrainingSettings()), asdict(CallSettings())], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
-RUN = rd.RUNS / "calls_vs_baselines" / defaults_tag()
+RUN = RUNS / "calls_vs_baselines" / defaults_tag()
 
 
 def calls() -> dict[str, dict]:
     """The library's calls: its defaults (chosen on held-out reference batches,
     benchmarks/tune_ensemble.md, benchmarks/tune_smoothing.md), the other method, and
     the defaults with the query smoothing switched (off, or on at 30 neighbours)."""
-    from atlasmap.calls import CallSettings
+    from atlasmap.settings import CallSettings
 
     default = CallSettings()
     other = "knn" if default.method == "ensemble" else "ensemble"
@@ -71,8 +79,8 @@ KEYS = ("closed_accuracy", "closed_macro_f1", "accuracy", "unknown_seen", "unkno
 
 
 def metrics(truth, predicted, candidate, probability, reference_labels) -> dict:
-    called = rd.score(truth, predicted, candidate, probability, reference_labels)
-    closed = rd.score(truth, candidate, candidate, probability, reference_labels)
+    called = score(truth, predicted, candidate, probability, reference_labels)
+    closed = score(truth, candidate, candidate, probability, reference_labels)
     return {
         "closed_accuracy": closed["accuracy_seen"],
         "closed_macro_f1": closed["macro_f1_seen"],
@@ -89,56 +97,56 @@ def logistic_regression(atlas, query, reference_labels) -> dict:
 
     logged = log_normalise(atlas.layers["counts"])
     keep = select_genes(logged, atlas.var_names, 2000)
-    codes, names = pd.factorize(atlas.obs[rd.LABELS_KEY].astype(str), sort=True)
+    codes, names = pd.factorize(atlas.obs[LABELS_KEY].astype(str), sort=True)
     coef, intercept = fit_linear(logged[:, keep], codes, len(names), max_cells=10**9)
     model = ExpressionModel(np.asarray(atlas.var_names[keep], dtype=object), None, coef, intercept)
     probs = model.probabilities(query, "counts", "query")
     best = np.asarray(names)[probs.argmax(axis=1)]
-    return metrics(query.obs[rd.TRUTH], best, best, probs.max(axis=1), reference_labels)
+    return metrics(query.obs[TRUTH], best, best, probs.max(axis=1), reference_labels)
 
 
 def celltypist_runs(atlas, query, reference_labels) -> dict:
     import celltypist
 
     logging.getLogger("celltypist").setLevel(logging.WARNING)
-    train = rd.log1p_10k(atlas)
-    with rd.celltypist_on_current_sklearn():
-        model = celltypist.train(train, labels=rd.LABELS_KEY, genes=train.var_names)
+    train = log1p_10k(atlas)
+    with celltypist_on_current_sklearn():
+        model = celltypist.train(train, labels=LABELS_KEY, genes=train.var_names)
     out = {}
     for voting in (False, True):
-        result = celltypist.annotate(rd.log1p_10k(query), model=model, majority_voting=voting)
+        result = celltypist.annotate(log1p_10k(query), model=model, majority_voting=voting)
         column = "majority_voting" if voting else "predicted_labels"
         best = result.predicted_labels[column].astype(str).to_numpy()
         top = result.probability_matrix.max(axis=1).to_numpy()
         out["celltypist_voting" if voting else "celltypist"] = metrics(
-            query.obs[rd.TRUTH], best, best, top, reference_labels
+            query.obs[TRUTH], best, best, top, reference_labels
         )
     return out
 
 
 def run_query(data, name: str, seed: int) -> dict:
-    q = rd.queries(data)[name]
+    q = queries(data)[name]
     return run_case(q["atlas"], q["query"], name, seed, RUN)
 
 
 def run_case(atlas, query, name: str, seed: int, run_dir: Path) -> dict:
     """One query and seed: a reference model trained by the schema's rule, both modes'
     calls, and (for the first seed) the baselines; saved under ``run_dir`` and reused."""
-    from atlasmap.reference import TrainingSettings
+    from atlasmap.settings import TrainingSettings
 
     out = run_dir / f"{name}_seed{seed}.json"
     if out.is_file():
         return json.loads(out.read_text())
-    labels = set(atlas.obs[rd.LABELS_KEY])
+    labels = set(atlas.obs[LABELS_KEY])
     model_dir = run_dir / "models" / f"{name}_seed{seed}"
-    training = rd.train_model(atlas, model_dir, TrainingSettings(), seed)
+    training = train_model(atlas, model_dir, TrainingSettings(), seed)
     record = {"query": name, "seed": seed, "training": training, "rows": {}}
-    for mode in rd.MODES:
-        result, _ = rd.map_once(query, atlas, model_dir, mode, seed, 10)
+    for mode in MODES:
+        result, _ = map_once(query, atlas, model_dir, mode, seed, 10)
         for method, settings in calls().items():
-            table, report, _ = rd.call_table(result, atlas, query, **settings, seed=seed)
+            table, report, _ = call_table(result, atlas, query, **settings, seed=seed)
             m = metrics(
-                table[rd.TRUTH],
+                table[TRUTH],
                 table["predicted_celltype"],
                 table["candidate_celltype"],
                 table["prediction_probability"],
@@ -147,14 +155,13 @@ def run_case(atlas, query, name: str, seed: int, run_dir: Path) -> dict:
             m["held_out_accuracy_reference"] = report["held_out_accuracy"]
             m["held_out_member_accuracy"] = report["held_out_member_accuracy"]
             record["rows"][f"atlasmap {mode}, {method}"] = m
-            rd.say(f"{name} seed {seed} {mode} {method}: " + str({k: m[k] for k in KEYS}))
+            say(f"{name} seed {seed} {mode} {method}: " + str({k: m[k] for k in KEYS}))
     if seed == SEEDS[0]:  # the baselines do not depend on the model's seed
         record["rows"]["logistic regression, 2,000 seurat HVGs"] = logistic_regression(
             atlas, query, labels
         )
         record["rows"].update(celltypist_runs(atlas, query, labels))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2, default=float) + "\n")
+    write_json(out, record)
     return record
 
 
@@ -185,9 +192,9 @@ def table(records: list[dict], name: str) -> str:
 
 
 def main() -> None:
-    rd.setup_process(2)
+    setup_process(2)
     start = time.time()
-    data, _ = rd.load_labelled()
+    data, _ = load_labelled()
     records = [run_query(data, name, seed) for seed in SEEDS for name in ("A", "B")]
     lines = [
         "# atlasmap's calls beside logistic regression and CellTypist",
@@ -211,7 +218,7 @@ def main() -> None:
         "",
     ]
     OUT.write_text("\n".join(lines))
-    rd.say(f"wrote {OUT}")
+    say(f"wrote {OUT}")
 
 
 if __name__ == "__main__":

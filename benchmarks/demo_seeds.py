@@ -1,4 +1,4 @@
-"""The demo's numbers over several seeds: mean ± sd, as the README reports them.
+"""The demo's numbers over several seeds: mean ± sd, as docs/demo.md reports them.
 
 Each seed is a whole run of the embedded demo (`snakemake --config seed=N`, the
 data, the training and the calls all seeded by it) in its own folder under
@@ -18,12 +18,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import bench  # noqa: F401  (first: the library on the path)
 import numpy as np
-from run_benchmark import workflow_copy  # benchmarks/ is on the path of its scripts
+from atlasmap.contract import MODES
+from bench import BENCHMARKS
+from run_benchmark import workflow_copy
 
-REPO = Path(__file__).resolve().parents[1]
-RUNS = REPO / "benchmarks" / "runs" / "demo_seeds"
-RESULTS = REPO / "benchmarks" / "demo_seeds.md"
+RUNS = bench.RUNS / "demo_seeds"
+RESULTS = BENCHMARKS / "demo_seeds.md"
 
 # (row label, metrics.json section, key); accuracy-like values are shown as shares.
 ROWS = [
@@ -54,10 +56,7 @@ def collect(seeds: list[int]) -> dict:
     out = {}
     for seed in seeds:
         base = RUNS / f"seed_{seed}" / "results" / "demo"
-        out[seed] = {
-            mode: json.loads((base / mode / "metrics.json").read_text())
-            for mode in ("surgery", "embed")
-        }
+        out[seed] = {mode: json.loads((base / mode / "metrics.json").read_text()) for mode in MODES}
         out[seed]["agreement"] = json.loads((base / "compare" / "agreement.json").read_text())
     return out
 

@@ -36,18 +36,19 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scripts"))
-# synthetic.py beside this file (benchmarks/, or a copy carried with it elsewhere)
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import numpy as np  # noqa: E402
+# bench.py and synthetic.py beside this file (benchmarks/, or copies carried with it)
+import bench  # noqa: F401  (first: the library on the path)
+import numpy as np
+from atlasmap.contract import EMBEDDING_KEY, MODES, PROBABILITIES_KEY, UNKNOWN, query_mask
+from bench import say
 
 
 def run(accelerator: str, study, workdir: Path, seed: int) -> dict:
     import torch
-    from atlasmap.calls import CallSettings, call_mapping
-    from atlasmap.mapping import MappingSettings, map_query
-    from atlasmap.reference import TrainingSettings, save_model, train_reference_models
+    from atlasmap.call_adapters import call_mapping
+    from atlasmap.mapping import map_query
+    from atlasmap.reference import save_model, train_reference_models
+    from atlasmap.settings import CallSettings, MappingSettings, TrainingSettings
 
     query = study.query.copy()
     query.obs = query.obs.rename(columns={"patients": "Sample_ID"})
@@ -69,7 +70,7 @@ def run(accelerator: str, study, workdir: Path, seed: int) -> dict:
     save_model(model, model_dir, held_out)
     timings["train_reference_s"] = time.perf_counter() - start
     calls = {}
-    for mode in ("surgery", "embed"):
+    for mode in MODES:
         start = time.perf_counter()
         settings = MappingSettings(surgery_max_epochs=10, seed=seed, accelerator=accelerator)
         result = map_query(query, study.reference, model_dir, mode, settings)
@@ -84,19 +85,13 @@ def run(accelerator: str, study, workdir: Path, seed: int) -> dict:
         called = table["predicted_celltype"].astype(str).to_numpy()
         calls[mode] = called
         timings[f"{mode}_accuracy_seen"] = float(np.mean(called[seen] == truth[seen]))
-        timings[f"{mode}_unknown_unseen"] = float(np.mean(called[~seen] == "Unknown"))
+        timings[f"{mode}_unknown_unseen"] = float(np.mean(called[~seen] == UNKNOWN))
     return {k: round(v, 4) for k, v in timings.items()}, calls
 
 
 STEPS = (("gpu", "surgery"), ("gpu", "embed"), ("cpu", "embed"), ("cpu", "surgery"))
+# The report's elapsed_s: seconds since the script started.
 STARTED = time.perf_counter()
-
-
-def say(message: str) -> None:
-    print(
-        f"[{time.strftime('%H:%M:%S')} +{time.perf_counter() - STARTED:7.1f}s] {message}",
-        flush=True,
-    )
 
 
 class Events(logging.Handler):
@@ -145,7 +140,8 @@ def synthetic_study(args, what: str):
 
 def train_atlas_model(args) -> None:
     """The reference model for --scale atlas, trained on the CPU and saved to --train-model."""
-    from atlasmap.reference import TrainingSettings, save_model, train_reference_models
+    from atlasmap.reference import save_model, train_reference_models
+    from atlasmap.settings import TrainingSettings
 
     atlas, _, timings = synthetic_study(args, "atlas")
     start = time.perf_counter()
@@ -183,11 +179,8 @@ def train_atlas_model(args) -> None:
 
 def query_outputs(result, query) -> dict:
     """The query cells' latent and classifier calls from a mapping result."""
-    from atlasmap.contract import EMBEDDING_KEY
-    from atlasmap.mapping import PROBABILITIES_KEY
-
     expanded = result.expanded
-    mine = (expanded.obs["source"] == "query").to_numpy()
+    mine = query_mask(expanded.obs)
     labels = np.asarray(result.info["classifier_labels"])
     called = labels[expanded.obsm[PROBABILITIES_KEY][mine].argmax(axis=1)]
     return {"latent": np.asarray(expanded.obsm[EMBEDDING_KEY][mine]), "called": called}
@@ -195,7 +188,6 @@ def query_outputs(result, query) -> dict:
 
 def atlas_scale(args) -> None:
     import torch
-    from atlasmap.mapping import MappingSettings, map_query
 
     say(
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
@@ -223,6 +215,45 @@ def atlas_scale(args) -> None:
             tmp.write_text(json.dumps(report, indent=2) + "\n")
             os.replace(tmp, out)
 
+    atlas, query = atlas_data(args, report)
+    save()
+    if gpu:
+        start = time.perf_counter()
+        torch.zeros(1, device="cuda")
+        torch.cuda.synchronize()
+        report["cuda_init_s"] = round(time.perf_counter() - start, 2)
+        save()
+    outputs = {}
+    events = Events()
+    logging.getLogger("atlasmap").addHandler(events)
+    logging.getLogger("atlasmap").setLevel(logging.INFO)
+    events.on_line = save
+    for accelerator, mode in STEPS:
+        if accelerator not in args.accelerators or (accelerator == "gpu" and not gpu):
+            continue
+        name = f"{accelerator}_{mode}"
+        step = report["steps"][name] = {"accelerator": accelerator, "mode": mode}
+        events.lines = step["log"] = []
+        outputs[name] = map_step(args, atlas, query, accelerator, mode, step, events)
+        say(f"{name}: {json.dumps({k: v for k, v in step.items() if k != 'log'})}")
+        other = f"{'cpu' if accelerator == 'gpu' else 'gpu'}_{mode}"
+        if other in outputs:
+            agree = agreement(outputs[name], outputs[other])
+            report.setdefault("agreement_gpu_cpu", {})[mode] = agree
+            say(f"{mode} GPU vs CPU: {agree}")
+        save()
+    step_s = {n: s.get("map_query_s") for n, s in report["steps"].items()}
+    for mode in MODES:
+        g, c = step_s.get(f"gpu_{mode}"), step_s.get(f"cpu_{mode}")
+        if g and c:
+            report.setdefault("gpu_over_cpu", {})[mode] = round(g / c, 3)
+    report["finished"] = True
+    save()
+    say("done")
+
+
+def atlas_data(args, report: dict):
+    """The synthetic atlas and query, with what made them and the model in ``report``."""
     import scvi
 
     report["scvi"] = scvi.__version__
@@ -236,81 +267,63 @@ def atlas_scale(args) -> None:
             report["data"]["atlas"] == report["model_training"]["atlas"]
         )
     report["data"]["peak_rss_mb"] = peak_rss_mb()
-    save()
-    if gpu:
-        start = time.perf_counter()
-        torch.zeros(1, device="cuda")
-        torch.cuda.synchronize()
-        report["cuda_init_s"] = round(time.perf_counter() - start, 2)
-        save()
-    truth = query.obs["author_cell_type"].astype(str).to_numpy()
-    outputs = {}
-    events = Events()
-    logging.getLogger("atlasmap").addHandler(events)
-    logging.getLogger("atlasmap").setLevel(logging.INFO)
-    events.on_line = save
-    for accelerator, mode in STEPS:
-        if accelerator not in args.accelerators or (accelerator == "gpu" and not gpu):
-            continue
-        name = f"{accelerator}_{mode}"
-        step = report["steps"][name] = {"accelerator": accelerator, "mode": mode}
-        events.lines = step["log"] = []
-        say(f"{name}: map_query starts")
-        if accelerator == "gpu":
-            torch.cuda.reset_peak_memory_stats()
-        settings = MappingSettings(
-            surgery_max_epochs=args.surgery_epochs, seed=args.seed, accelerator=accelerator
-        )
-        start = events.start = time.perf_counter()
-        result = map_query(query, atlas, args.model, mode, settings)
-        if accelerator == "gpu":
-            torch.cuda.synchronize()
-        step["map_query_s"] = round(time.perf_counter() - start, 2)
-        if accelerator == "gpu":
-            step["peak_gpu_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-            step["peak_gpu_reserved_mb"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
-        step["peak_rss_mb"] = peak_rss_mb()
-        outputs[name] = query_outputs(result, query)
-        step["classifier_accuracy"] = round(float(np.mean(outputs[name]["called"] == truth)), 4)
-        step["reference_classifier_accuracy"] = round(
-            result.info["reference_classifier_accuracy"], 4
-        )
-        if args.calls:
-            from atlasmap.calls import CallSettings, call_mapping
+    return atlas, query
 
-            start = time.perf_counter()
-            table, _ = call_mapping(result, CallSettings(seed=args.seed, n_jobs=os.cpu_count()))
-            step["call_celltypes_s"] = round(time.perf_counter() - start, 2)
-            called = table["predicted_celltype"].astype(str).to_numpy()
-            outputs[name]["calls"] = called
-            step["calls_accuracy"] = round(
-                float(np.mean(called == table["author_cell_type"].astype(str).to_numpy())), 4
-            )
-        del result
-        gc.collect()
-        say(f"{name}: {json.dumps({k: v for k, v in step.items() if k != 'log'})}")
-        other = f"{'cpu' if accelerator == 'gpu' else 'gpu'}_{mode}"
-        if other in outputs:
-            a, b = outputs[name], outputs[other]
-            agree = {
-                "classifier_calls": round(float(np.mean(a["called"] == b["called"])), 4),
-                # three significant digits: a GPU/CPU difference is often ~1e-7
-                "latent_max_abs_diff": float(f"{np.abs(a['latent'] - b['latent']).max():.3g}"),
-                "latent_mean_abs_diff": float(f"{np.abs(a['latent'] - b['latent']).mean():.3g}"),
-            }
-            if "calls" in a and "calls" in b:
-                agree["calls"] = round(float(np.mean(a["calls"] == b["calls"])), 4)
-            report.setdefault("agreement_gpu_cpu", {})[mode] = agree
-            say(f"{mode} GPU vs CPU: {agree}")
-        save()
-    step_s = {n: s.get("map_query_s") for n, s in report["steps"].items()}
-    for mode in ("surgery", "embed"):
-        g, c = step_s.get(f"gpu_{mode}"), step_s.get(f"cpu_{mode}")
-        if g and c:
-            report.setdefault("gpu_over_cpu", {})[mode] = round(g / c, 3)
-    report["finished"] = True
-    save()
-    say("done")
+
+def map_step(args, atlas, query, accelerator: str, mode: str, step: dict, events) -> dict:
+    """One mapping (and with --calls, its calls) on ``accelerator``, timed into ``step``;
+    the query cells' latent and calls."""
+    import torch
+    from atlasmap.mapping import map_query
+    from atlasmap.settings import MappingSettings
+
+    say(f"{accelerator}_{mode}: map_query starts")
+    if accelerator == "gpu":
+        torch.cuda.reset_peak_memory_stats()
+    settings = MappingSettings(
+        surgery_max_epochs=args.surgery_epochs, seed=args.seed, accelerator=accelerator
+    )
+    start = events.start = time.perf_counter()
+    result = map_query(query, atlas, args.model, mode, settings)
+    if accelerator == "gpu":
+        torch.cuda.synchronize()
+    step["map_query_s"] = round(time.perf_counter() - start, 2)
+    if accelerator == "gpu":
+        step["peak_gpu_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        step["peak_gpu_reserved_mb"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
+    step["peak_rss_mb"] = peak_rss_mb()
+    outputs = query_outputs(result, query)
+    truth = query.obs["author_cell_type"].astype(str).to_numpy()
+    step["classifier_accuracy"] = round(float(np.mean(outputs["called"] == truth)), 4)
+    step["reference_classifier_accuracy"] = round(result.info["reference_classifier_accuracy"], 4)
+    if args.calls:
+        from atlasmap.call_adapters import call_mapping
+        from atlasmap.settings import CallSettings
+
+        start = time.perf_counter()
+        table, _ = call_mapping(result, CallSettings(seed=args.seed, n_jobs=os.cpu_count()))
+        step["call_celltypes_s"] = round(time.perf_counter() - start, 2)
+        called = table["predicted_celltype"].astype(str).to_numpy()
+        outputs["calls"] = called
+        step["calls_accuracy"] = round(
+            float(np.mean(called == table["author_cell_type"].astype(str).to_numpy())), 4
+        )
+    del result
+    gc.collect()
+    return outputs
+
+
+def agreement(a: dict, b: dict) -> dict:
+    """How far two accelerators' outputs of the same mapping agree."""
+    agree = {
+        "classifier_calls": round(float(np.mean(a["called"] == b["called"])), 4),
+        # three significant digits: a GPU/CPU difference is often ~1e-7
+        "latent_max_abs_diff": float(f"{np.abs(a['latent'] - b['latent']).max():.3g}"),
+        "latent_mean_abs_diff": float(f"{np.abs(a['latent'] - b['latent']).mean():.3g}"),
+    }
+    if "calls" in a and "calls" in b:
+        agree["calls"] = round(float(np.mean(a["calls"] == b["calls"])), 4)
+    return agree
 
 
 def main() -> None:
@@ -372,7 +385,7 @@ def demo(args) -> None:
     if {"gpu", "cpu"} <= set(calls):
         report["calls_agree_gpu_cpu"] = {
             mode: round(float(np.mean(calls["gpu"][mode] == calls["cpu"][mode])), 4)
-            for mode in ("surgery", "embed")
+            for mode in MODES
         }
     text = json.dumps(report, indent=2)
     print(text)

@@ -20,9 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "workflow" / "scripts"))
-sys.path.insert(0, str(Path(__file__).parent))
+import bench  # noqa: F401  (first: the library on the path)
+from bench import LIBRARY, REPO
 
 CHILD = """
 import json, resource, sys, time
@@ -96,7 +95,7 @@ def main() -> None:
         print(f"deposit written in {time.perf_counter() - start:.0f} s", flush=True)
         baseline = library_at(args.baseline, tmp / "baseline")
         results = {}
-        for name, scripts in (("baseline", baseline), ("this tree", REPO / "workflow" / "scripts")):
+        for name, scripts in (("baseline", baseline), ("this tree", LIBRARY)):
             results[name] = run(
                 scripts, deposit, deposit / DEPOSIT_FILES["metadata"], tmp / "query.h5ad"
             )

@@ -20,9 +20,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import bench
 import yaml
+from bench import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 PACKAGE = yaml.safe_load((REPO / "config" / "chen2025.yaml").read_text())["reference"][
     "model_package"
 ]
@@ -71,9 +72,7 @@ def wheel_dir(dest: str | Path) -> Path:
 def activate(dest: str | Path):
     """Put the installed scpdac and the scArches stand-in on ``sys.path``; import scpdac."""
     dest = Path(dest)
-    for path in (dest / "shim", dest / "site"):
-        if str(path) not in sys.path:
-            sys.path.insert(0, str(path))
+    bench.on_path(dest / "site", dest / "shim")
     import scpdac
 
     return scpdac

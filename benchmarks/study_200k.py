@@ -18,28 +18,27 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
+import bench  # noqa: F401  (first: the library on the path)
 import pandas as pd
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import run_benchmark as bench  # noqa: E402
-from atlasmap.demo import deposit_names  # noqa: E402
+import run_benchmark
+from atlasmap.demo import deposit_names
+from bench import RUNS
+from synthetic import Study
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=bench.REPO / "benchmarks/runs/study_200k")
+    parser.add_argument("--out", type=Path, default=RUNS / "study_200k")
     parser.add_argument(
         "--reuse", action="store_true", help="atlas, deposits and model of an earlier run"
     )
     args = parser.parse_args(argv)
-    out, plan = args.out, bench.FULL
+    out, plan = args.out, run_benchmark.FULL
     out.mkdir(parents=True, exist_ok=True)
-    study = bench.Study(n_genes=plan["genes"], seed=0)
+    study = Study(n_genes=plan["genes"], seed=0)
     start = time.perf_counter()
     atlas = out / "atlas.h5ad"
     trained = out / "run_10000" / "results" / "references" / "default" / "scanvi_model"
@@ -57,10 +56,11 @@ def main(argv=None) -> None:
         names = deposit_names("BENCH_sc") if reuse else study.write_query(deposit, cells)
         workdir = out / f"run_{cells}"
         shutil.rmtree(workdir, ignore_errors=True)  # a cold start every time
-        workdir = bench.workflow_copy(workdir)
-        walls[cells] = bench.run_workflow(workdir, bench.config_for(deposit, names, atlas, model))
-        tables.append(bench.stage_table(workdir, cells))
-        timeline, packing = bench.job_timeline(workdir)
+        workdir = run_benchmark.workflow_copy(workdir)
+        config = run_benchmark.config_for(deposit, names, atlas, model)
+        walls[cells] = run_benchmark.run_workflow(workdir, config)
+        tables.append(run_benchmark.stage_table(workdir, cells))
+        timeline, packing = run_benchmark.job_timeline(workdir)
         timeline.to_csv(out / f"timeline_{cells}.tsv", sep="\t", index=False)
         print(timeline.to_string(), "\n", packing, flush=True)
         if model is None:  # trained once, reused at 200k: "from a saved model"

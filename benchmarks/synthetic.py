@@ -15,6 +15,7 @@ import zlib
 from pathlib import Path
 
 import anndata as ad
+import bench  # noqa: F401  (first: the library on the path)
 import numpy as np
 import pandas as pd
 import scipy.io

@@ -23,14 +23,22 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import sys
 import time
-from pathlib import Path
 
+import bench  # noqa: F401  (first: the library on the path)
 import pandas as pd
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import real_data as rd  # noqa: E402
+from atlasmap.contract import MODES
+from bench import BENCHMARKS, RUNS, say, write_json
+from real_data_data import tuning_fold
+from real_data_report import fold_tables
+from real_data_steps import (
+    call_table,
+    map_once,
+    schema_model_dir,
+    seen_scores,
+    train_model,
+    tuning_rows,
+)
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 GENES = (2000, 5000)
@@ -40,8 +48,8 @@ PENALTIES = (0.1, 0.01)
 SEEDS = (0, 1, 2)
 FOLDS = (("kang_ctrl", "pbmc3k"), ("pbmc3k", "kang_ctrl"))
 SETTING = ["expression_weight", "expression_genes", "expression_c"]
-OUT = rd.REPO / "benchmarks" / "tune_ensemble.md"
-RUN = rd.RUNS / "tune_ensemble"
+OUT = BENCHMARKS / "tune_ensemble.md"
+RUN = RUNS / "tune_ensemble"
 
 
 def grid():
@@ -56,19 +64,19 @@ def grid_tag() -> str:
 
 
 def run_fold(data, train: str, test: str, seed: int) -> list[dict]:
-    from atlasmap.reference import TrainingSettings
+    from atlasmap.settings import TrainingSettings
 
     out = RUN / f"{train}_to_{test}_seed{seed}_{grid_tag()}.json"
     if out.is_file():
         return json.loads(out.read_text())
-    atlas, query, seen = rd.tuning_fold(data, train, test)
-    model_dir = rd.schema_model_dir(train, test, seed)
-    training = rd.train_model(atlas, model_dir, TrainingSettings(), seed=seed)
+    atlas, query, seen = tuning_fold(data, train, test)
+    model_dir = schema_model_dir(train, test, seed)
+    training = train_model(atlas, model_dir, TrainingSettings(), seed=seed)
     rows = []
-    for mode in rd.MODES:
-        result, _ = rd.map_once(query, atlas, model_dir, mode, seed, 10)
+    for mode in MODES:
+        result, _ = map_once(query, atlas, model_dir, mode, seed, 10)
         for weight, genes, c in grid():
-            table, report, _ = rd.call_table(
+            table, report, _ = call_table(
                 result,
                 atlas,
                 query,
@@ -86,14 +94,13 @@ def run_fold(data, train: str, test: str, seed: int) -> list[dict]:
                     "expression_weight": weight,
                     "expression_genes": genes,
                     "expression_c": c,
-                    **rd.seen_scores(table, seen),
+                    **seen_scores(table, seen),
                     "held_out_accuracy_reference": report["held_out_accuracy"],
                     "training": training.get("epochs"),
                 }
             )
-        rd.say(f"{train} -> {test} seed {seed} {mode}: {len(rows)} settings called")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=2) + "\n")
+        say(f"{train} -> {test} seed {seed} {mode}: {len(rows)} settings called")
+    write_json(out, rows)
     return rows
 
 
@@ -110,7 +117,7 @@ def choose(frame: pd.DataFrame) -> pd.Series:
 
 def main() -> None:
     start = time.time()
-    frame = rd.tuning_rows(run_fold, SEEDS, FOLDS)
+    frame = tuning_rows(run_fold, SEEDS, FOLDS)
     chosen = choose(frame)
     ensemble = choose(frame[frame["expression_weight"] > 0])
     optimism = (
@@ -149,7 +156,7 @@ def main() -> None:
         f"{ensemble.name[1]}, expression_c {ensemble.name[2]:g}** (closed-set "
         f"{ensemble['closed_set_accuracy']:.3f}, as called {ensemble['accuracy_as_called']:.3f}).",
         "",
-        *rd.fold_tables(
+        *fold_tables(
             frame, SETTING, ["closed_set_accuracy", "accuracy_as_called", "share_unknown"]
         ),
         "## How the reference's own held-out figures flatter (kNN vote alone)",
@@ -161,7 +168,7 @@ def main() -> None:
         "",
     ]
     OUT.write_text("\n".join(lines))
-    rd.say(f"wrote {OUT}: chosen {chosen.name}, ensemble {ensemble.name}")
+    say(f"wrote {OUT}: chosen {chosen.name}, ensemble {ensemble.name}")
 
 
 if __name__ == "__main__":

@@ -16,18 +16,15 @@ found. Writes benchmarks/tune_neighbors.md.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
+import bench  # noqa: F401  (first: the library on the path)
 import numpy as np
 import pandas as pd
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "workflow" / "scripts"))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from synthetic import Study  # noqa: E402
+from atlasmap.contract import EMBEDDING_KEY
+from bench import BENCHMARKS
+from synthetic import Study
 
 # (trees, nodes inspected per search as a multiple of Annoy's default, trees x neighbours,
 # passes of the local join after the search)
@@ -87,8 +84,9 @@ def synthetic_latent(model_dir: Path, n_cells: int, seed: int = 1):
 
 def main(argv=None) -> None:
     import scanpy as sc
-    from atlasmap.embedding import EmbeddingSettings, annoy_neighbors
-    from run_benchmark import compare_neighbour_methods
+    from atlasmap.embedding import annoy_neighbors
+    from atlasmap.settings import EmbeddingSettings
+    from run_benchmark_ratios import compare_neighbour_methods
     from sklearn.neighbors import KNeighborsTransformer
 
     parser = argparse.ArgumentParser(description=__doc__)
@@ -100,7 +98,7 @@ def main(argv=None) -> None:
         help="embedded atlas (embed_reference's): its cells join the tuning cells with their "
         "own labels, as results.md's vote counts them (the atlas is reference, not query)",
     )
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "tune_neighbors.md")
+    parser.add_argument("--out", type=Path, default=BENCHMARKS / "tune_neighbors.md")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     latent, labels = synthetic_latent(args.model, args.cells)
@@ -108,7 +106,7 @@ def main(argv=None) -> None:
         import anndata as ad
 
         atlas = ad.read_h5ad(args.atlas, backed="r")
-        latent = np.vstack([np.asarray(atlas.obsm["X_scANVI_emb"]), latent])
+        latent = np.vstack([np.asarray(atlas.obsm[EMBEDDING_KEY]), latent])
         labels = np.concatenate([atlas.obs["Level_4"].astype(str).to_numpy(), labels])
         atlas.file.close()
     k = 15
@@ -116,10 +114,10 @@ def main(argv=None) -> None:
         "exact": lambda a: sc.pp.neighbors(
             a,
             n_neighbors=k,
-            use_rep="X_scANVI_emb",
+            use_rep=EMBEDDING_KEY,
             transformer=KNeighborsTransformer(n_neighbors=k, mode="distance", n_jobs=2),
         ),
-        "scanpy default": lambda a: sc.pp.neighbors(a, n_neighbors=k, use_rep="X_scANVI_emb"),
+        "scanpy default": lambda a: sc.pp.neighbors(a, n_neighbors=k, use_rep=EMBEDDING_KEY),
         **{
             method_name(trees, times, passes): (
                 lambda a, t=trees, x=times, r=passes: annoy_neighbors(

@@ -13,14 +13,13 @@ import sys
 import time
 from pathlib import Path
 
+import bench  # noqa: F401  (first: the library on the path)
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scripts"))
-
-from atlasmap.baseline import logistic_baseline  # noqa: E402
-from atlasmap.demo import make_demo_study  # noqa: E402
-from atlasmap.mapping import MappingSettings, map_query  # noqa: E402
-from atlasmap.reference import TrainingSettings, save_model, train_reference_models  # noqa: E402
+from atlasmap.baseline import logistic_baseline
+from atlasmap.demo import make_demo_study
+from atlasmap.mapping import map_query
+from atlasmap.reference import save_model, train_reference_models
+from atlasmap.settings import MappingSettings, TrainingSettings
 
 CANDIDATES = {
     "scvi30_scanvi10_spl100": TrainingSettings(

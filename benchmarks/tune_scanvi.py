@@ -24,25 +24,33 @@ below the earlier rule's. Writes benchmarks/tune_scanvi.md (numbers in benchmark
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import asdict, replace
-from pathlib import Path
 
+import bench  # noqa: F401  (first: the library on the path)
 import pandas as pd
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import real_data as rd  # noqa: E402
+from atlasmap.contract import MODES
+from bench import BENCHMARKS, RUNS, say, write_json
+from real_data_data import BATCH_KEY, LABELS_KEY, tuning_fold
+from real_data_report import fold_tables
+from real_data_steps import (
+    call_table,
+    map_once,
+    save_trained,
+    schema_model_dir,
+    seen_scores,
+    tuning_rows,
+)
 
 SEEDS = (0, 1, 2)
 FOLDS = (("kang_ctrl", "pbmc3k"), ("pbmc3k", "kang_ctrl"))
-OUT = rd.REPO / "benchmarks" / "tune_scanvi.md"
-RUN = rd.RUNS / "tune_scanvi"
+OUT = BENCHMARKS / "tune_scanvi.md"
+RUN = RUNS / "tune_scanvi"
 MARGIN = 0.005
 
 
 def ways():
-    from atlasmap.reference import TrainingSettings
+    from atlasmap.settings import TrainingSettings
 
     schema = TrainingSettings()
     return {
@@ -55,17 +63,18 @@ def ways():
 
 def run_fold(data, train: str, test: str, seed: int) -> list[dict]:
     import scvi
-    from atlasmap.reference import TrainingSettings, train_scanvi_model, train_scvi_model
+    from atlasmap.reference import train_scanvi_model, train_scvi_model
+    from atlasmap.settings import TrainingSettings
 
     out = RUN / f"{train}_to_{test}_seed{seed}.json"
     if out.is_file():
         return json.loads(out.read_text())
-    atlas, query, seen = rd.tuning_fold(data, train, test)
+    atlas, query, seen = tuning_fold(data, train, test)
     start = time.time()
     vae = train_scvi_model(
         atlas,
-        rd.LABELS_KEY,
-        rd.BATCH_KEY,
+        LABELS_KEY,
+        BATCH_KEY,
         settings=TrainingSettings(),
         seed=seed,
         accelerator="cpu",
@@ -76,16 +85,16 @@ def run_fold(data, train: str, test: str, seed: int) -> list[dict]:
     for way, settings in ways().items():
         scvi.settings.seed = seed
         start = time.time()
-        model = train_scanvi_model(vae, rd.LABELS_KEY, settings=settings, accelerator="cpu")
+        model = train_scanvi_model(vae, LABELS_KEY, settings=settings, accelerator="cpu")
         seconds = time.time() - start
         epochs = len(model.history["elbo_train"])
         # The schema's model: tune_ensemble.py maps with it too.
         model_dir = (
-            rd.schema_model_dir(train, test, seed)
+            schema_model_dir(train, test, seed)
             if settings == TrainingSettings()
             else RUN / "models" / f"{train}_to_{test}_seed{seed}_{way}"
         )
-        rd.save_trained(
+        save_trained(
             model,
             model_dir,
             atlas,
@@ -94,16 +103,16 @@ def run_fold(data, train: str, test: str, seed: int) -> list[dict]:
             scvi_seconds + seconds,
             [f"scVI: trained {scvi_epochs} epochs", f"scANVI: trained {epochs} epochs"],
         )
-        for mode in rd.MODES:
-            result, _ = rd.map_once(query, atlas, model_dir, mode, seed, 10)
-            table, report, _ = rd.call_table(result, atlas, query, seed=seed)
+        for mode in MODES:
+            result, _ = map_once(query, atlas, model_dir, mode, seed, 10)
+            table, report, _ = call_table(result, atlas, query, seed=seed)
             rows.append(
                 {
                     "fold": f"{train} → {test}",
                     "seed": seed,
                     "way": way,
                     "mode": mode,
-                    **rd.seen_scores(table, seen),
+                    **seen_scores(table, seen),
                     "scanvi_epochs": epochs,
                     "scanvi_seconds": round(seconds, 1),
                     "scvi_epochs": scvi_epochs,
@@ -111,9 +120,8 @@ def run_fold(data, train: str, test: str, seed: int) -> list[dict]:
                     "settings": asdict(settings),
                 }
             )
-        rd.say(f"{train} -> {test} seed {seed} {way}: {epochs} scANVI epochs, {seconds:.0f} s")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=2) + "\n")
+        say(f"{train} -> {test} seed {seed} {way}: {epochs} scANVI epochs, {seconds:.0f} s")
+    write_json(out, rows)
     return rows
 
 
@@ -127,7 +135,7 @@ def choose(frame: pd.DataFrame) -> tuple[str, pd.DataFrame]:
 
 def main() -> None:
     start = time.time()
-    frame = rd.tuning_rows(run_fold, SEEDS, FOLDS)
+    frame = tuning_rows(run_fold, SEEDS, FOLDS)
     chosen, _ = choose(frame)
     metrics = ["closed_set_accuracy", "accuracy_as_called", "share_unknown", "scanvi_epochs"]
     lines = [
@@ -153,10 +161,10 @@ def main() -> None:
         f"accuracy, averaged over folds, modes and seeds, is more than {MARGIN} below the "
         f"earlier rule's. **Chosen: `{chosen}`.**",
         "",
-        *rd.fold_tables(frame, ["way"], metrics),
+        *fold_tables(frame, ["way"], metrics),
     ]
     OUT.write_text("\n".join(lines))
-    rd.say(f"wrote {OUT}: chosen {chosen}")
+    say(f"wrote {OUT}: chosen {chosen}")
 
 
 if __name__ == "__main__":

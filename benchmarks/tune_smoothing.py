@@ -18,43 +18,51 @@ tie, the fewer neighbours. Writes benchmarks/tune_smoothing.md (rows in benchmar
 from __future__ import annotations
 
 import json
-import sys
 import time
-from pathlib import Path
 
+import bench  # noqa: F401  (first: the library on the path)
 import pandas as pd
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import real_data as rd  # noqa: E402
+from atlasmap.contract import MODES
+from bench import BENCHMARKS, RUNS, say, write_json
+from real_data_data import TRUTH, tuning_fold
+from real_data_report import fold_tables
+from real_data_steps import (
+    call_table,
+    map_once,
+    schema_model_dir,
+    seen_scores,
+    train_model,
+    tuning_rows,
+)
 
 SMOOTHING = (0, 10, 30, 50)
 SEEDS = (0, 1, 2)
 FOLDS = (("kang_ctrl", "pbmc3k"), ("pbmc3k", "kang_ctrl"))
 METRICS = ["closed_set_accuracy", "accuracy_as_called", "share_unknown", "ece"]
-OUT = rd.REPO / "benchmarks" / "tune_smoothing.md"
-RUN = rd.RUNS / "tune_smoothing"
+OUT = BENCHMARKS / "tune_smoothing.md"
+RUN = RUNS / "tune_smoothing"
 
 
 def run_fold(data, train: str, test: str, seed: int) -> list[dict]:
     from atlasmap.metrics import calibration_error
-    from atlasmap.reference import TrainingSettings
+    from atlasmap.settings import TrainingSettings
 
     grid = "-".join(map(str, SMOOTHING))
     out = RUN / f"{train}_to_{test}_seed{seed}_{grid}.json"
     if out.is_file():
         return json.loads(out.read_text())
-    atlas, query, seen = rd.tuning_fold(data, train, test)
-    model_dir = rd.schema_model_dir(train, test, seed)
-    rd.train_model(atlas, model_dir, TrainingSettings(), seed=seed)
+    atlas, query, seen = tuning_fold(data, train, test)
+    model_dir = schema_model_dir(train, test, seed)
+    train_model(atlas, model_dir, TrainingSettings(), seed=seed)
     rows = []
-    for mode in rd.MODES:
-        result, _ = rd.map_once(query, atlas, model_dir, mode, seed, 10)
+    for mode in MODES:
+        result, _ = map_once(query, atlas, model_dir, mode, seed, 10)
         for smoothing in SMOOTHING:
-            table, report, _ = rd.call_table(
+            table, report, _ = call_table(
                 result, atlas, query, query_smoothing=smoothing, seed=seed
             )
             ece = calibration_error(
-                table[rd.TRUTH].astype("string"),
+                table[TRUTH].astype("string"),
                 table["candidate_celltype"],
                 table["prediction_probability"],
                 seen,
@@ -65,14 +73,13 @@ def run_fold(data, train: str, test: str, seed: int) -> list[dict]:
                     "seed": seed,
                     "mode": mode,
                     "query_smoothing": smoothing,
-                    **rd.seen_scores(table, seen),
+                    **seen_scores(table, seen),
                     "ece": ece,
                     "held_out_accuracy_reference": report["held_out_accuracy"],
                 }
             )
-        rd.say(f"{train} -> {test} seed {seed} {mode}: called")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=2) + "\n")
+        say(f"{train} -> {test} seed {seed} {mode}: called")
+    write_json(out, rows)
     return rows
 
 
@@ -85,7 +92,7 @@ def choose(frame: pd.DataFrame) -> int:
 
 def main() -> None:
     start = time.time()
-    frame = rd.tuning_rows(run_fold, SEEDS, FOLDS)
+    frame = tuning_rows(run_fold, SEEDS, FOLDS)
     chosen = choose(frame)
     gain = frame.pivot_table(
         index=["fold", "mode", "seed"], columns="query_smoothing", values="closed_set_accuracy"
@@ -134,14 +141,14 @@ def main() -> None:
         "to 0.582, mean of 3 seeds): in a small query the 50th neighbour is often another "
         "type. Weighted by the kernel, the loss there is 2.1 points (0.607).",
         "",
-        *rd.fold_tables(frame, ["query_smoothing"], METRICS),
+        *fold_tables(frame, ["query_smoothing"], METRICS),
         "## Closed-set gain over no smoothing, per fold, mode and seed",
         "",
         gain.to_markdown(),
         "",
     ]
     OUT.write_text("\n".join(lines))
-    rd.say(f"wrote {OUT}: chosen query_smoothing {chosen}")
+    say(f"wrote {OUT}: chosen query_smoothing {chosen}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from atlasmap.embedding import EmbeddingSettings
+from atlasmap.settings import EmbeddingSettings
 from conftest import run_benchmark_script
 
 pytestmark = pytest.mark.workflow

@@ -667,6 +667,21 @@ def _align_probabilities(probs, prob_labels, names) -> np.ndarray | None:
     return frame.to_numpy() / np.maximum(total, 1e-12)
 
 
+def unknown_calls(candidate, probability, threshold: float, novelty=None, cutoff=None):
+    """The Unknown rule: each cell's call and its ``unknown_reason``. A cell is Unknown
+    for its ``probability`` under ``threshold``, or for its ``novelty`` score over
+    ``cutoff`` (named so where both hold; no novelty or cut-off: the probability alone);
+    otherwise its ``candidate`` label is its call, and its reason CALLED. Used by
+    :func:`call_cells`, and by whoever re-thresholds a call table without calling again
+    (the benchmarks' tuning)."""
+    reason = np.full(len(candidate), CALLED, dtype=object)
+    reason[np.asarray(probability, dtype=float) < threshold] = "probability"
+    if novelty is not None and cutoff is not None:
+        reason[np.asarray(novelty, dtype=float) > cutoff] = "novelty"
+    called = np.where(reason == CALLED, candidate, UNKNOWN).astype(object)
+    return called, reason
+
+
 def call_cells(
     model: CallModel,
     latent: np.ndarray,
@@ -710,11 +725,10 @@ def call_cells(
     novelty = dist / model.distance_scale[best]
     shift = batch_shift(novelty, batches, model.novelty_batch_quantile)
     novelty = novelty / shift
-    reason = np.full(len(best), CALLED, dtype=object)
-    reason[probability < s.unknown_threshold] = "probability"
-    reason[novelty > model.novelty_cutoff] = "novelty"
     candidate = model.labels[best]
-    called = np.where(reason == CALLED, candidate, UNKNOWN).astype(object)
+    called, reason = unknown_calls(
+        candidate, probability, s.unknown_threshold, novelty, model.novelty_cutoff
+    )
     out = pd.DataFrame(
         {
             "predicted_celltype": called,
