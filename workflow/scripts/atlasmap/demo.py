@@ -265,13 +265,7 @@ def make_demo_study(
     ref_obs, ref_x = draw_cells(
         n_reference_cells, donors, 0.25, np.zeros(len(genes)), 1.25 * n_genes, 40.0, query_only
     )
-    ref_x = ref_x[:, :n_genes]
-    ref_obs = _label(ref_obs).rename(columns={"group": "Sample_ID"})
-    ref_obs.index = [f"atlas_{i:06d}" for i in range(len(ref_obs))]
-    ref_var = ref_genes.set_index("gene_symbols", drop=False)
-    ref_var.index.name = None
-    reference = ad.AnnData(X=ref_x, obs=ref_obs, var=ref_var)
-    reference.layers["counts"] = reference.X.copy()
+    reference = _reference_atlas(ref_obs, ref_x[:, :n_genes], ref_genes)
 
     # Query: its own technology shift, patient effects, different composition.
     patients = [f"PA{i + 1:02d}" for i in range(n_patients)]
@@ -285,31 +279,51 @@ def make_demo_study(
     for i, patient in enumerate(patients):
         n = int((q_obs["group"] == patient).sum())
         barcodes += _barcodes(rng, n, suffix=i + 1)
+    query = _query_deposit(q_obs, q_x, q_genes, barcodes, patients)
+    return DemoStudy(reference=reference, query=query)
+
+
+def _reference_atlas(obs: pd.DataFrame, x: sp.csr_matrix, genes: pd.DataFrame) -> ad.AnnData:
+    """The atlas as the tutorial's: labels Level_1…4, donors in Sample_ID, counts layer."""
+    obs = _label(obs).rename(columns={"group": "Sample_ID"})
+    obs.index = [f"atlas_{i:06d}" for i in range(len(obs))]
+    var = genes.set_index("gene_symbols", drop=False)
+    var.index.name = None
+    reference = ad.AnnData(X=x, obs=obs, var=var)
+    reference.layers["counts"] = reference.X.copy()
+    return reference
+
+
+def _query_deposit(
+    obs: pd.DataFrame, x: sp.csr_matrix, genes: pd.DataFrame, barcodes: list[str], patients
+) -> ad.AnnData:
+    """The query as Chen et al.'s deposit holds it: Seurat-style metadata (patients,
+    tissue, the authors' cell type), Ensembl ids with symbols beside them."""
     tissue = {
-        p: ("adjacent normal" if i == n_patients - 1 else "tumour") for i, p in enumerate(patients)
+        p: ("adjacent normal" if i == len(patients) - 1 else "tumour")
+        for i, p in enumerate(patients)
     }
-    counts_per_cell = np.asarray(q_x.sum(axis=1)).ravel()
-    mito = q_genes["gene_symbols"].str.startswith("MT-").to_numpy()
-    q_meta = pd.DataFrame(
+    counts_per_cell = np.asarray(x.sum(axis=1)).ravel()
+    mito = genes["gene_symbols"].str.startswith("MT-").to_numpy()
+    meta = pd.DataFrame(
         {
-            "orig.ident": q_obs["group"].to_numpy(),
+            "orig.ident": obs["group"].to_numpy(),
             "nCount_RNA": counts_per_cell.astype(int),
-            "nFeature_RNA": np.diff(q_x.indptr),
+            "nFeature_RNA": np.diff(x.indptr),
             "percent.mt": np.round(
-                100 * np.asarray(q_x[:, mito].sum(axis=1)).ravel() / np.maximum(counts_per_cell, 1),
+                100 * np.asarray(x[:, mito].sum(axis=1)).ravel() / np.maximum(counts_per_cell, 1),
                 3,
             ),
-            "patients": q_obs["group"].to_numpy(),
-            "tissue": q_obs["group"].map(tissue).to_numpy(),
-            "author_cell_type": q_obs["Level_4"].to_numpy(),
+            "patients": obs["group"].to_numpy(),
+            "tissue": obs["group"].map(tissue).to_numpy(),
+            "author_cell_type": obs["Level_4"].to_numpy(),
         },
         index=pd.Index(barcodes, name=None),
     )
-    q_var = q_genes.set_index("gene_ids", drop=False)
-    q_var.index.name = None
-    q_var["feature_types"] = "Gene Expression"
-    query = ad.AnnData(X=q_x, obs=q_meta, var=q_var)
-    return DemoStudy(reference=reference, query=query)
+    var = genes.set_index("gene_ids", drop=False)
+    var.index.name = None
+    var["feature_types"] = "Gene Expression"
+    return ad.AnnData(X=x, obs=meta, var=var)
 
 
 def _label(obs: pd.DataFrame) -> pd.DataFrame:

@@ -169,40 +169,54 @@ def _unit(nodes: list[ast.AST], package: str, library: Library | None) -> Unit:
     for root in nodes:
         for node in _walk(root):
             if isinstance(node, ast.Import):
-                for alias in node.names:
-                    if alias.name.split(".")[0] == PACKAGE:
-                        unit.bindings[alias.asname or PACKAGE] = (alias.name, None)
-                    else:
-                        unit.third_party.add(alias.name.split(".")[0])
+                _bind_import(unit, node)
             elif isinstance(node, ast.ImportFrom):
-                if node.level:  # relative: inside atlasmap
-                    base = package.split(".")
-                    base = base[: len(base) - (node.level - 1)]
-                    target = ".".join(base + ([node.module] if node.module else []))
-                else:
-                    target = node.module
-                if target.split(".")[0] != PACKAGE:
-                    unit.third_party.add(target.split(".")[0])
-                    continue
-                for alias in node.names:
-                    submodule = f"{target}.{alias.name}"
-                    is_module = library is not None and library.module_of(submodule)
-                    unit.bindings[alias.asname or alias.name] = (
-                        (submodule, None) if is_module else (target, alias.name)
-                    )
+                _bind_import_from(unit, node, package, library)
             elif isinstance(node, ast.Name):
                 unit.names.add(node.id)
-            elif isinstance(node, ast.List | ast.Tuple):  # [sys.executable, "-m", tool]
-                items = node.elts
-                for first, flag, tool in zip(items, items[1:], items[2:], strict=False):
-                    if (
-                        ast.unparse(first) == "sys.executable"
-                        and isinstance(flag, ast.Constant)
-                        and flag.value == "-m"
-                        and isinstance(tool, ast.Constant)
-                    ):
-                        unit.third_party.add(str(tool.value).split(".")[0])
+            elif isinstance(node, ast.List | ast.Tuple):
+                unit.third_party.update(_tools_run(node.elts))
     return unit
+
+
+def _bind_import(unit: Unit, node: ast.Import) -> None:
+    for alias in node.names:
+        if alias.name.split(".")[0] == PACKAGE:
+            unit.bindings[alias.asname or PACKAGE] = (alias.name, None)
+        else:
+            unit.third_party.add(alias.name.split(".")[0])
+
+
+def _bind_import_from(
+    unit: Unit, node: ast.ImportFrom, package: str, library: Library | None
+) -> None:
+    if node.level:  # relative: inside atlasmap
+        base = package.split(".")
+        base = base[: len(base) - (node.level - 1)]
+        target = ".".join(base + ([node.module] if node.module else []))
+    else:
+        target = node.module
+    if target.split(".")[0] != PACKAGE:
+        unit.third_party.add(target.split(".")[0])
+        return
+    for alias in node.names:
+        submodule = f"{target}.{alias.name}"
+        is_module = library is not None and library.module_of(submodule)
+        unit.bindings[alias.asname or alias.name] = (
+            (submodule, None) if is_module else (target, alias.name)
+        )
+
+
+def _tools_run(items: list[ast.expr]) -> set[str]:
+    """The packages of ``[sys.executable, "-m", tool]`` in a list or tuple."""
+    return {
+        str(tool.value).split(".")[0]
+        for first, flag, tool in zip(items, items[1:], items[2:], strict=False)
+        if ast.unparse(first) == "sys.executable"
+        and isinstance(flag, ast.Constant)
+        and flag.value == "-m"
+        and isinstance(tool, ast.Constant)
+    }
 
 
 @dataclass
@@ -232,11 +246,7 @@ def reach(script: str, library: Library, script_name: str = "script") -> Reach:
         for imported in unit.third_party - set(sys.stdlib_module_names) - {"__future__"}:
             third_party.setdefault(imported, where)
         bindings = {**units[MODULE].bindings, **unit.bindings}
-        for target, _ in unit.bindings.values():
-            parts = target.split(".")
-            for depth in range(1, len(parts) + 1):  # importing a.b runs a, then a.b
-                if found := library.module_of(".".join(parts[:depth])):
-                    todo.append((found, MODULE))
+        todo.extend(_modules_imported(library, unit))
         for used in unit.names:
             if used in bindings:
                 target, attribute = bindings[used]
@@ -244,6 +254,18 @@ def reach(script: str, library: Library, script_name: str = "script") -> Reach:
             elif used in units and used != MODULE:
                 todo.append((module, used))
     return Reach(script=reached.pop((script_name, MODULE)), units=reached, third_party=third_party)
+
+
+def _modules_imported(library: Library, unit: Unit) -> list[tuple[str, str]]:
+    """The top level of each library module ``unit`` imports: importing a.b runs a,
+    then a.b."""
+    found = []
+    for target, _ in unit.bindings.values():
+        parts = target.split(".")
+        for depth in range(1, len(parts) + 1):
+            if module := library.module_of(".".join(parts[:depth])):
+                found.append((module, MODULE))
+    return found
 
 
 def _follow(library: Library, target: str, attribute: str | None) -> list[tuple[str, str]]:
