@@ -43,6 +43,13 @@ def main() -> None:
                     "benchmark": str(rule.benchmark) if rule.benchmark else None,
                     "outputs": [str(entry) for entry in rule.output],
                     "resources": sorted(rule.resources),
+                    "params": sorted(rule.params._names),
+                    # the caption file of each output marked for the report
+                    "captions": sorted(
+                        str(entry.flags["report"].caption)
+                        for entry in rule.output
+                        if "report" in getattr(entry, "flags", {})
+                    ),
                     # run on the head node under a cluster executor (localrules)
                     "local": rule.name in workflow._localrules,
                 }

@@ -99,3 +99,22 @@ def test_readme_rule_table_lists_every_rule_with_its_outputs(rules):
                 or (p.endswith("/") and output.startswith(p))
                 for p in patterns
             ), f"README's row of {rule['name']} does not name {output} ({patterns})"
+
+
+def caption_params(caption: Path) -> set[str]:
+    """The rule params a report caption reads (``snakemake.params.<name>``)."""
+    return set(re.findall(r"snakemake\.params\.(\w+)", caption.read_text()))
+
+
+def test_every_report_caption_reads_params_its_rule_has(rules):
+    """A caption is rendered only by `snakemake --report`, after the run: one that reads a
+    param its rule no longer has breaks the report, not the run."""
+    checked = 0
+    for rule in rules:
+        for caption in rule["captions"]:
+            path = Path(caption)
+            path = path if path.is_absolute() else Path(rule["basedir"], path)
+            missing = caption_params(path) - set(rule["params"])
+            assert not missing, f"{path.name} ({rule['name']}) reads params {missing}"
+            checked += bool(caption_params(path))
+    assert checked >= 5
