@@ -239,3 +239,27 @@ print(json.dumps({"cached": cache_umap_kernels(), "stats": stats}))
     assert {name: second["stats"][name] for name in names} == {name: [1, 0] for name in names}
     hits, misses = second["stats"]["pynndescent"]
     assert hits >= 20 and misses == 0, second["stats"]["pynndescent"]
+
+
+def test_the_neighbour_index_is_the_same_on_every_machine(tmp_path):
+    """Annoy's own build runs one thread per core and its trees differ with their
+    number: the index is built on one thread, so a laptop and a 64-core node agree."""
+    from annoy import AnnoyIndex
+    from atlasmap.embedding import ThreadedAnnoyTransformer
+
+    latent = np.random.default_rng(0).normal(size=(3000, N_DIMS)).astype(np.float32)
+
+    def saved(index, name):
+        index.save(str(tmp_path / name))
+        return (tmp_path / name).read_bytes()
+
+    def built(threads):
+        index = AnnoyIndex(N_DIMS, "euclidean")
+        for i, x in enumerate(latent):
+            index.add_item(i, x.tolist())
+        index.build(3, n_jobs=threads)
+        return saved(index, f"{threads}.ann")
+
+    ours = ThreadedAnnoyTransformer(15, n_trees=3, n_jobs=2).fit(latent)
+    assert saved(ours.annoy_, "ours.ann") == built(1)
+    assert built(1) != built(4)  # a 4-core machine's build, had Annoy chosen
