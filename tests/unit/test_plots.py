@@ -96,8 +96,18 @@ def test_threaded_annoy_gives_sklearn_anns_graph_and_near_exact_neighbours():
     from sklearn.neighbors import NearestNeighbors
     from sklearn_ann.kneighbors.annoy import AnnoyTransformer
 
+    class OneThreadBuild(AnnoyTransformer):
+        """sklearn-ann's transformer, its trees built on one thread as ours are (its own
+        build runs a thread per core, whose trees differ with the core count)."""
+
+        def fit(self, X, y=None):
+            super().fit(X)
+            self.annoy_.unbuild()
+            self.annoy_.build(self.n_trees, n_jobs=1)
+            return self
+
     latent = make_expanded()[0].obsm[EMBEDDING_KEY]
-    serial = AnnoyTransformer(n_neighbors=10, n_trees=10).fit_transform(latent)
+    serial = OneThreadBuild(n_neighbors=10, n_trees=10).fit_transform(latent)
     for n_jobs in (1, 2, 3):
         threaded = ThreadedAnnoyTransformer(n_neighbors=10, n_trees=10, n_jobs=n_jobs)
         graph = threaded.fit_transform(latent)
