@@ -48,10 +48,14 @@ def _lookup(config: Mapping, key: str) -> Any:
     return value
 
 
+def _frozen(value: Any) -> Any:
+    """A config value as a frozen settings field holds it: a list (YAML's) as a tuple."""
+    return tuple(value) if isinstance(value, list) else value
+
+
 def schema_default(key: str) -> Any:
     """The schema's default of config key ``key`` (a dotted path)."""
-    value = _lookup(schema_defaults(), key)
-    return tuple(value) if isinstance(value, list) else value
+    return _frozen(_lookup(schema_defaults(), key))
 
 
 def setting(key: str) -> Any:
@@ -75,11 +79,7 @@ class Settings:
         """The settings from ``values`` (config key -> value, as :func:`config_values`
         gives them); a key not among them takes the schema's default. ``supplied``: the
         fields the job gives (``n_jobs``)."""
-        given = {
-            name: tuple(values[key]) if isinstance(values[key], list) else values[key]
-            for name, key in cls.keys().items()
-            if key in values
-        }
+        given = {name: _frozen(values[key]) for name, key in cls.keys().items() if key in values}
         return cls(**given, **supplied)
 
     @classmethod
