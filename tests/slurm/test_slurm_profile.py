@@ -63,13 +63,21 @@ FAILING_RULE = "subset_query"
 FAIL_ONCE = ["--set-resources", f"{FAILING_RULE}:mem_mb=64 if attempt == 1 else 3000"]
 
 
-def small_config(workdir: Path) -> str:
+# The small demo's queries hold about 100 cells of each of two samples: one shard each.
+SCATTER = {"by": "sample", "max_cells": 150}
+
+
+def small_config(workdir: Path, scatter: dict | None = None) -> str:
     config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
     config["demo"].update(SMALL["demo"])
     config["reference"]["training"].update(SMALL["training"])
     config["mapping"]["surgery"].update(SMALL["surgery"])
-    (workdir / "config" / "small.yaml").write_text(yaml.safe_dump(config))
-    return "config/small.yaml"
+    name = "small.yaml"
+    if scatter:
+        config["mapping"]["scatter"] = scatter
+        name = "scattered.yaml"
+    (workdir / "config" / name).write_text(yaml.safe_dump(config))
+    return f"config/{name}"
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +188,76 @@ def runs(slurm, tmp_path_factory):
     local = copy_workflow(tmp_path_factory.mktemp("local"))
     succeeded(snakemake(local, "--cores", "2", "--configfile", small_config(local)))
     return cluster, local, jobs, result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def scattered_runs(runs, tmp_path_factory):
+    """Both runs' folders mapped again in shards by sample (mapping.scatter), on SLURM and
+    locally: the reference's work is reused, every mapping made again."""
+    cluster, local, _, _ = runs
+    env = make_slurm_profile(tmp_path_factory.mktemp("xdg_scattered"))
+    copies = []
+    for run in (cluster, local):
+        copy = tmp_path_factory.mktemp(f"scattered_{run.name}") / "run"
+        shutil.copytree(run, copy, symlinks=True)
+        copies.append(copy)
+    before = {job["JobId"] for job in slurm_jobs()}
+    config = small_config(copies[0], SCATTER)
+    succeeded(
+        snakemake(copies[0], "--profile", "slurm", "--configfile", config, *THIS_CLUSTER, env=env)
+    )
+    jobs = [
+        job
+        for job in slurm_jobs()
+        if job["JobId"] not in before and job.get("WorkDir") == str(copies[0])
+    ]
+    succeeded(
+        snakemake(copies[1], "--cores", "2", "--configfile", small_config(copies[1], SCATTER))
+    )
+    return copies[0], copies[1], jobs
+
+
+def test_scattered_shards_ran_as_separate_jobs_of_the_right_partitions(scattered_runs):
+    cluster, _, jobs = scattered_runs
+    by_job = jobs_by_rule(jobs)
+    for query in ("demo", "demo_h5ad"):
+        shards = pd.read_csv(cluster / "results" / query / "query" / "shards.tsv", sep="\t")
+        names = list(dict.fromkeys(shards["shard"]))
+        assert len(names) == 2, shards
+        for mode in ("surgery", "embed"):
+            for rule in ("map_query_shard", "call_celltypes_shard", "project_query_shard"):
+                for shard in names:
+                    key = (rule, f"{query}_{mode}_{shard}")
+                    assert key in by_job, (key, sorted(by_job))
+            assert (("gather_mapping", f"{query}_{mode}")) in by_job
+    records = sacct_jobs([job["JobId"] for job in jobs])
+    for (rule, wildcards), key_jobs in by_job.items():
+        for job in key_jobs:
+            record = records[job["JobId"]]
+            assert record["State"] == "COMPLETED", (rule, wildcards, record)
+            # Surgery trains (a GPU); a frozen embedding, the calls, the projections and the
+            # gathers do not.
+            gpu = rule == "map_query_shard" and "_surgery_" in wildcards
+            gpus = "gpu" in job.get("TresPerJob", "") or "gres/gpu" in job.get("TRES", "")
+            assert record["Partition"] == ("gpu" if gpu else "cpu"), (rule, wildcards, record)
+            assert gpus == gpu, (rule, wildcards, job.get("TresPerJob"))
+    assert "map_query" not in {rule for rule, _ in by_job}, "no query was mapped whole"
+
+
+def test_scattered_slurm_results_equal_a_local_run(runs, scattered_runs):
+    cluster, local, _ = scattered_runs
+    whole, _, _, _ = runs
+    for query, mode in ((q, m) for q in ("demo", "demo_h5ad") for m in ("surgery", "embed")):
+        out = Path("results") / query / mode
+        gathered = pd.read_csv(cluster / out / "predictions.tsv", sep="\t")
+        pd.testing.assert_frame_equal(
+            gathered, pd.read_csv(local / out / "predictions.tsv", sep="\t")
+        )
+        if mode == "embed":  # and a frozen embedding's calls are those of the whole query
+            mapped_whole = pd.read_csv(whole / out / "predictions.tsv", sep="\t")
+            pd.testing.assert_frame_equal(gathered, mapped_whole, rtol=1e-5)
+    summary = [pd.read_csv(run / "results" / "summary.tsv", sep="\t") for run in (cluster, local)]
+    pd.testing.assert_frame_equal(*summary)
 
 
 def rule_of(job: dict) -> tuple[str, str]:

@@ -3,8 +3,11 @@
 import gzip
 import os
 
+import anndata as ad
+import numpy as np
+import pandas as pd
 import pytest
-from atlasmap.io import atomic_path, copy_as_gzip
+from atlasmap.io import atomic_path, copy_as_gzip, read_h5ad, write_h5ad
 
 
 def test_atomic_path_moves_into_place_on_success(tmp_path):
@@ -108,3 +111,28 @@ def test_reading_annotations_gives_obs_obsm_uns_as_stored_and_no_counts_or_graph
     assert read.uns["atlasmap"] == {"labels_key": "cell_type"}
     assert read.X is None and not read.layers and not read.obsp
     assert list(read_annotations(tmp_path / "a.h5ad").obsm) == ["X_latent", "X_umap"]
+
+
+def test_annotations_are_written_beside_counts_never_read(tmp_path):
+    """neighbors_umap adds obs, obsm, obsp and uns to a million cells' file without
+    holding its counts: the counts and var are the source file's, byte for byte."""
+    import scipy.sparse as sp
+    from atlasmap.io import read_annotations, write_beside_counts
+
+    counts = sp.random(30, 8, density=0.3, format="csr", dtype=np.float32, random_state=0)
+    source = ad.AnnData(X=counts, obs=pd.DataFrame(index=[f"c{i}" for i in range(30)]))
+    source.var["gene_ids"] = [f"ENSG{i}" for i in range(8)]
+    source.layers["counts"] = source.X
+    write_h5ad(source, tmp_path / "embedded.h5ad")
+    annotations = read_annotations(tmp_path / "embedded.h5ad")
+    annotations.obs["call"] = pd.Categorical(["A", "B"] * 15)
+    annotations.obsm["X_umap"] = np.ones((30, 2), dtype=np.float32)
+    annotations.obsp["distances"] = sp.identity(30, format="csr")
+    annotations.uns["neighbors"] = {"n_neighbors": 15}
+    write_beside_counts(annotations, tmp_path / "embedded.h5ad", tmp_path / "mapped.h5ad")
+    mapped = read_h5ad(tmp_path / "mapped.h5ad")
+    assert (counts != mapped.X).nnz == 0 and mapped.layers["counts"] is mapped.X
+    assert list(mapped.var["gene_ids"]) == list(source.var["gene_ids"])
+    assert list(mapped.obs["call"]) == ["A", "B"] * 15
+    assert mapped.obsm["X_umap"].shape == (30, 2) and "distances" in mapped.obsp
+    assert mapped.uns["neighbors"]["n_neighbors"] == 15

@@ -46,6 +46,7 @@ from atlasmap.contract import (  # noqa: E402
     mapping_figure_names,
     query_read_files,
     resolve_sources,
+    shards_in_plan,
 )
 from atlasmap.errors import AtlasmapInputError  # noqa: E402
 from atlasmap.reach import Library, code_digests  # noqa: E402
@@ -141,6 +142,13 @@ REFERENCES = config.get("references") or {DEFAULT_REFERENCE: config["reference"]
 # In the order the sheet or the config lists them (the canonical config sorts them).
 QUERIES = list(QUERY_ORIGINS)
 MODES = config["mapping"]["modes"]
+# Queries mapped in shards (mapping.scatter) or by one job per mode: the rules of the
+# two ways write the same files, and each is kept to its queries by a wildcard
+# constraint; one that no name matches turns a way off.
+SCATTER = config["mapping"]["scatter"]["by"] != "none"
+ANY_QUERY, NO_QUERY = "[^/]+", "(?!)"
+SCATTERED_QUERY = ANY_QUERY if SCATTER else NO_QUERY
+WHOLE_QUERY = NO_QUERY if SCATTER else ANY_QUERY
 
 
 def _query_reference(query):
@@ -493,6 +501,25 @@ def reference_layout(key):
         return []
 
     return layout_file
+
+
+def shard_outputs(path):
+    """An input function: ``path`` for every shard of the query, once plan_shards has
+    split it (a checkpoint: the shards' jobs are planned after it runs)."""
+
+    def outputs(wildcards):
+        plan = checkpoints.plan_shards.get(query=wildcards.query).output.plan
+        return expand(path, shard=shards_in_plan(plan), **dict(wildcards.items()))
+
+    return outputs
+
+
+def shard_projections(wildcards):
+    """The shards' projections onto the reference layout, where a scattered query is laid
+    out on it; none otherwise (neighbors_umap projects, or lays out all cells)."""
+    if SCATTER and reference_layout("coords")(wildcards):
+        return shard_outputs(rules.project_query_shard.output.projection)(wildcards)
+    return []
 
 
 def inference_gpu_request(wildcards):

@@ -13,6 +13,8 @@ rule map_query:
         "logs/map_query/{query}_{mode}.log",
     benchmark:
         "logs/map_query/{query}_{mode}.benchmark.tsv"
+    wildcard_constraints:
+        query=WHOLE_QUERY,
     # Surgery is the study's longest job: started first whenever it and another job are
     # ready and only one fits (Snakemake keeps no cores for a waiting job).
     priority: surgery_first
@@ -59,6 +61,8 @@ rule call_celltypes:
         "logs/call_celltypes/{query}_{mode}.log",
     benchmark:
         "logs/call_celltypes/{query}_{mode}.benchmark.tsv"
+    wildcard_constraints:
+        query=WHOLE_QUERY,
     priority: surgery_first
     params:
         code=library_code("call_celltypes.py"),

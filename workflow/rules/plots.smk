@@ -7,6 +7,7 @@ rule neighbors_umap:
         predictions=rules.call_celltypes.output.predictions,
         reference_coords=reference_layout("coords"),
         reference_index=reference_layout("index"),
+        projections=shard_projections,
     output:
         mapped="results/{query}/{mode}/mapped.h5ad",
     log:

@@ -13,5 +13,6 @@ neighbors_umap_files(
     mapped=snakemake.output.mapped,
     reference_coords=snakemake.input.reference_coords or None,
     reference_index=snakemake.input.reference_index or None,
+    projections=list(snakemake.input.projections),
     settings=EmbeddingSettings.from_values(snakemake.params.settings, n_jobs=snakemake.threads),
 )

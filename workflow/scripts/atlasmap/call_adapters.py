@@ -129,11 +129,15 @@ def call_embedded(
     probs = obsm.get(PROBABILITIES_KEY)
     prob_labels = list(run.get("classifier_labels", []))
     s = settings
-    if not is_atlas.any():
+    if not is_atlas.any() and fitted is None:
         s, model = _classifier_alone(s, prob_labels)
         hierarchy = None
     else:
-        if fitted is not None:
+        if fitted is not None and not is_atlas.any():
+            # A shard of a scattered query holds no atlas cells: they are the
+            # reference latent's, which the fit was made on (atlasmap.scatter).
+            fitted.check(fitted.cells, s)
+        elif fitted is not None:
             fitted = _if_it_holds(fitted, obs.index[is_atlas], latent[is_atlas], s)
         if fitted is None:
             fitted = fit_reference_calls(
@@ -379,3 +383,39 @@ def call_mapping(
         query_expression=query,
         atlas_expression=lambda: expanded[~is_query],
     )
+
+
+def call_shard_files(
+    *,
+    embedded_path,
+    settings: CallSettings,
+    predictions_path,
+    report_path,
+    reference_calls_path=None,
+    query_path=None,
+    plan_path=None,
+    shard: str | None = None,
+) -> pd.DataFrame:
+    """The calls of one shard of a scattered query (:mod:`atlasmap.scatter`): its mapped
+    cells, the fit on the atlas made once per reference, and, for the expression member,
+    the shard's own rows of the query file. The shards' per-sample QC is made when
+    gathered."""
+    import json
+
+    from .io import atomic_path
+    from .scatter import read_shard
+
+    obs, obsm, run = read_embedded(embedded_path)
+    fitted = None
+    if reference_calls_path:
+        fitted = read_reference_calls(reference_calls_path, n_jobs=settings.n_jobs)
+    query = None
+    if query_path and settings.method in EXPRESSION_METHODS and fitted is not None:
+        query = read_shard(query_path, plan_path, shard, run["batch_key"])
+    table, report = call_embedded(obs, obsm, run, settings, fitted, query)
+    with atomic_path(predictions_path) as tmp:
+        table.reset_index().to_csv(tmp, sep="\t", index=False)
+    with atomic_path(report_path) as tmp:
+        tmp.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    log.info("shard %s: %d query cells called", shard, len(table))
+    return table

@@ -197,6 +197,15 @@ def mapping_figure_names(query_alone: bool) -> tuple[str, ...]:
 # --- Where a query's deposit files are, from its config ---------------------------
 
 
+def shards_in_plan(path: str | Path) -> list[str]:
+    """The shard names of plan_shards's table (atlasmap.scatter), in its order: read while
+    the workflow plans the jobs of each shard, so with the standard library alone."""
+    import csv
+
+    with open(path, newline="") as table:
+        return list(dict.fromkeys(row["shard"] for row in csv.DictReader(table, delimiter="\t")))
+
+
 def geo_supplementary_url(accession: str, filename: str, mirror: str = GEO_MIRROR) -> str:
     """URL of a GEO series' supplementary file, as GEO lays them out.
 

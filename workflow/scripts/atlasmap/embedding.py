@@ -306,9 +306,13 @@ def project_onto_reference(
 
 
 def _expanded_layout(
-    adata: ad.AnnData, reference: ReferenceLayout, settings: EmbeddingSettings
+    adata: ad.AnnData,
+    reference: ReferenceLayout,
+    settings: EmbeddingSettings,
+    query_coords: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The reference's own coordinates for atlas cells, projections for query cells."""
+    """The reference's own coordinates for atlas cells, projections for query cells
+    (``query_coords``, where they were projected by the shards of a scattered query)."""
     is_atlas = atlas_mask(adata.obs)
     if not adata.obs_names[is_atlas].equals(reference.cells):
         raise AtlasmapInputError(
@@ -318,9 +322,11 @@ def _expanded_layout(
         )
     coords = np.empty((adata.n_obs, 2), dtype=np.float32)
     coords[is_atlas] = reference.coords
-    coords[~is_atlas] = project_onto_reference(
-        np.asarray(adata.obsm[EMBEDDING_KEY][~is_atlas], dtype=np.float32), reference, settings
-    )
+    if query_coords is None:
+        query_coords = project_onto_reference(
+            np.asarray(adata.obsm[EMBEDDING_KEY][~is_atlas], dtype=np.float32), reference, settings
+        )
+    coords[~is_atlas] = query_coords
     return coords
 
 
@@ -328,6 +334,7 @@ def neighbors_umap(
     adata: ad.AnnData,
     settings: EmbeddingSettings = EmbeddingSettings(),
     reference: ReferenceLayout | None = None,
+    query_coords: np.ndarray | None = None,
 ) -> ad.AnnData:
     """Add the Annoy neighbour graph and ``X_umap`` for all cells, and for the query alone.
 
@@ -336,7 +343,8 @@ def neighbors_umap(
     them and the query cells projected onto it; with "joint", or no atlas
     cells, a UMAP of all cells. The query-alone UMAP (the tutorial's view of an embed-mode mapping)
     goes to ``obsm["X_umap_query"]``, NaN for reference cells; it starts from
-    the query's projected positions where there are some.
+    the query's projected positions where there are some. ``query_coords``: the query
+    cells' projections, made beforehand (by the shards of a scattered query).
     """
     if settings.layout not in LAYOUTS:
         raise AtlasmapInputError(f"umap.layout must be one of {LAYOUTS}, not {settings.layout!r}")
@@ -348,7 +356,7 @@ def neighbors_umap(
             reference = layout_reference(
                 adata.obs_names[is_atlas], adata.obsm[EMBEDDING_KEY][is_atlas], settings
             )
-        adata.obsm[UMAP_KEY] = _expanded_layout(adata, reference, settings)
+        adata.obsm[UMAP_KEY] = _expanded_layout(adata, reference, settings, query_coords)
     else:
         _umap(adata, settings)
         log.info("UMAP of %d cells on %d Annoy neighbours", adata.n_obs, settings.n_neighbors)
@@ -441,17 +449,55 @@ def neighbors_umap_files(
     settings: EmbeddingSettings,
     reference_coords: str | os.PathLike | None = None,
     reference_index: str | os.PathLike | None = None,
+    projections: list | None = None,
 ) -> ad.AnnData:
     """:func:`neighbors_umap` on map_query's file, with the calls, to the delivered
-    ``mapped.h5ad``; the reference layout from layout_reference's files, if given."""
+    ``mapped.h5ad``; the reference layout from layout_reference's files, if given, and
+    the query's projections onto it from a scattered query's shards, if given. Only the
+    annotations are read: the counts go from file to file (io.write_beside_counts)."""
     from .call_adapters import attach_calls
-    from .io import read_h5ad, write_h5ad
+    from .io import read_annotations, write_beside_counts
 
-    adata = read_h5ad(embedded)
+    adata = read_annotations(embedded)
     attach_calls(adata, pd.read_csv(predictions, sep="\t", dtype={"barcode": str}))
     reference = None
     if reference_coords:
         reference = read_reference_layout(coords=reference_coords, index=reference_index)
-    adata = neighbors_umap(adata, settings, reference)
-    write_h5ad(adata, mapped)
+    query_coords = None
+    if projections:
+        barcodes = adata.obs.loc[query_mask(adata.obs), "barcode"].astype(str)
+        query_coords = read_projections(projections, pd.Index(barcodes))
+    adata = neighbors_umap(adata, settings, reference, query_coords)
+    write_beside_counts(adata, embedded, mapped)
     return adata
+
+
+def project_shard_files(
+    *,
+    embedded: str | os.PathLike,
+    reference_coords: str | os.PathLike,
+    reference_index: str | os.PathLike,
+    settings: EmbeddingSettings,
+    projection: str | os.PathLike,
+) -> np.ndarray:
+    """The query cells of one shard of a scattered query projected onto the reference
+    layout, to a table of their UMAP coordinates by barcode."""
+    from .io import atomic_path, read_annotations
+
+    shard = read_annotations(embedded, obsm=(EMBEDDING_KEY,), uns=False)
+    reference = read_reference_layout(coords=reference_coords, index=reference_index)
+    latent = np.asarray(shard.obsm[EMBEDDING_KEY], dtype=np.float32)
+    coords = project_onto_reference(latent, reference, settings)
+    table = pd.DataFrame(coords, columns=["umap_1", "umap_2"])
+    table.insert(0, "barcode", shard.obs["barcode"].astype(str).to_numpy())
+    with atomic_path(projection) as tmp:
+        table.to_csv(tmp, sep="\t", index=False, float_format="%.9g")
+    return coords
+
+
+def read_projections(paths: list, barcodes: pd.Index) -> np.ndarray:
+    """The shards' projection tables as one coordinate array, in ``barcodes``' order."""
+    from .scatter import gather_tables
+
+    table = gather_tables(paths, barcodes)
+    return table[["umap_1", "umap_2"]].to_numpy(dtype=np.float32)

@@ -97,6 +97,25 @@ def read_annotations(
         )
 
 
+def write_beside_counts(adata: ad.AnnData, counts_from: str | os.PathLike, path) -> None:
+    """Write to ``path`` the h5ad file ``counts_from`` with ``adata``'s obs, obsm, obsp and
+    uns in place of its own, whole or not at all: the file's count matrices (X, layers)
+    and var are copied on disk, never read, so a job that adds annotations to a
+    million cells holds the annotations alone."""
+    import shutil
+
+    import h5py
+
+    with atomic_path(path) as tmp:
+        shutil.copyfile(counts_from, tmp)
+        with h5py.File(tmp, "a") as f:
+            for key in ("obs", "obsm", "obsp", "uns"):
+                if key in f:
+                    del f[key]
+                value = getattr(adata, key)
+                ad.io.write_elem(f, key, value if key == "obs" else dict(value))
+
+
 def read_h5ad(path: str | os.PathLike) -> ad.AnnData:
     """Read an h5ad file whole; a layer stored as a link to ``/X`` becomes ``X`` itself.
 

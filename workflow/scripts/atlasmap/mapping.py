@@ -377,6 +377,7 @@ def map_query(
     settings: MappingSettings = MappingSettings(),
     where: str = "query",
     reference: ReferenceLatent | None = None,
+    query_only: bool = False,
 ) -> MappingResult:
     """Map ``query`` (raw counts in ``layers["counts"]``) onto the model in ``model_dir``.
 
@@ -391,16 +392,30 @@ def map_query(
     latent from :func:`embed_reference`, reused instead of embedding them again
     (unless surgery's weight decay, which moves reference weights, is set).
 
+    With ``query_only`` (a shard of a scattered query, :mod:`atlasmap.scatter`), the
+    result holds the query cells alone: the atlas cells are the reference latent's,
+    the same for every shard, and are joined to the query's once, when gathered.
+
     Four steps, each a function: :func:`check_mapping_inputs`,
     :func:`align_inputs`, :func:`run_model`, :func:`assemble_mapping`.
     """
     s = settings
     info = read_model_info(model_dir)
     atlas, reference = check_mapping_inputs(query, atlas, info, mode, s, where, reference)
+    if query_only:
+        if reference is None and atlas.n_obs:
+            raise AtlasmapInputError(
+                f"{where}: a shard is mapped against the reference latent of embed_reference, "
+                "which surgery with weight decay would move (mapping.surgery.weight_decay): "
+                "set mapping.scatter.by: none, or weight_decay: 0"
+            )
+        atlas = atlas[:0].copy()
     ref_aligned, q_aligned, ref_input, q_input, q_report = align_inputs(
         query, atlas, info, s, where, reference_input=reference is None
     )
     run = run_model(model_dir, ref_input, q_input, info, mode, s, reference)
+    if query_only:
+        run.z_ref, run.probs_ref = run.z_ref[:0], run.probs_ref.iloc[:0]
     return assemble_mapping(
         atlas, query, ref_aligned, q_aligned, run, q_report, info, model_dir, mode, s
     )
@@ -602,8 +617,17 @@ def _query_columns(query: ad.AnnData) -> set[str]:
 
 def _expanded_atlas(atlas, query, ref_aligned, q_aligned, z_ref, z_query):
     """Reference + query on the model's genes; every obs column of both kept (outer join)."""
-    ref_obs = atlas.obs.copy()
-    ref_obs[SOURCE_COLUMN] = ATLAS
+    obs = join_obs(atlas.obs, query_obs(query))
+    counts = sp.vstack([ref_aligned.layers["counts"], q_aligned.layers["counts"]]).tocsr()
+    expanded = ad.AnnData(X=counts, obs=obs, var=q_aligned.var.copy())
+    expanded.layers["counts"] = counts
+    expanded.obsm[EMBEDDING_KEY] = np.vstack([z_ref, z_query]).astype(np.float32)
+    return expanded
+
+
+def query_obs(query: ad.AnnData) -> pd.DataFrame:
+    """The query's obs as the expanded atlas holds it: a column named as one of the calls'
+    (or source, barcode) prefixed with query_, its source and its barcode."""
     q_obs = query.obs.copy()
     clash = q_obs.columns.intersection(CALL_COLUMNS + [SOURCE_COLUMN, "barcode"])
     if len(clash):
@@ -611,6 +635,15 @@ def _expanded_atlas(atlas, query, ref_aligned, q_aligned, z_ref, z_query):
         q_obs = q_obs.rename(columns={c: f"query_{c}" for c in clash})
     q_obs[SOURCE_COLUMN] = QUERY
     q_obs["barcode"] = query.obs_names.to_numpy()
+    return q_obs
+
+
+def join_obs(atlas_obs: pd.DataFrame, q_obs: pd.DataFrame) -> pd.DataFrame:
+    """The expanded atlas's obs: the atlas's (its source added), then the query's from
+    :func:`query_obs` (a barcode that also names an atlas cell suffixed with -query),
+    every column of both kept; text columns categorical."""
+    ref_obs = atlas_obs.copy()
+    ref_obs[SOURCE_COLUMN] = ATLAS
     q_names = q_obs.index
     overlap = q_names.intersection(ref_obs.index)
     if len(overlap):
@@ -618,17 +651,14 @@ def _expanded_atlas(atlas, query, ref_aligned, q_aligned, z_ref, z_query):
             "%d query barcodes also name reference cells: suffixed with '-query'", len(overlap)
         )
         overlap = set(overlap)
+        q_obs = q_obs.copy()
         q_obs.index = pd.Index([f"{b}-query" if b in overlap else b for b in q_names])
     obs = pd.concat([ref_obs, q_obs], axis=0, join="outer", sort=False)
     for column in obs.columns:
         if obs[column].dtype == object:
             obs[column] = obs[column].astype("category")
     obs[SOURCE_COLUMN] = pd.Categorical(obs[SOURCE_COLUMN], categories=list(SOURCES))
-    counts = sp.vstack([ref_aligned.layers["counts"], q_aligned.layers["counts"]]).tocsr()
-    expanded = ad.AnnData(X=counts, obs=obs, var=q_aligned.var.copy())
-    expanded.layers["counts"] = counts
-    expanded.obsm[EMBEDDING_KEY] = np.vstack([z_ref, z_query]).astype(np.float32)
-    return expanded
+    return obs
 
 
 def _qc_table(samples: pd.Series, report, mode, encoder_sees_batch, shift) -> pd.DataFrame:
@@ -693,3 +723,20 @@ def map_query_files(
     )
     write_mapping(result, embedded, qc)
     return result
+
+
+def read_reference_side(path: str | Path, counts_layer: str | None) -> ad.AnnData:
+    """embed_reference's atlas without its counts (an empty matrix in their place): all a
+    shard's mapping reads of it, whatever the atlas's size in counts."""
+    import h5py
+    from anndata.io import read_elem
+
+    with h5py.File(path, "r") as f:
+        obs, var = read_elem(f["obs"]), read_elem(f["var"])
+        obsm = {k: read_elem(f["obsm"][k]) for k in (EMBEDDING_KEY, PROBABILITIES_KEY)}
+        uns = {EMBEDDED_ATLAS_KEY: read_elem(f["uns"][EMBEDDED_ATLAS_KEY])}
+    empty = sp.csr_matrix((len(obs), len(var)), dtype=np.float32)
+    atlas = ad.AnnData(X=empty, obs=obs, var=var, obsm=obsm, uns=uns)
+    if counts_layer:
+        atlas.layers[counts_layer] = empty
+    return atlas
