@@ -148,6 +148,13 @@ def test_every_format_loads_to_the_same_query(kind, tmp_path, small_study, caplo
     out = tmp_path / "results" / "loaded.h5ad"
     with caplog.at_level(logging.INFO, logger="atlasmap.query"):
         adata = load_query_files(**arguments, output=out, rename=RENAME)
+    written = read_h5ad(out)
+    if adata.X is None:
+        # An h5ad's CSR counts stream from file to file: the annotations are returned.
+        assert kind == "h5ad_counts_layer"
+        pd.testing.assert_frame_equal(adata.obs, written.obs)
+        pd.testing.assert_frame_equal(adata.var, written.var)
+        adata = written
     assert_same_query(adata, query)
     # The batch column is the renamed sample column, a string categorical.
     assert isinstance(adata.obs["Sample_ID"].dtype, pd.CategoricalDtype)
@@ -160,7 +167,7 @@ def test_every_format_loads_to_the_same_query(kind, tmp_path, small_study, caplo
         caplog.text
     )
     # The written file is the same query (its counts layer a link to X, read as X itself).
-    assert_same_query(read_h5ad(out), query)
+    assert_same_query(written, query)
 
 
 def test_write_10x_h5_is_read_by_scanpy(tmp_path, small_study):

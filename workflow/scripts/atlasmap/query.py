@@ -1,13 +1,19 @@
 """Reading a query (10x matrix, 10x HDF5 or h5ad), checking it, renaming metadata,
-setting its samples, subsetting cells."""
+setting its samples, subsetting cells.
+
+An h5ad query whose counts are stored CSR (the million-cell case) is loaded and
+subset without holding its counts: obs and var are read and worked on alone, and the
+count matrix is streamed from file to file in blocks of rows (:data:`BLOCK_ROWS`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import anndata as ad
@@ -29,6 +35,10 @@ from .io import (
 )
 
 log = logging.getLogger(__name__)
+
+# Rows of a query's count matrix read, checked and written at once when it is streamed
+# (at ~1,000 counts per cell, 50,000 rows are 0.4 GB of CSR).
+BLOCK_ROWS = 50_000
 
 
 def _examples(values, n: int = 5) -> str:
@@ -158,12 +168,18 @@ def read_10x_matrix(path: str | os.PathLike) -> sp.csr_matrix:
 SYMBOL_COLUMNS = ("gene_symbols", "feature_name", "gene_name", "symbol")
 
 
+def _gene_expression(var: pd.DataFrame) -> np.ndarray | None:
+    """Which features are Gene Expression, where var says what each feature is (None
+    where it does not)."""
+    if "feature_types" not in var:
+        return None
+    return (var["feature_types"].astype(str) == "Gene Expression").to_numpy()
+
+
 def _keep_gene_expression(adata: ad.AnnData, where: str) -> ad.AnnData:
     """Only the Gene Expression features, where var says what each feature is."""
-    if "feature_types" not in adata.var:
-        return adata
-    gex = (adata.var["feature_types"].astype(str) == "Gene Expression").to_numpy()
-    if gex.all():
+    gex = _gene_expression(adata.var)
+    if gex is None or gex.all():
         return adata
     if not gex.any():
         raise AtlasmapInputError(
@@ -345,7 +361,12 @@ def _h5ad_var(var: pd.DataFrame, where: str) -> pd.DataFrame:
 def _as_counts_matrix(matrix, where: str) -> sp.csr_matrix:
     """A matrix read from an h5ad as CSR (its own dtype, for the counts check)."""
     if sp.issparse(matrix):
-        return matrix.tocsr() if matrix.format != "csr" else sp.csr_matrix(matrix)
+        matrix = matrix.tocsr() if matrix.format != "csr" else sp.csr_matrix(matrix)
+        if matrix.indices.dtype != matrix.indptr.dtype:
+            # Stored so by other writers (int64 indptr beside int32 indices), which
+            # scipy's sort_indices refuses: one index dtype, as scipy gives a matrix.
+            matrix = sp.csr_matrix((matrix.data, matrix.indices, matrix.indptr), matrix.shape)
+        return matrix
     if isinstance(matrix, np.ndarray):
         return sp.csr_matrix(matrix)
     raise AtlasmapInputError(
@@ -353,19 +374,8 @@ def _as_counts_matrix(matrix, where: str) -> sp.csr_matrix:
     )
 
 
-def read_query_h5ad(path: str | os.PathLike, counts_layer: str | None = None) -> ad.AnnData:
-    """Read the raw counts of an h5ad (``X``, or ``layers[counts_layer]``), its obs and var.
-
-    Nothing else is read (other layers, raw, obsm, uns): the counts are held once.
-    A matrix that is not raw counts (normalised, log-transformed, scaled) is refused,
-    naming the file, the layer and the layers the file has. var is brought to the
-    contract: an index of Ensembl ids with a symbol column (``gene_symbols``,
-    ``feature_name``, ``gene_name``, ``symbol``) is replaced by the symbols, made
-    unique, the ids going to ``gene_ids``; ``gene_symbols`` is the symbols.
-    """
-    import h5py
-
-    path = Path(path)
+def _check_anndata_file(path: Path) -> None:
+    """Refuse a file that is not HDF5, or an HDF5 file without obs and var."""
     entries = _hdf5_entries(path, "an AnnData file (.h5ad)")
     if not {"obs", "var"} <= set(entries):
         raise AtlasmapInputError(
@@ -378,33 +388,13 @@ def read_query_h5ad(path: str | os.PathLike, counts_layer: str | None = None) ->
             )
             + " (config key format)"
         )
+
+
+@contextlib.contextmanager
+def _read_errors(path: Path) -> Iterator[None]:
+    """What reading an h5ad element by element raises, as an error naming the file."""
     try:
-        with h5py.File(path, "r") as f:
-            stored = f.get("layers")
-            layers = list(stored) if isinstance(stored, h5py.Group) else []
-            has_x = "X" in f
-            listing = (
-                f"the file's layers: {', '.join(map(repr, layers))}"
-                if layers
-                else "the file has no layers"
-            )
-            if counts_layer is None:
-                if not has_x:
-                    raise AtlasmapInputError(
-                        f"{path}: X is empty; {listing}; name the layer that holds the raw "
-                        "counts (config key counts_layer)"
-                    )
-                element, layer = f["X"], "X"
-            else:
-                if counts_layer not in layers:
-                    raise AtlasmapInputError(
-                        f"{path}: no layer {counts_layer!r} (config key counts_layer); "
-                        f"{listing}; null reads X"
-                    )
-                element, layer = stored[counts_layer], f"layer {counts_layer!r}"
-            matrix = ad.io.read_elem(element)
-            obs = ad.io.read_elem(f["obs"])
-            var = ad.io.read_elem(f["var"])
+        yield
     except (AtlasmapInputError, MemoryError):
         raise
     except Exception as err:  # anndata's registry errors are bare Exceptions
@@ -412,11 +402,46 @@ def read_query_h5ad(path: str | os.PathLike, counts_layer: str | None = None) ->
             f"{path}: cannot be read as AnnData ({type(err).__name__}: {err}); is it "
             "truncated, or written by an anndata too old to read element by element?"
         ) from err
+
+
+def _layer_listing(layers: Sequence[str]) -> str:
+    return (
+        f"the file's layers: {', '.join(map(repr, layers))}" if layers else "the file has no layers"
+    )
+
+
+def _counts_element(f, path: Path, counts_layer: str | None):
+    """(the element holding the counts, its name for messages, the file's layers) of an
+    open h5ad; an error naming the layers when it has no such element."""
+    import h5py
+
+    stored = f.get("layers")
+    layers = list(stored) if isinstance(stored, h5py.Group) else []
+    listing = _layer_listing(layers)
+    if counts_layer is None:
+        if "X" not in f:
+            raise AtlasmapInputError(
+                f"{path}: X is empty; {listing}; name the layer that holds the raw "
+                "counts (config key counts_layer)"
+            )
+        return f["X"], "X", layers
+    if counts_layer not in layers:
+        raise AtlasmapInputError(
+            f"{path}: no layer {counts_layer!r} (config key counts_layer); {listing}; null reads X"
+        )
+    return stored[counts_layer], f"layer {counts_layer!r}", layers
+
+
+def _checked_counts(matrix, path: Path, layer: str, layers: Sequence[str], rows: str = ""):
+    """``matrix`` (all of the counts, or the block of them ``rows`` says) as float32 CSR
+    with sorted indices; refused, naming the file, the layer and the file's layers,
+    when it is not raw counts."""
     matrix = _as_counts_matrix(matrix, f"{path}, {layer}")
     problems = _count_problems(matrix)
     if problems:
+        listing = _layer_listing(layers)
         raise AtlasmapInputError(
-            f"{path}, {layer}: not raw counts: " + " and ".join(problems) + "; it looks "
+            f"{path}, {layer}: not raw counts: " + " and ".join(problems) + rows + "; it looks "
             f"normalised, log-transformed or scaled. {listing[0].upper()}{listing[1:]}. "
             + (
                 "Name the layer that holds the raw, non-negative integer counts "
@@ -429,6 +454,35 @@ def read_query_h5ad(path: str | os.PathLike, counts_layer: str | None = None) ->
     matrix = matrix.astype(np.float32, copy=False)
     if not matrix.has_sorted_indices:
         matrix.sort_indices()
+    return matrix
+
+
+def read_query_h5ad(
+    path: str | os.PathLike, counts_layer: str | None = None, with_counts: bool = True
+) -> ad.AnnData:
+    """Read the raw counts of an h5ad (``X``, or ``layers[counts_layer]``), its obs and var.
+
+    Nothing else is read (other layers, raw, obsm, uns): the counts are held once.
+    A matrix that is not raw counts (normalised, log-transformed, scaled) is refused,
+    naming the file, the layer and the layers the file has. var is brought to the
+    contract: an index of Ensembl ids with a symbol column (``gene_symbols``,
+    ``feature_name``, ``gene_name``, ``symbol``) is replaced by the symbols, made
+    unique, the ids going to ``gene_ids``; ``gene_symbols`` is the symbols.
+
+    ``with_counts=False``: obs and var alone (no X; Gene Expression features only), the
+    counts left in the file unread (that they exist is checked, not what they hold).
+    """
+    import h5py
+
+    path = Path(path)
+    _check_anndata_file(path)
+    with _read_errors(path), h5py.File(path, "r") as f:
+        element, layer, layers = _counts_element(f, path, counts_layer)
+        matrix = ad.io.read_elem(element) if with_counts else None
+        obs = ad.io.read_elem(f["obs"])
+        var = ad.io.read_elem(f["var"])
+    if with_counts:
+        matrix = _checked_counts(matrix, path, layer, layers)
     obs.index = pd.Index(obs.index.astype(str), name=None)
     adata = ad.AnnData(X=matrix, obs=obs, var=_h5ad_var(var, str(path)))
     return _keep_gene_expression(adata, str(path))
@@ -632,38 +686,16 @@ def _role_paths(files: Mapping[str, str | os.PathLike], format: str) -> dict[str
     return paths
 
 
-def load_query(
-    files: Mapping[str, str | os.PathLike],
-    format: str,
-    metadata_path: str | os.PathLike | None = None,
-    rename: Mapping[str, str] | None = None,
-    barcode_column: str | None = None,
-    max_unmatched_fraction: float = 0.0,
-    counts_layer: str | None = None,
-    sample_column: str | None = None,
-    batch_key: str = "Sample_ID",
-    sample_name: str = "query",
-) -> ad.AnnData:
-    """Read a query in any of :data:`READ_FORMATS` into one AnnData with raw counts.
-
-    ``files`` maps the format's roles to local paths: ``10x_mtx`` matrix, features,
-    barcodes (a Cell Ranger ``filtered_feature_bc_matrix/`` folder or a GEO
-    deposit); ``10x_h5`` h5 (Cell Ranger's ``filtered_feature_bc_matrix.h5``);
-    ``h5ad`` h5ad (raw counts in X or ``layers[counts_layer]``; its obs is
-    metadata). ``X`` and ``layers["counts"]`` are the raw counts (one float32 CSR
-    matrix, cells x genes), ``obs`` the cells by barcode with the metadata
-    (``metadata_path`` joined on barcodes, its columns winning clashes) renamed as
-    asked and the sample of each cell in ``obs[batch_key]`` (see
-    :func:`assign_batch`), ``var`` gene symbols (unique) and ids; Gene Expression
-    features only.
-    """
-    paths = _role_paths(files, format)
-    if counts_layer is not None and format != "h5ad":
-        log.warning("counts_layer %r ignored: format %s holds counts alone", counts_layer, format)
+def _read_query(paths: Mapping[str, Path], format: str, counts_layer, with_counts: bool):
+    """(the query's AnnData, the file it was read from) of :func:`load_query`, its
+    barcodes checked, and its counts unless left in the file."""
     if format == "h5ad":
         source = paths["h5ad"]
-        adata = read_query_h5ad(source, counts_layer)  # refuses a matrix that is not counts
+        # Refuses a matrix that is not counts (when it is read).
+        adata = read_query_h5ad(source, counts_layer, with_counts=with_counts)
         counts_from = "X" if counts_layer is None else f"layer {counts_layer!r}"
+    elif not with_counts:
+        raise ValueError(f"load_query: with_counts=False reads an h5ad alone, not {format}")
     else:
         source = paths["matrix"] if format == "10x_mtx" else paths["h5"]
         adata = read_10x_mtx(paths) if format == "10x_mtx" else read_10x_h5(source)
@@ -679,7 +711,24 @@ def load_query(
         adata.n_vars,
         counts_from,
     )
+    return adata, source
 
+
+def _annotate(
+    adata: ad.AnnData,
+    source: Path,
+    format: str,
+    *,
+    metadata_path,
+    rename,
+    barcode_column,
+    max_unmatched_fraction: float,
+    sample_column,
+    batch_key: str,
+    sample_name: str,
+) -> ad.AnnData:
+    """The metadata of :func:`load_query`: joined, renamed, each cell's sample assigned
+    (obs alone)."""
     # Where the obs columns come from, for the messages that name one.
     origins = [str(source)] if format == "h5ad" else []
     if metadata_path is not None:
@@ -692,29 +741,77 @@ def load_query(
         adata.obs = rename_columns(adata.obs, rename, where=where)
         log.info("renamed metadata columns %s", dict(rename))
     adata.obs = assign_batch(adata.obs, sample_column, batch_key, sample_name, where)
-    # One matrix for both: nothing downstream modifies the counts in place.
-    adata.layers["counts"] = adata.X
     return adata
 
 
-def subset_cells(
-    adata: ad.AnnData, selection: Mapping[str, Sequence] | None, where: str = "query"
+def load_query(
+    files: Mapping[str, str | os.PathLike],
+    format: str,
+    metadata_path: str | os.PathLike | None = None,
+    rename: Mapping[str, str] | None = None,
+    barcode_column: str | None = None,
+    max_unmatched_fraction: float = 0.0,
+    counts_layer: str | None = None,
+    sample_column: str | None = None,
+    batch_key: str = "Sample_ID",
+    sample_name: str = "query",
+    with_counts: bool = True,
 ) -> ad.AnnData:
-    """Keep the cells whose ``obs[column]`` is in the listed values, for every column.
+    """Read a query in any of :data:`READ_FORMATS` into one AnnData with raw counts.
+
+    ``files`` maps the format's roles to local paths: ``10x_mtx`` matrix, features,
+    barcodes (a Cell Ranger ``filtered_feature_bc_matrix/`` folder or a GEO
+    deposit); ``10x_h5`` h5 (Cell Ranger's ``filtered_feature_bc_matrix.h5``);
+    ``h5ad`` h5ad (raw counts in X or ``layers[counts_layer]``; its obs is
+    metadata). ``X`` and ``layers["counts"]`` are the raw counts (one float32 CSR
+    matrix, cells x genes), ``obs`` the cells by barcode with the metadata
+    (``metadata_path`` joined on barcodes, its columns winning clashes) renamed as
+    asked and the sample of each cell in ``obs[batch_key]`` (see
+    :func:`assign_batch`), ``var`` gene symbols (unique) and ids; Gene Expression
+    features only.
+
+    ``with_counts=False`` (h5ad only): the same obs and var, no counts read (nor
+    checked): what :func:`load_query_files` streams the counts beside.
+    """
+    paths = _role_paths(files, format)
+    if counts_layer is not None and format != "h5ad":
+        log.warning("counts_layer %r ignored: format %s holds counts alone", counts_layer, format)
+    adata, source = _read_query(paths, format, counts_layer, with_counts)
+    adata = _annotate(
+        adata,
+        source,
+        format,
+        metadata_path=metadata_path,
+        rename=rename,
+        barcode_column=barcode_column,
+        max_unmatched_fraction=max_unmatched_fraction,
+        sample_column=sample_column,
+        batch_key=batch_key,
+        sample_name=sample_name,
+    )
+    if with_counts:
+        # One matrix for both: nothing downstream modifies the counts in place.
+        adata.layers["counts"] = adata.X
+    return adata
+
+
+def selected_cells(
+    obs: pd.DataFrame, selection: Mapping[str, Sequence], where: str = "query"
+) -> np.ndarray:
+    """Positions (in order) of the cells whose ``obs[column]`` is in the listed values,
+    for every column of ``selection``.
 
     An unknown column or value is an error listing what exists; so is a
     selection that leaves no cells.
     """
-    if not selection:
-        return adata
-    keep = np.ones(adata.n_obs, dtype=bool)
+    keep = np.ones(len(obs), dtype=bool)
     for column, values in selection.items():
-        if column not in adata.obs.columns:
+        if column not in obs.columns:
             raise AtlasmapInputError(
                 f"{where}: subset column {column!r} not in the query metadata; "
-                f"columns are {_examples(adata.obs.columns, 30)} (config key subset)"
+                f"columns are {_examples(obs.columns, 30)} (config key subset)"
             )
-        present = adata.obs[column].astype(str)
+        present = obs[column].astype(str)
         available = sorted(present.dropna().unique())
         wanted = [str(v) for v in values]
         unknown = [v for v in wanted if v not in set(available)]
@@ -729,9 +826,15 @@ def subset_cells(
         raise AtlasmapInputError(
             f"{where}: the subset {dict(selection)} leaves no cells (config key subset)"
         )
+    return np.flatnonzero(keep)
+
+
+def _take_cells(adata: ad.AnnData, rows: np.ndarray) -> ad.AnnData:
+    """The cells at ``rows`` of ``adata`` (X and the layers that are X subset once, as
+    one matrix); categories no cell kept dropped."""
     shared = layers_that_are_x(adata)  # subset once, not once per name
     layers = {key: adata.layers.pop(key) for key in shared}
-    subset = adata[keep].copy()
+    subset = adata[rows].copy()
     adata.layers.update(layers)
     for key in shared:
         subset.layers[key] = subset.X
@@ -742,14 +845,197 @@ def subset_cells(
     return subset
 
 
+def subset_cells(
+    adata: ad.AnnData, selection: Mapping[str, Sequence] | None, where: str = "query"
+) -> ad.AnnData:
+    """Keep the cells whose ``obs[column]`` is in the listed values, for every column
+    (:func:`selected_cells`)."""
+    if not selection:
+        return adata
+    return _take_cells(adata, selected_cells(adata.obs, selection, where))
+
+
+class _CsrBlocks:
+    """A CSR matrix written to an HDF5 group row block by row block, as anndata's
+    write_elem writes one held whole (scatter.CsrWriter's pattern). Here the index arrays
+    take the dtypes the matrix held whole would have: ``index_dtypes`` (indices, indptr)
+    where given, else scipy's for a matrix it made, int32 where ``max_nnz`` entries and
+    the shape fit; and the datasets are chunked by 2^20 entries, not by h5py's guess."""
+
+    def __init__(
+        self, group, shape: tuple[int, int], dtype, max_nnz: int, index_dtypes=None
+    ) -> None:
+        self.group, self.shape, self.rows, self.nnz = group, shape, 0, 0
+        if index_dtypes is None:
+            fits = max(max_nnz, *shape) < 2**31
+            index_dtypes = (np.int32, np.int32) if fits else (np.int64, np.int64)
+        self.indptr_dtype = np.dtype(index_dtypes[1])
+        group.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0"})
+        chunks = (int(min(max(max_nnz, 1), 1 << 20)),)
+        self.data, self.indices = (
+            group.create_dataset(name, (0,), dtype=kind, maxshape=(None,), chunks=chunks)
+            for name, kind in (("data", dtype), ("indices", index_dtypes[0]))
+        )
+        self.indptr = [np.zeros(1, dtype=np.int64)]
+
+    def append(self, block: sp.csr_matrix) -> None:
+        if block.shape[1] != self.shape[1]:
+            raise RuntimeError(f"a block of {block.shape[1]} columns for {self.shape[1]}")
+        n = block.nnz
+        for dataset, values in ((self.data, block.data), (self.indices, block.indices)):
+            dataset.resize((self.nnz + n,))
+            dataset[self.nnz : self.nnz + n] = values
+        self.indptr.append(block.indptr[1:].astype(np.int64) + self.nnz)
+        self.nnz += n
+        self.rows += block.shape[0]
+
+    def close(self) -> None:
+        if self.rows != self.shape[0]:
+            raise RuntimeError(f"wrote {self.rows} rows of a matrix of {self.shape[0]}")
+        indptr = np.concatenate(self.indptr)
+        if self.nnz <= np.iinfo(self.indptr_dtype).max:
+            indptr = indptr.astype(self.indptr_dtype)
+        self.group.create_dataset("indptr", data=indptr)
+        self.group.attrs["shape"] = self.shape
+
+
+def _write_streamed(
+    adata: ad.AnnData,
+    output,
+    blocks: Iterator[sp.csr_matrix],
+    links: Sequence[str],
+    **matrix,
+) -> None:
+    """``adata`` (annotations, no X) and the CSR matrix of ``blocks`` as its X (``matrix``:
+    :class:`_CsrBlocks`'s dtype, max_nnz and index_dtypes), to ``output``, whole or not
+    at all: the file :func:`atlasmap.io.write_h5ad` writes of them held together, each
+    layer of ``links`` a link to ``/X``."""
+    import h5py
+
+    with atomic_path(output) as tmp:
+        write_h5ad(adata, tmp)  # obs, var and the rest as anndata writes them
+        with h5py.File(tmp, "a") as f:
+            writer = _CsrBlocks(f.create_group("X"), adata.shape, **matrix)
+            for block in blocks:
+                writer.append(block)
+            writer.close()
+            for key in links:
+                f.require_group("layers")[key] = h5py.SoftLink("/X")
+
+
+def _csr_element(path: Path, name: str) -> bool:
+    """Whether the element ``name`` of the HDF5 file ``path`` is a CSR matrix."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            element = f.get(name)
+            return isinstance(element, h5py.Group) and (
+                element.attrs.get("encoding-type") == "csr_matrix"
+            )
+    except (OSError, KeyError, ValueError):
+        return False  # the reader says what is wrong
+
+
+def _counts_blocks(
+    path: Path, counts_layer: str | None, block_rows: int
+) -> Iterator[sp.csr_matrix]:
+    """The counts of an h5ad query, block by block of rows, each checked (the first block
+    that is not raw counts is refused, naming the file, the layer and its rows), as
+    float32 CSR with sorted indices, Gene Expression features only."""
+    import h5py
+    from anndata.io import sparse_dataset
+
+    with contextlib.ExitStack() as stack:
+        with _read_errors(path):
+            f = stack.enter_context(h5py.File(path, "r"))
+            element, layer, layers = _counts_element(f, path, counts_layer)
+            matrix = sparse_dataset(element)
+            gex = _gene_expression(ad.io.read_elem(f["var"]))
+        n = matrix.shape[0]
+        columns = None if gex is None or gex.all() else gex
+        for start in range(0, n, block_rows):
+            stop = min(start + block_rows, n)
+            with _read_errors(path):
+                block = matrix[start:stop]
+            rows = "" if stop - start == n else f" (in cells {start + 1:,} to {stop:,} of {n:,})"
+            block = _checked_counts(block, path, layer, layers, rows)
+            yield block if columns is None else block[:, columns]
+
+
+def _row_blocks(path, rows: np.ndarray, block_rows: int) -> Iterator[sp.csr_matrix]:
+    """Rows ``rows`` (sorted positions) of an h5ad's X (CSR), block by block: of each
+    block of ``block_rows`` rows of the file, the span from its first row kept to its
+    last is read, and the kept rows taken."""
+    import h5py
+    from anndata.io import sparse_dataset
+
+    with h5py.File(path, "r") as f:
+        matrix = sparse_dataset(f["X"])
+        n = matrix.shape[0]
+        bounds = np.searchsorted(rows, np.arange(0, n + block_rows, block_rows))
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+            if hi > lo:
+                first, last = int(rows[lo]), int(rows[hi - 1])
+                span = sp.csr_matrix(matrix[first : last + 1])
+                yield span[rows[lo:hi] - first]
+
+
+def _load_h5ad_streamed(
+    files: Mapping[str, str | os.PathLike], output, block_rows: int, **options
+) -> ad.AnnData:
+    """:func:`load_query` of an h5ad whose counts are CSR, to ``output`` with the counts
+    streamed (:func:`_counts_blocks`); returns its annotations (obs, var; no X)."""
+    import h5py
+
+    adata = load_query(files, "h5ad", with_counts=False, **options)
+    source = _role_paths(files, "h5ad")["h5ad"]
+    counts_layer = options.get("counts_layer")
+    with h5py.File(source, "r") as f:
+        element, _, _ = _counts_element(f, source, counts_layer)
+        max_nnz = int(element["indptr"][-1])
+        # Held whole, the matrix keeps the index dtype it is stored with, unless cut to
+        # the Gene Expression features or stored with two (then scipy's).
+        stored = (element["indices"].dtype, element["indptr"].dtype)
+        kept = int(element.attrs["shape"][1]) == adata.n_vars and stored[0] == stored[1]
+    blocks = _counts_blocks(source, counts_layer, block_rows)
+    _write_streamed(
+        adata,
+        output,
+        blocks,
+        ["counts"],
+        dtype=np.float32,
+        max_nnz=max_nnz,
+        index_dtypes=stored if kept else None,
+    )
+    log.info("wrote %s: the counts streamed in blocks of %d cells", output, block_rows)
+    return adata
+
+
 def load_query_files(
     *,
     files: Mapping[str, str | os.PathLike],
     format: str,
     output: str | os.PathLike,
+    block_rows: int | None = BLOCK_ROWS,
     **options,
 ) -> ad.AnnData:
-    """:func:`load_query`, written to ``output`` whole or not at all."""
+    """:func:`load_query`, written to ``output`` whole or not at all.
+
+    An h5ad whose counts are stored CSR is not held: its obs and var are read and
+    worked on alone, and its counts streamed to ``output`` ``block_rows`` cells at a
+    time, each block checked, cast and cut to the Gene Expression features on the way
+    (a block that is not raw counts refuses the query, leaving no output). That file
+    is the one the query held whole would give; the AnnData returned then is its
+    annotations alone (obs and var, no X). Otherwise (other formats, a dense or CSC
+    matrix, ``block_rows=None``) the query is held, written and returned whole.
+    """
+    if format == "h5ad" and block_rows is not None:
+        source = Path(files["h5ad"]) if "h5ad" in files else None
+        layer = options.get("counts_layer")
+        name = "X" if layer is None else f"layers/{layer}"
+        if source is not None and source.is_file() and _csr_element(source, name):
+            return _load_h5ad_streamed(files, output, block_rows, **options)
     adata = load_query(files, format, **options)
     write_h5ad(adata, output)
     return adata
@@ -797,6 +1083,29 @@ def sample_table(
     return table
 
 
+def _annotations_beside_counts(path) -> tuple[ad.AnnData, list[str], int, np.dtype] | None:
+    """Everything of an h5ad but its counts (obs, var, uns, obsm, varm, obsp, varp), the
+    layers that are links to ``/X``, and X's number of entries and dtype, when its counts
+    can be streamed: X stored CSR, every layer such a link (as :func:`load_query_files`
+    writes it), no raw. None otherwise."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        layers = f.get("layers", {})
+        linked = [
+            key for key in layers if getattr(layers.get(key, getlink=True), "path", None) == "/X"
+        ]
+        if not _csr_element(Path(path), "X") or "raw" in f or len(linked) != len(layers):
+            return None
+        parts = {
+            key: ad.io.read_elem(f[key])
+            for key in ("obs", "var", "uns", "obsm", "varm", "obsp", "varp")
+            if key in f
+        }
+        nnz, dtype = int(f["X/indptr"][-1]), f["X/data"].dtype
+    return ad.AnnData(**parts), linked, nnz, dtype
+
+
 def subset_query_files(
     *,
     input: str | os.PathLike,
@@ -804,6 +1113,7 @@ def subset_query_files(
     selection: Mapping[str, Sequence] | None,
     samples: str | os.PathLike | None = None,
     sample_column: str = "Sample_ID",
+    block_rows: int | None = BLOCK_ROWS,
 ) -> None:
     """:func:`subset_cells` from file to file.
 
@@ -811,6 +1121,11 @@ def subset_query_files(
     (by the kernel) instead of being decoded and written again: at 200k cells
     that saves holding 4 GB in memory. Not a hard link: Snakemake touches its
     outputs, which would touch the input too.
+
+    With one, the cells are chosen on obs alone, and where the counts are X stored CSR
+    (the file load_query writes) they are streamed, the kept rows of ``block_rows``
+    cells of the file at a time, never held whole: the file written is the one the
+    subset held whole would give. ``block_rows=None`` holds it whole.
     """
     if not selection:
         if samples:
@@ -820,11 +1135,21 @@ def subset_query_files(
             shutil.copyfile(input, tmp)
         log.info("no subset configured: all cells kept, %s copied to %s", input, output)
         return
-    loaded = read_h5ad(input)
-    subset = subset_cells(loaded, selection, where=str(input))
+    beside = None if block_rows is None else _annotations_beside_counts(input)
+    if beside is None:
+        loaded = read_h5ad(input)
+        subset = subset_cells(loaded, selection, where=str(input))
+        if samples:
+            _write_table(sample_table(loaded.obs, subset.obs, sample_column, str(input)), samples)
+        write_h5ad(subset, output)
+        return
+    loaded, links, nnz, dtype = beside
+    rows = selected_cells(loaded.obs, selection, where=str(input))
+    subset = _take_cells(loaded, rows)
     if samples:
         _write_table(sample_table(loaded.obs, subset.obs, sample_column, str(input)), samples)
-    write_h5ad(subset, output)
+    blocks = _row_blocks(input, rows, block_rows)
+    _write_streamed(subset, output, blocks, links, dtype=dtype, max_nnz=nnz)
 
 
 def _write_table(table: pd.DataFrame, path: str | os.PathLike) -> None:
