@@ -203,8 +203,12 @@ def scattered_runs(runs, tmp_path_factory):
         copies.append(copy)
     before = {job["JobId"] for job in slurm_jobs()}
     config = small_config(copies[0], SCATTER)
+    # Mapped already, whole: what a user types to map them again in shards.
+    again = ("--forcerun", "plan_shards")
     succeeded(
-        snakemake(copies[0], "--profile", "slurm", "--configfile", config, *THIS_CLUSTER, env=env)
+        snakemake(
+            copies[0], "--profile", "slurm", "--configfile", config, *again, *THIS_CLUSTER, env=env
+        )
     )
     jobs = [
         job
@@ -212,7 +216,9 @@ def scattered_runs(runs, tmp_path_factory):
         if job["JobId"] not in before and job.get("WorkDir") == str(copies[0])
     ]
     succeeded(
-        snakemake(copies[1], "--cores", "2", "--configfile", small_config(copies[1], SCATTER))
+        snakemake(
+            copies[1], "--cores", "2", "--configfile", small_config(copies[1], SCATTER), *again
+        )
     )
     return copies[0], copies[1], jobs
 
@@ -255,7 +261,9 @@ def test_scattered_slurm_results_equal_a_local_run(runs, scattered_runs):
         )
         if mode == "embed":  # and a frozen embedding's calls are those of the whole query
             mapped_whole = pd.read_csv(whole / out / "predictions.tsv", sep="\t")
-            pd.testing.assert_frame_equal(gathered, mapped_whole, rtol=1e-5)
+            # Latents equal to the last float bits, which the calibration's steep steps
+            # can grow to a few 1e-6 (tests/workflow/test_scatter_workflow.py).
+            pd.testing.assert_frame_equal(gathered, mapped_whole, rtol=1e-4, atol=1e-5)
     summary = [pd.read_csv(run / "results" / "summary.tsv", sep="\t") for run in (cluster, local)]
     pd.testing.assert_frame_equal(*summary)
 

@@ -9,9 +9,8 @@ import pytest
 import scipy.sparse as sp
 from atlasmap.contract import shards_in_plan
 from atlasmap.errors import AtlasmapInputError
-from atlasmap.io import write_h5ad
+from atlasmap.io import CsrBlocks, write_h5ad
 from atlasmap.scatter import (
-    CsrWriter,
     gather_mapping_qc,
     gather_tables,
     merged_row_blocks,
@@ -115,7 +114,7 @@ def test_rows_of_several_files_stream_into_one_order(tmp_path):
         write_h5ad(ad.AnnData(X=full[rows]), paths[-1])
     out = tmp_path / "merged.h5"
     with h5py.File(out, "w") as f:
-        writer = CsrWriter(f.create_group("X"), 7, np.float32)
+        writer = CsrBlocks(f.create_group("X"), (23, 7), np.float32, full.nnz)
         for block in merged_row_blocks(paths, positions, rows_per_block=5):
             writer.append(block)
         writer.close()

@@ -11,6 +11,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import anndata as ad
+import numpy as np
+import scipy.sparse as sp
 
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -190,3 +192,48 @@ def copy_as_gzip(src: str | os.PathLike, dest: str | os.PathLike) -> None:
         else:
             with open(src, "rb") as fin, gzip_open_write(tmp) as fout:
                 shutil.copyfileobj(fin, fout, length=1 << 20)
+
+
+class CsrBlocks:
+    """A CSR matrix written to an HDF5 group row block by row block, as anndata's
+    write_elem writes one held whole, so that a matrix larger than memory is written
+    block by block (a query loaded or subset, a scattered query gathered). The index arrays
+    take the dtypes the matrix held whole would have: ``index_dtypes`` (indices, indptr)
+    where given, else scipy's for a matrix it made, int32 where ``max_nnz`` entries and
+    the shape fit; and the datasets are chunked by 2^20 entries, not by h5py's guess."""
+
+    def __init__(
+        self, group, shape: tuple[int, int], dtype, max_nnz: int, index_dtypes=None
+    ) -> None:
+        self.group, self.shape, self.rows, self.nnz = group, shape, 0, 0
+        if index_dtypes is None:
+            fits = max(max_nnz, *shape) < 2**31
+            index_dtypes = (np.int32, np.int32) if fits else (np.int64, np.int64)
+        self.indptr_dtype = np.dtype(index_dtypes[1])
+        group.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0"})
+        chunks = (int(min(max(max_nnz, 1), 1 << 20)),)
+        self.data, self.indices = (
+            group.create_dataset(name, (0,), dtype=kind, maxshape=(None,), chunks=chunks)
+            for name, kind in (("data", dtype), ("indices", index_dtypes[0]))
+        )
+        self.indptr = [np.zeros(1, dtype=np.int64)]
+
+    def append(self, block: sp.csr_matrix) -> None:
+        if block.shape[1] != self.shape[1]:
+            raise RuntimeError(f"a block of {block.shape[1]} columns for {self.shape[1]}")
+        n = block.nnz
+        for dataset, values in ((self.data, block.data), (self.indices, block.indices)):
+            dataset.resize((self.nnz + n,))
+            dataset[self.nnz : self.nnz + n] = values
+        self.indptr.append(block.indptr[1:].astype(np.int64) + self.nnz)
+        self.nnz += n
+        self.rows += block.shape[0]
+
+    def close(self) -> None:
+        if self.rows != self.shape[0]:
+            raise RuntimeError(f"wrote {self.rows} rows of a matrix of {self.shape[0]}")
+        indptr = np.concatenate(self.indptr)
+        if self.nnz <= np.iinfo(self.indptr_dtype).max:
+            indptr = indptr.astype(self.indptr_dtype)
+        self.group.create_dataset("indptr", data=indptr)
+        self.group.attrs["shape"] = self.shape

@@ -24,6 +24,7 @@ import scipy.sparse as sp
 from .contract import DEPOSIT_FILES, READ_FORMATS
 from .errors import AtlasmapInputError
 from .io import (
+    CsrBlocks,
     atomic_path,
     gzip_errors,
     is_gzip,
@@ -855,50 +856,6 @@ def subset_cells(
     return _take_cells(adata, selected_cells(adata.obs, selection, where))
 
 
-class _CsrBlocks:
-    """A CSR matrix written to an HDF5 group row block by row block, as anndata's
-    write_elem writes one held whole (scatter.CsrWriter's pattern). Here the index arrays
-    take the dtypes the matrix held whole would have: ``index_dtypes`` (indices, indptr)
-    where given, else scipy's for a matrix it made, int32 where ``max_nnz`` entries and
-    the shape fit; and the datasets are chunked by 2^20 entries, not by h5py's guess."""
-
-    def __init__(
-        self, group, shape: tuple[int, int], dtype, max_nnz: int, index_dtypes=None
-    ) -> None:
-        self.group, self.shape, self.rows, self.nnz = group, shape, 0, 0
-        if index_dtypes is None:
-            fits = max(max_nnz, *shape) < 2**31
-            index_dtypes = (np.int32, np.int32) if fits else (np.int64, np.int64)
-        self.indptr_dtype = np.dtype(index_dtypes[1])
-        group.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0"})
-        chunks = (int(min(max(max_nnz, 1), 1 << 20)),)
-        self.data, self.indices = (
-            group.create_dataset(name, (0,), dtype=kind, maxshape=(None,), chunks=chunks)
-            for name, kind in (("data", dtype), ("indices", index_dtypes[0]))
-        )
-        self.indptr = [np.zeros(1, dtype=np.int64)]
-
-    def append(self, block: sp.csr_matrix) -> None:
-        if block.shape[1] != self.shape[1]:
-            raise RuntimeError(f"a block of {block.shape[1]} columns for {self.shape[1]}")
-        n = block.nnz
-        for dataset, values in ((self.data, block.data), (self.indices, block.indices)):
-            dataset.resize((self.nnz + n,))
-            dataset[self.nnz : self.nnz + n] = values
-        self.indptr.append(block.indptr[1:].astype(np.int64) + self.nnz)
-        self.nnz += n
-        self.rows += block.shape[0]
-
-    def close(self) -> None:
-        if self.rows != self.shape[0]:
-            raise RuntimeError(f"wrote {self.rows} rows of a matrix of {self.shape[0]}")
-        indptr = np.concatenate(self.indptr)
-        if self.nnz <= np.iinfo(self.indptr_dtype).max:
-            indptr = indptr.astype(self.indptr_dtype)
-        self.group.create_dataset("indptr", data=indptr)
-        self.group.attrs["shape"] = self.shape
-
-
 def _write_streamed(
     adata: ad.AnnData,
     output,
@@ -907,7 +864,7 @@ def _write_streamed(
     **matrix,
 ) -> None:
     """``adata`` (annotations, no X) and the CSR matrix of ``blocks`` as its X (``matrix``:
-    :class:`_CsrBlocks`'s dtype, max_nnz and index_dtypes), to ``output``, whole or not
+    :class:`~atlasmap.io.CsrBlocks`'s dtype, max_nnz and index_dtypes), to ``output``, whole or not
     at all: the file :func:`atlasmap.io.write_h5ad` writes of them held together, each
     layer of ``links`` a link to ``/X``."""
     import h5py
@@ -915,7 +872,7 @@ def _write_streamed(
     with atomic_path(output) as tmp:
         write_h5ad(adata, tmp)  # obs, var and the rest as anndata writes them
         with h5py.File(tmp, "a") as f:
-            writer = _CsrBlocks(f.create_group("X"), adata.shape, **matrix)
+            writer = CsrBlocks(f.create_group("X"), adata.shape, **matrix)
             for block in blocks:
                 writer.append(block)
             writer.close()

@@ -332,33 +332,6 @@ def gather_calls_files(
     return table
 
 
-class CsrWriter:
-    """A CSR matrix written to an HDF5 group row block by row block, as anndata encodes it."""
-
-    def __init__(self, group: h5py.Group, n_cols: int, dtype, index_dtype=np.int64) -> None:
-        self.group, self.n_cols, self.rows, self.nnz = group, n_cols, 0, 0
-        group.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0"})
-        self.data = group.create_dataset("data", (0,), dtype=dtype, maxshape=(None,), chunks=True)
-        self.indices = group.create_dataset(
-            "indices", (0,), dtype=index_dtype, maxshape=(None,), chunks=True
-        )
-        self.indptr = [np.zeros(1, dtype=np.int64)]
-
-    def append(self, block: sp.csr_matrix) -> None:
-        block = sp.csr_matrix(block)
-        n = block.nnz
-        for dataset, values in ((self.data, block.data), (self.indices, block.indices)):
-            dataset.resize((self.nnz + n,))
-            dataset[self.nnz : self.nnz + n] = values
-        self.indptr.append(block.indptr[1:].astype(np.int64) + self.nnz)
-        self.nnz += n
-        self.rows += block.shape[0]
-
-    def close(self) -> None:
-        self.group.create_dataset("indptr", data=np.concatenate(self.indptr))
-        self.group.attrs["shape"] = (self.rows, self.n_cols)
-
-
 def row_blocks(path, rows_per_block: int = BLOCK_ROWS) -> Iterator[sp.csr_matrix]:
     """The count matrix ``X`` of an h5ad file, block by block of rows."""
     from anndata.io import sparse_dataset
@@ -424,7 +397,7 @@ def gather_embedded_files(
     block by block, the rest (obs, latent, probabilities) held. Returns its annotations."""
     from anndata.io import read_elem, write_elem
 
-    from .io import atomic_path, read_annotations
+    from .io import CsrBlocks, atomic_path, read_annotations
     from .mapping import join_obs
 
     parts = [read_annotations(p) for p in shards]
@@ -447,9 +420,14 @@ def gather_embedded_files(
     run = _gathered_run(runs, shifts, cells, atlas)
     with h5py.File(shards[0], "r") as f:
         var, dtype = read_elem(f["var"]), f["X"]["data"].dtype
+    sources = [*([embedded_atlas] if embedded_atlas else []), *shards]
+    max_nnz = 0
+    for source in sources:
+        with h5py.File(source, "r") as f:
+            max_nnz += f["X"]["data"].shape[0]
     with atomic_path(output) as tmp, h5py.File(tmp, "w") as f:
         f.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
-        writer = CsrWriter(f.create_group("X"), len(var), dtype)
+        writer = CsrBlocks(f.create_group("X"), (len(obs), len(var)), dtype, max_nnz)
         for block in row_blocks(embedded_atlas) if embedded_atlas else ():
             writer.append(block.astype(dtype))
         for block in merged_row_blocks(shards, positions):
