@@ -144,7 +144,7 @@ def test_every_script_rule_digests_its_own_script():
     for block in blocks:
         script = re.search(r'script:\s+"\.\./scripts/(\w+\.py)"', block)
         if script:
-            name = re.search(r"rule (\w+):", block)[1]
+            name = re.search(r"(?:rule|checkpoint) (\w+):", block)[1]
             assert f'code=library_code("{script[1]}")' in block, name
             checked += 1
     assert checked == len(list(SCRIPTS.glob("*.py")))
