@@ -1,6 +1,6 @@
 FROM condaforge/miniforge3:latest
 LABEL io.github.snakemake.containerized="true"
-LABEL io.github.snakemake.conda_env_hash="4f3aae0d4da08361c53fff1153466a4e56a0e801f077e03bb5895fc1b5e289bd"
+LABEL io.github.snakemake.conda_env_hash="14026ebaffd85e542067b1e3b7be80081d66e86c066a85bee1b8cb2b1a2007a8"
 # Conda environment:
 #   source: workflow/envs/plots.yaml
 #   prefix: /conda-envs/e40dc94b7777408bbdc6974c111cb5e5
@@ -32,11 +32,12 @@ RUN mkdir -p /conda-envs/e40dc94b7777408bbdc6974c111cb5e5
 COPY workflow/envs/plots.yaml /conda-envs/e40dc94b7777408bbdc6974c111cb5e5/environment.yaml
 # Conda environment:
 #   source: workflow/envs/scanpy.yaml
-#   prefix: /conda-envs/3b1a80a1bd405c2996727bf6e28cd08c
+#   prefix: /conda-envs/2633c6764bb7f5cd494185ee0e88e32a
 #   # AnnData work without torch (downloads, reading, Annoy, UMAP). Holds what
 #   # their scripts import.
 #   # Rules: generate_demo, download_query, load_query, subset_query, obtain_atlas,
-#   #   layout_reference, neighbors_umap.
+#   #   layout_reference, plan_shards, project_query_shard, gather_mapping,
+#   #   neighbors_umap.
 #   # Pins: major.minor as conda-forge publishes them (conda's `=2.3` matches 2.3.*),
 #   # each the major.minor of requirements.txt's exact pin (tests/unit/test_envs.py);
 #   # names as on conda-forge (conda-forge-packages.tsv). sklearn-ann is not on
@@ -71,15 +72,16 @@ COPY workflow/envs/plots.yaml /conda-envs/e40dc94b7777408bbdc6974c111cb5e5/envir
 #     - python-annoy=1.17
 #     - pip:
 #         - sklearn-ann==0.1.4
-RUN mkdir -p /conda-envs/3b1a80a1bd405c2996727bf6e28cd08c
-COPY workflow/envs/scanpy.yaml /conda-envs/3b1a80a1bd405c2996727bf6e28cd08c/environment.yaml
+RUN mkdir -p /conda-envs/2633c6764bb7f5cd494185ee0e88e32a
+COPY workflow/envs/scanpy.yaml /conda-envs/2633c6764bb7f5cd494185ee0e88e32a/environment.yaml
 # Conda environment:
 #   source: workflow/envs/scvi.yaml
-#   prefix: /conda-envs/ac391db1936f34d1dbd55247cc7a0474
+#   prefix: /conda-envs/a708b3467a5961bc035b84a75a694cb7
 #   # scvi-tools and torch (fetch_model_package runs `python -m pip download`).
 #   # Holds what their scripts import.
 #   # Rules: fetch_model_package, train_reference, embed_reference, fit_calls,
-#   #   map_query, call_celltypes, predict_baseline, evaluate_mapping.
+#   #   map_query, call_celltypes, map_query_shard, call_celltypes_shard, gather_calls,
+#   #   predict_baseline, evaluate_mapping.
 #   # Pins: major.minor as conda-forge publishes them (conda's `=2.3` matches 2.3.*),
 #   # each the major.minor of requirements.txt's exact pin, pip's of the .venv
 #   # (tests/unit/test_envs.py); names as on conda-forge (conda-forge-packages.tsv):
@@ -113,10 +115,10 @@ COPY workflow/envs/scanpy.yaml /conda-envs/3b1a80a1bd405c2996727bf6e28cd08c/envi
 #     - numba=0.68
 #     - zarr=3.1
 #     - pyyaml=6.0
-RUN mkdir -p /conda-envs/ac391db1936f34d1dbd55247cc7a0474
-COPY workflow/envs/scvi.yaml /conda-envs/ac391db1936f34d1dbd55247cc7a0474/environment.yaml
+RUN mkdir -p /conda-envs/a708b3467a5961bc035b84a75a694cb7
+COPY workflow/envs/scvi.yaml /conda-envs/a708b3467a5961bc035b84a75a694cb7/environment.yaml
 
 RUN conda env create --prefix /conda-envs/e40dc94b7777408bbdc6974c111cb5e5 --file /conda-envs/e40dc94b7777408bbdc6974c111cb5e5/environment.yaml && \
-    conda env create --prefix /conda-envs/3b1a80a1bd405c2996727bf6e28cd08c --file /conda-envs/3b1a80a1bd405c2996727bf6e28cd08c/environment.yaml && \
-    conda env create --prefix /conda-envs/ac391db1936f34d1dbd55247cc7a0474 --file /conda-envs/ac391db1936f34d1dbd55247cc7a0474/environment.yaml && \
+    conda env create --prefix /conda-envs/2633c6764bb7f5cd494185ee0e88e32a --file /conda-envs/2633c6764bb7f5cd494185ee0e88e32a/environment.yaml && \
+    conda env create --prefix /conda-envs/a708b3467a5961bc035b84a75a694cb7 --file /conda-envs/a708b3467a5961bc035b84a75a694cb7/environment.yaml && \
     conda clean --all -y
