@@ -177,3 +177,89 @@ class Study:
         pd.Series(meta.index).to_csv(paths["barcodes"], header=False, index=False)
         meta.to_csv(paths["metadata"])
         return names
+
+
+def _append(dataset, values: np.ndarray) -> None:
+    """``values`` added at the end of a resizable 1-d HDF5 dataset."""
+    start = dataset.shape[0]
+    dataset.resize((start + len(values),))
+    dataset[start:] = values
+
+
+def write_query_h5ad(
+    study: Study,
+    path: str | os.PathLike,
+    n_cells: int,
+    n_samples: int = 50,
+    processes: int = 1,
+) -> dict:
+    """The query as one h5ad (samples S01, S02, ... in ``patients``), written chunk by
+    chunk so that a million cells never sit in memory as one matrix.
+
+    Cells are drawn as :meth:`Study.query` draws them (a technology shift, one more per
+    sample, the study's cell types); X is raw counts as float32 CSR, appended to
+    resizable datasets under anndata's encoding attributes; obs and var go in through
+    ``anndata.io.write_elem``. Written under a temporary name, then renamed: a file at
+    ``path`` is whole. Returns what was written: cells, nnz, bytes, seconds.
+    """
+    import time
+
+    import h5py
+    from anndata.io import write_elem
+
+    started = time.perf_counter()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    tech = study.rng.normal(0, 0.4, study.n_genes)
+    sizes = np.array_split(np.arange(n_cells), n_samples)
+    groups = ((len(size), tech + study.rng.normal(0, 0.2, study.n_genes)) for size in sizes)
+    samples, types, indptr = [], [], [np.zeros(1, dtype=np.int64)]
+    with h5py.File(tmp, "w") as f:
+        f.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
+        x = f.create_group("X")
+        x.attrs.update(
+            {
+                "encoding-type": "csr_matrix",
+                "encoding-version": "0.1.0",
+                "shape": (n_cells, study.n_genes),
+            }
+        )
+        data, indices = (
+            x.create_dataset(name, (0,), maxshape=(None,), dtype=dtype, chunks=(1 << 20,))
+            for name, dtype in (("data", np.float32), ("indices", np.int32))
+        )
+        for s, chunk_types, counts in study._parts(groups, processes):
+            _append(data, counts.data.astype(np.float32, copy=False))
+            _append(indices, counts.indices.astype(np.int32, copy=False))
+            indptr.append(counts.indptr[1:].astype(np.int64) + indptr[-1][-1])
+            samples.append(np.full(len(chunk_types), s))
+            types.append(chunk_types)
+        indptr = np.concatenate(indptr)
+        nnz = int(indptr[-1])
+        # As scipy (and so anndata) would write it: 32-bit offsets while they fit.
+        x.create_dataset("indptr", data=indptr.astype(np.int32 if nnz < 2**31 else np.int64))
+        names = np.array([f"S{s + 1:02d}" for s in range(n_samples)])
+        obs = pd.DataFrame(
+            {
+                "patients": pd.Categorical(names[np.concatenate(samples)], categories=names),
+                "author_cell_type": pd.Categorical(study.labels[np.concatenate(types), 3]),
+            },
+            index=[f"BC{i:09d}-1" for i in range(n_cells)],
+        )
+        var = study.genes.set_index("gene_symbols", drop=False)
+        var.index.name = None
+        write_elem(f, "obs", obs)
+        write_elem(f, "var", var)
+        for empty in ("layers", "obsm", "obsp", "varm", "varp", "uns"):
+            write_elem(f, empty, {})
+    os.replace(tmp, path)
+    return {
+        "cells": n_cells,
+        "samples": n_samples,
+        "genes": study.n_genes,
+        "nnz": nnz,
+        "nnz_per_cell": round(nnz / n_cells, 1),
+        "bytes": path.stat().st_size,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
