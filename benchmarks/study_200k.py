@@ -30,7 +30,8 @@ import bench  # noqa: F401  (first: the library on the path)
 import pandas as pd
 import run_benchmark
 from atlasmap.demo import deposit_names
-from bench import REPO, RUNS
+from atlasmap.settings import schema_default
+from bench import RUNS
 from synthetic import Study
 
 
@@ -45,7 +46,7 @@ def main(argv=None) -> None:
     )
     args = parser.parse_args(argv)
     out, plan = args.out, run_benchmark.FULL
-    label = f"{args.epochs or surgery_default_epochs()}ep"
+    label = f"{args.epochs or schema_default('mapping.surgery.max_epochs')}ep"
     out.mkdir(parents=True, exist_ok=True)
     study = Study(n_genes=plan["genes"], seed=0)
     start = time.perf_counter()
@@ -82,16 +83,6 @@ def main(argv=None) -> None:
     stages.to_csv(out / f"stages_{label}.tsv", sep="\t", index=False)
     (out / f"walls_{label}.json").write_text(json.dumps({str(k): v for k, v in walls.items()}))
     print(stages.to_string())
-
-
-def surgery_default_epochs() -> int:
-    """The workflow's default surgery epochs, as its schema gives them."""
-    import yaml
-
-    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
-    return schema["properties"]["mapping"]["properties"]["surgery"]["properties"]["max_epochs"][
-        "default"
-    ]
 
 
 if __name__ == "__main__":

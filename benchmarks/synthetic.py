@@ -179,13 +179,6 @@ class Study:
         return names
 
 
-def _append(dataset, values: np.ndarray) -> None:
-    """``values`` added at the end of a resizable 1-d HDF5 dataset."""
-    start = dataset.shape[0]
-    dataset.resize((start + len(values),))
-    dataset[start:] = values
-
-
 def write_query_h5ad(
     study: Study,
     path: str | os.PathLike,
@@ -198,7 +191,8 @@ def write_query_h5ad(
 
     Cells are drawn as :meth:`Study.query` draws them (a technology shift, one more per
     sample, the study's cell types); X is raw counts as float32 CSR, appended to
-    resizable datasets under anndata's encoding attributes; obs and var go in through
+    resizable datasets by the workflow's own block writer (``atlasmap.io.CsrBlocks``,
+    32-bit indices, 64-bit offsets only past 2^31 entries); obs and var go in through
     ``anndata.io.write_elem``. Written under a temporary name, then renamed: a file at
     ``path`` is whole. Returns what was written: cells, nnz, bytes, seconds.
     """
@@ -206,6 +200,7 @@ def write_query_h5ad(
 
     import h5py
     from anndata.io import write_elem
+    from atlasmap.io import CsrBlocks
 
     started = time.perf_counter()
     path = Path(path)
@@ -214,31 +209,22 @@ def write_query_h5ad(
     tech = study.rng.normal(0, 0.4, study.n_genes)
     sizes = np.array_split(np.arange(n_cells), n_samples)
     groups = ((len(size), tech + study.rng.normal(0, 0.2, study.n_genes)) for size in sizes)
-    samples, types, indptr = [], [], [np.zeros(1, dtype=np.int64)]
+    samples, types = [], []
     with h5py.File(tmp, "w") as f:
         f.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
-        x = f.create_group("X")
-        x.attrs.update(
-            {
-                "encoding-type": "csr_matrix",
-                "encoding-version": "0.1.0",
-                "shape": (n_cells, study.n_genes),
-            }
-        )
-        data, indices = (
-            x.create_dataset(name, (0,), maxshape=(None,), dtype=dtype, chunks=(1 << 20,))
-            for name, dtype in (("data", np.float32), ("indices", np.int32))
+        x = CsrBlocks(
+            f.create_group("X"),
+            (n_cells, study.n_genes),
+            np.float32,
+            max_nnz=n_cells * study.n_genes,
+            index_dtypes=(np.int32, np.int32),
         )
         for s, chunk_types, counts in study._parts(groups, processes):
-            _append(data, counts.data.astype(np.float32, copy=False))
-            _append(indices, counts.indices.astype(np.int32, copy=False))
-            indptr.append(counts.indptr[1:].astype(np.int64) + indptr[-1][-1])
+            x.append(counts)
             samples.append(np.full(len(chunk_types), s))
             types.append(chunk_types)
-        indptr = np.concatenate(indptr)
-        nnz = int(indptr[-1])
-        # As scipy (and so anndata) would write it: 32-bit offsets while they fit.
-        x.create_dataset("indptr", data=indptr.astype(np.int32 if nnz < 2**31 else np.int64))
+        x.close()
+        nnz = x.nnz
         names = np.array([f"S{s + 1:02d}" for s in range(n_samples)])
         obs = pd.DataFrame(
             {
