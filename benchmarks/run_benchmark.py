@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import resource
 import shutil
 import subprocess
@@ -129,40 +130,66 @@ def stage_table(workdir: Path, cells: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def job_timeline(workdir: Path, cores: int = 2) -> tuple[pd.DataFrame, dict]:
-    """When each job of the latest Snakemake run in ``workdir`` started and finished
-    (from Snakemake's own log, to the second), and how full the cores were: the
-    threads jobs claimed, summed over their run time, against ``cores`` x wall."""
+# Snakemake's log of a run: a job's header (a checkpoint's too), its fields, its end,
+# and the time stamps.
+LOG_PATTERNS = {
+    "time": re.compile(r"\[(\w{3} \w{3} +\d+ [\d:]+ \d{4})\]"),
+    "job": re.compile(r"(?:local)?(?:rule|checkpoint) (\w+):"),
+    "field": re.compile(r"(input|output|benchmark|jobid|threads|wildcards): (.*)"),
+    "end": re.compile(r"Finished job(?:id:)? (\d+)"),
+}
+
+
+def log_jobs(workdir: Path) -> pd.DataFrame:
+    """Each job of the latest Snakemake run in ``workdir`` (from Snakemake's own log, to
+    the second): rule, wildcards, threads, the files it read and wrote, its benchmark
+    file, its start and end (seconds from the first start)."""
     import datetime
-    import re
 
     log_file = max((workdir / ".snakemake" / "log").glob("*.snakemake.log"))
-    jobs, now, current = {}, None, {}
+    jobs, ends, now, current = {}, {}, None, {}
     for line in log_file.read_text().splitlines():
-        if match := re.fullmatch(r"\[(\w{3} \w{3} +\d+ [\d:]+ \d{4})\]", line.strip()):
+        line = line.strip()
+        if match := LOG_PATTERNS["time"].fullmatch(line):
             now = datetime.datetime.strptime(match[1], "%a %b %d %H:%M:%S %Y")
-        elif match := re.match(r"^(?:local)?rule (\w+):$", line):
-            current = {"rule": match[1], "wildcards": "", "threads": 1, "start": now}
-        elif match := re.match(r"^\s+jobid: (\d+)$", line):
-            jobs[int(match[1])] = current  # wildcards and threads follow the job id
-        elif match := re.match(r"^\s+wildcards: (.*)$", line):
-            current["wildcards"] = match[1]
-        elif match := re.match(r"^\s+threads: (\d+)$", line):
-            current["threads"] = int(match[1])
-        elif (match := re.match(r"^Finished job(?:id:)? (\d+)", line)) and int(match[1]) in jobs:
-            jobs[int(match[1])]["end"] = now
-    table = pd.DataFrame([job for job in jobs.values() if job["rule"] != "all" and "end" in job])
+        elif match := LOG_PATTERNS["job"].fullmatch(line):
+            current = {"rule": match[1], "threads": "1", "start": now}
+            current.update(dict.fromkeys(("wildcards", "input", "output", "benchmark"), ""))
+        elif match := LOG_PATTERNS["field"].fullmatch(line):
+            current[match[1]] = match[2]
+            if match[1] == "jobid":
+                jobs[int(match[2])] = current
+        elif match := LOG_PATTERNS["end"].match(line):
+            ends[int(match[1])] = now
+    table = pd.DataFrame(
+        [{**job, "jobid": i, "end": ends[i]} for i, job in jobs.items() if i in ends]
+    )
+    table = table[table["rule"] != "all"].reset_index(drop=True)
     begin = table["start"].min()
     table["start_s"] = (table["start"] - begin).dt.total_seconds()
     table["end_s"] = (table["end"] - begin).dt.total_seconds()
-    table = table.drop(columns=["start", "end"]).sort_values(["start_s", "end_s"])
+    table["threads"] = table["threads"].astype(int)
+    return table.drop(columns=["start", "end"])
+
+
+def packing(table: pd.DataFrame, cores: int = 2) -> dict:
+    """The run's wall from the log, and how full the cores were: the threads jobs
+    claimed, summed over their run time, against ``cores`` x wall."""
     wall = float(table["end_s"].max())
     claimed = float(((table["end_s"] - table["start_s"]) * table["threads"]).sum())
-    return table.reset_index(drop=True), {
+    return {
         "wall_seconds": wall,
         "claimed_core_seconds": round(claimed, 1),
         "cores_claimed_share": round(claimed / (cores * wall), 3) if wall else None,
     }
+
+
+def job_timeline(workdir: Path, cores: int = 2) -> tuple[pd.DataFrame, dict]:
+    """When each job of the latest Snakemake run in ``workdir`` started and finished, and
+    how full the cores were (:func:`packing`)."""
+    table = log_jobs(workdir).sort_values(["start_s", "end_s"])
+    columns = ["rule", "wildcards", "threads", "start_s", "end_s"]
+    return table[columns].reset_index(drop=True), packing(table, cores)
 
 
 def main(argv=None) -> None:

@@ -32,7 +32,6 @@ import argparse
 import heapq
 import json
 import math
-import re
 import shlex
 import shutil
 import sys
@@ -249,58 +248,6 @@ def jobs_of(run: dict) -> pd.DataFrame:
     return pd.DataFrame(run["jobs"], columns=JOB_COLUMNS)
 
 
-# Snakemake's log of a run: a job's header (a checkpoint's too, which
-# run_benchmark.job_timeline does not read), its fields, its end, and the time stamps.
-LOG_PATTERNS = {
-    "time": re.compile(r"\[(\w{3} \w{3} +\d+ [\d:]+ \d{4})\]"),
-    "job": re.compile(r"(?:local)?(?:rule|checkpoint) (\w+):"),
-    "field": re.compile(r"(input|output|benchmark|jobid|threads|wildcards): (.*)"),
-    "end": re.compile(r"Finished job(?:id:)? (\d+)"),
-}
-
-
-def log_jobs(workdir: Path) -> pd.DataFrame:
-    """Each job of the latest Snakemake run in ``workdir``: rule, threads, the files it
-    read and wrote, its benchmark file, its start and end (seconds from the first start)."""
-    import datetime
-
-    log_file = max((workdir / ".snakemake" / "log").glob("*.snakemake.log"))
-    jobs, ends, now, current = {}, {}, None, {}
-    for line in log_file.read_text().splitlines():
-        line = line.strip()
-        if match := LOG_PATTERNS["time"].fullmatch(line):
-            now = datetime.datetime.strptime(match[1], "%a %b %d %H:%M:%S %Y")
-        elif match := LOG_PATTERNS["job"].fullmatch(line):
-            current = {"rule": match[1], "threads": "1", "start": now}
-            current.update(dict.fromkeys(("input", "output", "benchmark"), ""))
-        elif match := LOG_PATTERNS["field"].fullmatch(line):
-            current[match[1]] = match[2]
-            if match[1] == "jobid":
-                jobs[int(match[2])] = current
-        elif match := LOG_PATTERNS["end"].match(line):
-            ends[int(match[1])] = now
-    table = pd.DataFrame(
-        [{**job, "jobid": i, "end": ends[i]} for i, job in jobs.items() if i in ends]
-    )
-    table = table[table["rule"] != "all"].reset_index(drop=True)
-    begin = table["start"].min()
-    table["start_s"] = (table["start"] - begin).dt.total_seconds()
-    table["end_s"] = (table["end"] - begin).dt.total_seconds()
-    table["threads"] = table["threads"].astype(int)
-    return table.drop(columns=["start", "end"])
-
-
-def packing(table: pd.DataFrame) -> dict:
-    """The run's wall from the log, and the share of its cores the jobs claimed."""
-    wall = float(table["end_s"].max())
-    claimed = float(((table["end_s"] - table["start_s"]) * table["threads"]).sum())
-    return {
-        "wall_seconds": wall,
-        "claimed_core_seconds": round(claimed, 1),
-        "cores_claimed_share": round(claimed / (NODE_CORES * wall), 3) if wall else None,
-    }
-
-
 def dependencies(table: pd.DataFrame) -> dict[int, set[int]]:
     """For each job, the jobs that wrote a file it read."""
     writer = {
@@ -442,9 +389,9 @@ def run_variant(
     jobs = job_table(workdir)
     result["jobs"] = jobs.to_dict("records")
     if "failed" not in result:
-        table = log_jobs(workdir)
+        table = run_benchmark.log_jobs(workdir)
         table.to_csv(workdir / "timeline.tsv", sep="\t", index=False)
-        result["packing"] = packing(table)
+        result["packing"] = run_benchmark.packing(table, NODE_CORES)
         result["projection"] = projection(jobs, table)
         say(f"{cells:,} cells, {variant}: {result['wall_seconds']:.0f} s, {result['packing']}")
     if not keep_files:
