@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 from atlasmap.errors import AtlasmapInputError
-from atlasmap.genes import align_to_genes, id_to_symbol_table, quantile_bins
+from atlasmap.genes import align_to_genes, id_to_symbol_table, quantile_bins, select_genes
 
 
 def make_query(symbols, ids, n_cells=30, seed=0, index="symbols"):
@@ -113,17 +113,79 @@ def reference_bins(row: np.ndarray, n_bins: int) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize("block", [20_000, 7])  # one block, and cells binned in blocks
+@pytest.mark.parametrize("values", ["counts", "fractions"])
 @pytest.mark.parametrize("n_bins", [2, 5, 50])
-def test_quantile_bins_match_the_per_cell_definition(n_bins, block):
+def test_quantile_bins_match_the_per_cell_definition(n_bins, values):
     rng = np.random.default_rng(3)
     counts = sp.random(60, 80, density=0.3, random_state=3, format="csr")
     counts.data = rng.negative_binomial(2, 0.2, counts.nnz).astype(float) + 1
+    if values == "fractions":  # cut points that fall between values, to the last bit
+        counts.data = counts.data / 7.0
     counts[5] = 0  # an empty cell
+    counts[6] = 0
+    counts[6, 3] = 4.0  # a cell with one count
     counts.eliminate_zeros()
-    binned = quantile_bins(counts, n_bins, block=block)
+    binned = quantile_bins(counts, n_bins)
     assert binned.shape == counts.shape and binned.format == "csr"
     expected = np.stack([reference_bins(r, n_bins) for r in counts.toarray()])
     np.testing.assert_array_equal(binned.toarray(), expected)
     assert binned.max() <= n_bins - 1 and binned.min() == 0
     assert (binned.toarray() > 0).sum() == counts.nnz
+
+
+def test_explicit_zeros_stay_zeros_in_the_bins():
+    counts = sp.csr_matrix(np.array([[3.0, 0.0, 1.0, 2.0], [0.0, 5.0, 5.0, 1.0]]))
+    stored = sp.csr_matrix(
+        ([3.0, 0.0, 1.0, 2.0, 5.0, 5.0, 1.0], [0, 1, 2, 3, 1, 2, 3], [0, 4, 7]), shape=(2, 4)
+    )
+    assert stored.nnz == counts.nnz + 1  # one explicit zero stored
+    np.testing.assert_array_equal(
+        quantile_bins(stored, 5).toarray(), quantile_bins(counts, 5).toarray()
+    )
+    assert quantile_bins(stored, 5).nnz == counts.nnz
+
+
+def selection_product(matrix, position, n_genes):
+    """The plain definition select_genes replaces: a product with a 0/1 selection matrix."""
+    keep = np.flatnonzero(position >= 0)
+    selection = sp.csr_matrix(
+        (np.ones(keep.size), (keep, position[keep])), shape=(matrix.shape[1], n_genes)
+    )
+    product = (matrix @ selection).tocsr()
+    product.sort_indices()
+    return product
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32, np.int64])
+def test_select_genes_equals_the_selection_product(dtype):
+    # 200 model genes (several 64-bit words of the row bitmap), 300 query genes in
+    # another order, a third of them not in the model; more cells than one task holds.
+    rng = np.random.default_rng(5)
+    counts = sp.random(2500, 300, density=0.2, random_state=5, format="csr")
+    counts.data = rng.integers(1, 50, counts.nnz).astype(dtype)
+    counts = counts.astype(dtype)
+    counts[7] = 0  # an empty cell
+    counts.eliminate_zeros()
+    position = np.full(300, -1)
+    chosen = rng.choice(300, 200, replace=False)
+    position[chosen] = rng.permutation(200)
+    selected = select_genes(counts, position, 200)
+    expected = selection_product(counts, position, 200)
+    assert selected.shape == (2500, 200) and selected.has_sorted_indices
+    assert selected.dtype == counts.dtype
+    np.testing.assert_array_equal(selected.indptr, expected.indptr)
+    np.testing.assert_array_equal(selected.indices, expected.indices)
+    np.testing.assert_array_equal(selected.data, expected.data.astype(dtype))
+
+
+def test_select_genes_sums_a_gene_stored_twice_and_drops_zeros():
+    # A CSR matrix as a hand-written file may hold it: unsorted columns, one column
+    # stored twice in a row, an explicit zero.
+    data = np.array([2.0, 1.0, 0.0, 4.0, 3.0, 5.0])
+    indices = np.array([3, 0, 1, 3, 2, 0])
+    matrix = sp.csr_matrix((data, indices, [0, 4, 6]), shape=(2, 4))
+    assert not matrix.has_canonical_format
+    position = np.array([1, 2, 0, 3])  # query gene 1 -> model gene 2, ...
+    selected = select_genes(matrix, position, 4)
+    np.testing.assert_array_equal(selected.toarray(), [[0, 1, 0, 6], [3, 5, 0, 0]])
+    assert selected.nnz == 4 and selected.has_sorted_indices

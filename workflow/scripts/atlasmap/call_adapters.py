@@ -368,13 +368,15 @@ def call_mapping(
     expression member reads the expanded atlas's counts (the model's genes)."""
     expanded = result.expanded
     is_query = query_mask(expanded.obs)
-    query = expanded[is_query]
-    query = ad.AnnData(
-        X=query.layers["counts"],
-        obs=pd.DataFrame(index=pd.Index(query.obs["barcode"].astype(str))),
-        var=pd.DataFrame(index=expanded.var_names),
-        layers={"counts": query.layers["counts"]},
-    )
+    query = None
+    if settings.method in EXPRESSION_METHODS:  # only the expression member reads counts
+        query = expanded[is_query]
+        query = ad.AnnData(
+            X=query.layers["counts"],
+            obs=pd.DataFrame(index=pd.Index(query.obs["barcode"].astype(str))),
+            var=pd.DataFrame(index=expanded.var_names),
+            layers={"counts": query.layers["counts"]},
+        )
     return call_embedded(
         expanded.obs,
         dict(expanded.obsm),

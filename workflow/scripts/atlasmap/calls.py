@@ -661,10 +661,13 @@ def _align_probabilities(probs, prob_labels, names) -> np.ndarray | None:
     """Classifier probabilities reordered to ``names`` (labels the reference lacks dropped)."""
     if probs is None:
         return None
-    frame = pd.DataFrame(np.asarray(probs), columns=[str(x) for x in prob_labels])
-    frame = frame.reindex(columns=[str(x) for x in names], fill_value=0.0)
-    total = frame.to_numpy().sum(axis=1, keepdims=True)
-    return frame.to_numpy() / np.maximum(total, 1e-12)
+    probs = np.asarray(probs)
+    columns = pd.Index([str(x) for x in prob_labels]).get_indexer([str(x) for x in names])
+    # pandas' reindex's dtypes: the classifier's, float64 once a column is filled in
+    dtype = probs.dtype if (columns >= 0).all() else np.promote_types(probs.dtype, np.float64)
+    aligned = np.zeros((probs.shape[0], len(columns)), dtype=dtype)
+    aligned[:, columns >= 0] = probs[:, columns[columns >= 0]]
+    return aligned / np.maximum(aligned.sum(axis=1, keepdims=True), 1e-12)
 
 
 def unknown_calls(candidate, probability, threshold: float, novelty=None, cutoff=None):

@@ -81,7 +81,7 @@ def align_to_genes(
     ``gene_ids`` with version suffixes stripped, or ids translated to symbols
     through ``id_to_symbol``, e.g. the atlas's own table) covers most model genes.
     Model genes the query lacks are zero-filled sparsely (no densifying: the
-    columns are moved by a sparse selection product, no per-gene loop). The
+    columns are moved in one pass over each cell's counts, :func:`select_genes`). The
     overlap is logged; under ``warn_overlap`` it is a warning, under
     ``min_overlap`` an error.
     """
@@ -142,16 +142,12 @@ def align_to_genes(
     matrix = sp.csr_matrix(matrix)
     keep = np.flatnonzero(position >= 0)
     if adata.n_vars == len(model_index) and np.array_equal(position, np.arange(adata.n_vars)):
-        # Already on the model's genes, in order (embed_reference's atlas): no product,
+        # Already on the model's genes, in order (embed_reference's atlas): no selection,
         # but a copy, so that the result never shares its buffers with the caller's counts.
         aligned = matrix.copy()
+        aligned.sort_indices()
     else:
-        selection = sp.csr_matrix(
-            (np.ones(keep.size, dtype=matrix.dtype), (keep, position[keep])),
-            shape=(adata.n_vars, len(model_index)),
-        )
-        aligned = (matrix @ selection).tocsr()
-    aligned.sort_indices()
+        aligned = select_genes(matrix, position, len(model_index))
     var = pd.DataFrame(index=pd.Index([str(g) for g in model_genes]))
     var["in_query"] = np.isin(np.arange(len(model_index)), position[keep])
     out = ad.AnnData(X=aligned, obs=adata.obs.copy(), var=var)
@@ -159,62 +155,38 @@ def align_to_genes(
     return out, report
 
 
-def quantile_bins(counts: sp.spmatrix, n_bins: int = 50, block: int = 20_000) -> sp.csr_matrix:
+def select_genes(matrix: sp.csr_matrix, position: np.ndarray, n_genes: int) -> sp.csr_matrix:
+    """``matrix``'s column ``c`` as column ``position[c]`` of an ``n_genes``-column
+    matrix, dropped where ``position[c]`` is negative; columns sorted in each row.
+
+    The sparse product with a 0/1 selection matrix, in one pass over each cell's
+    counts (cells in parallel) instead of scipy's product and its sort."""
+    from .counts_kernel import select_columns
+
+    indptr, indices, data = select_columns(
+        matrix.indptr, matrix.indices, matrix.data, np.asarray(position, dtype=np.int64), n_genes
+    )
+    return sp.csr_matrix((data, indices, indptr), shape=(matrix.shape[0], n_genes))
+
+
+def quantile_bins(counts: sp.spmatrix, n_bins: int = 50) -> sp.csr_matrix:
     """Per-cell quantile binning of counts (as scGPT-style models read them).
 
     Zeros stay 0. In each cell, the non-zero counts are cut at ``n_bins - 1``
-    evenly spaced quantiles of that cell's non-zero counts and replaced by the
-    number of cut points at or below them (1 … ``n_bins - 1``). Vectorised over
-    all cells at once: one sort and one ``searchsorted`` of the sparse values,
-    each cell offset into its own range.
+    evenly spaced quantiles of that cell's non-zero counts (``np.quantile``) and
+    replaced by the number of cut points at or below them (``np.digitize``):
+    1 … ``n_bins - 1``. Each cell sorts only its own counts, cells in parallel;
+    the working memory is the output's, whatever the query's size.
     """
     if n_bins < 2:
         raise ValueError(f"n_bins must be at least 2 (got {n_bins})")
+    from .counts_kernel import quantile_bin_rows
+
     counts = sp.csr_matrix(counts)
-    if counts.shape[0] > block:
-        # Cells are binned independently: blocks of cells bound the working memory
-        # (about 50 bytes per stored count inside a block) whatever the query's size.
-        return sp.vstack(
-            [
-                _quantile_bins_block(counts[start : start + block], n_bins)
-                for start in range(0, counts.shape[0], block)
-            ],
-            format="csr",
-        )
-    return _quantile_bins_block(counts, n_bins)
-
-
-def _quantile_bins_block(counts: sp.csr_matrix, n_bins: int) -> sp.csr_matrix:
-    csr = sp.csr_matrix(counts, dtype=np.float64, copy=True)
-    csr.eliminate_zeros()
-    n_cells = csr.shape[0]
-    nnz_per_cell = np.diff(csr.indptr)
-    rows = np.repeat(np.arange(n_cells), nnz_per_cell)
-    # Each cell's values in its own band of one key: one argsort, twice as fast as a
-    # lexsort by (row, value). The same bands serve the searchsorted below.
-    span = float(csr.data.max()) + 1.0 if csr.nnz else 1.0
-    banded = rows * span + csr.data
-    order = np.argsort(banded, kind="stable")
-    sorted_values = csr.data[order]
-    # Quantile cut points per cell, linear interpolation as np.quantile does.
-    q = np.linspace(0.0, 1.0, n_bins - 1)
-    has = nnz_per_cell > 0
-    pos = q[None, :] * (np.maximum(nnz_per_cell, 1) - 1)[:, None]
-    lo = np.floor(pos).astype(np.int64)
-    hi = np.minimum(lo + 1, np.maximum(nnz_per_cell, 1)[:, None] - 1)
-    start = csr.indptr[:-1][:, None]
-    safe = lambda i: sorted_values[np.minimum(start + i, max(len(sorted_values) - 1, 0))]  # noqa: E731
-    if len(sorted_values) == 0:
-        return sp.csr_matrix(csr.shape, dtype=np.float32)
-    edges = safe(lo) + (pos - lo) * (safe(hi) - safe(lo))
-    edges[~has] = 0.0
-    # One global searchsorted: each cell's edges shifted into its band, as its values are.
-    offset = np.arange(n_cells, dtype=np.float64)[:, None] * span
-    flat_edges = (edges + offset).ravel()
-    digits = np.searchsorted(flat_edges, banded, side="right")
-    digits -= rows * (n_bins - 1)
-    binned = sp.csr_matrix((digits.astype(np.float32), csr.indices, csr.indptr), shape=csr.shape)
-    return binned
+    binned = quantile_bin_rows(counts.indptr, counts.data, np.linspace(0.0, 1.0, n_bins - 1))
+    out = sp.csr_matrix((binned, counts.indices.copy(), counts.indptr.copy()), shape=counts.shape)
+    out.eliminate_zeros()  # the input's explicit zeros, if it stored any
+    return out
 
 
 def apply_transform(counts: sp.spmatrix, transform: dict | None) -> sp.spmatrix:

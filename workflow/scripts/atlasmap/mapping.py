@@ -90,7 +90,10 @@ def _model_input(
     transform: dict | None,
 ) -> ad.AnnData:
     """A minimal AnnData shaped as the model was set up: the user's obs is never touched."""
-    matrix = apply_transform(aligned.X, transform).astype(np.float32)
+    transformed = apply_transform(aligned.X, transform)
+    # A copy only where it would be the aligned counts themselves (no transform), which
+    # the expanded atlas keeps: the model's input never aliases them.
+    matrix = transformed.astype(np.float32, copy=transformed is aligned.X)
     obs = pd.DataFrame(index=aligned.obs_names.copy())
     obs[info.batch_key] = pd.Categorical(batch.astype(str).to_numpy())
     if labels is None:
@@ -151,13 +154,23 @@ def _predict(model, adata, batch_size) -> tuple[np.ndarray, pd.DataFrame]:
         matrix = sp.csr_matrix(matrix)
     batches = np.asarray(manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).reshape(-1, 1)
     latents, probabilities = [], []
+    # One dense buffer for every block of a sparse matrix: a fresh one per block costs
+    # its page faults each time (a fifth of the pass at 200k cells).
+    dense = (
+        np.zeros((batch_size, adata.n_vars), dtype=matrix.dtype) if sp.issparse(matrix) else None
+    )
     was_training = module.training
     module.eval()
     try:
         with torch.inference_mode():
             for start in range(0, adata.n_obs, batch_size):
                 rows = matrix[start : start + batch_size]
-                rows = rows.toarray() if sp.issparse(rows) else np.asarray(rows)
+                if dense is not None:
+                    block = dense[: rows.shape[0]]
+                    block.fill(0)
+                    rows = rows.toarray(out=block)
+                else:
+                    rows = np.asarray(rows)
                 x = torch.as_tensor(rows, dtype=torch.float32, device=module.device)
                 batch = torch.as_tensor(
                     batches[start : start + batch_size], dtype=torch.long, device=module.device
@@ -618,7 +631,10 @@ def _query_columns(query: ad.AnnData) -> set[str]:
 def _expanded_atlas(atlas, query, ref_aligned, q_aligned, z_ref, z_query):
     """Reference + query on the model's genes; every obs column of both kept (outer join)."""
     obs = join_obs(atlas.obs, query_obs(query))
-    counts = sp.vstack([ref_aligned.layers["counts"], q_aligned.layers["counts"]]).tocsr()
+    if ref_aligned.n_obs:
+        counts = sp.vstack([ref_aligned.layers["counts"], q_aligned.layers["counts"]]).tocsr()
+    else:  # the model alone (embed without an atlas): the query's counts, not a copy of them
+        counts = q_aligned.layers["counts"]
     expanded = ad.AnnData(X=counts, obs=obs, var=q_aligned.var.copy())
     expanded.layers["counts"] = counts
     expanded.obsm[EMBEDDING_KEY] = np.vstack([z_ref, z_query]).astype(np.float32)
