@@ -209,8 +209,11 @@ def child(args) -> None:
 # ---------------------------------------------------------------- the parent
 
 
-def _run_child(tool, mode, query, atlas, work: Path, model: Path, scpdac_dir: Path, timeout):
-    out = work / "runs" / f"{mode}_{Path(query).stem}_{tool}.json"
+def _run_child(
+    tool, mode, query, atlas, work: Path, model: Path, scpdac_dir: Path, timeout, repeat=1
+):
+    suffix = "" if repeat == 1 else f"_r{repeat}"
+    out = work / "runs" / f"{mode}_{Path(query).stem}_{tool}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, __file__, "--child", tool, "--mode", mode, "--query", str(query)]
     command += ["--model", str(model), "--scpdac", str(scpdac_dir), "--out", str(out)]
@@ -280,6 +283,9 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=RUNS / "vs_scpdac")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per run")
     parser.add_argument(
+        "--repeats", type=int, default=1, help="pairs of runs per size (the report's spread)"
+    )
+    parser.add_argument(
         "--tables-only", action="store_true", help="rewrite --results from its JSON"
     )
     # The child's own arguments.
@@ -348,19 +354,28 @@ def prepare(work: Path, plan: dict, jobs: list) -> tuple[Path, Path, dict, Path 
     return model, scpdac_dir, queries, atlas_path
 
 
-def run_pairs(jobs, queries, atlas_path, work, model, scpdac_dir, timeout) -> list[dict]:
-    """Each (path, size): both tools in turn, then their ratios and agreement."""
+def run_pairs(jobs, queries, atlas_path, work, model, scpdac_dir, timeout, repeats=1) -> list[dict]:
+    """Each (path, size), ``repeats`` times: both tools in turn (so that a change in the
+    machine's load reaches both of a pair alike), then their ratios and agreement."""
     runs = []
     for mode, n in jobs:
-        pair = {"mode": mode, "cells": n}
-        for tool in TOOLS:
-            atlas = atlas_path if mode == "surgery" else None
-            pair[tool] = _run_child(tool, mode, queries[n], atlas, work, model, scpdac_dir, timeout)
-        pair["ratios"] = _ratios(pair)
-        if "outputs" in pair["scpdac"] and "outputs" in pair["atlasmap"]:
-            pair["agreement"] = agreement(pair["scpdac"]["outputs"], pair["atlasmap"]["outputs"])
-        runs.append(pair)
-        print(f"  {mode} {n:,}: {json.dumps(pair['ratios'])} {json.dumps(pair.get('agreement'))}")
+        for repeat in range(1, repeats + 1):
+            pair = {"mode": mode, "cells": n, "repeat": repeat, "repeats": repeats}
+            for tool in TOOLS:
+                atlas = atlas_path if mode == "surgery" else None
+                pair[tool] = _run_child(
+                    tool, mode, queries[n], atlas, work, model, scpdac_dir, timeout, repeat
+                )
+            pair["ratios"] = _ratios(pair)
+            if "outputs" in pair["scpdac"] and "outputs" in pair["atlasmap"]:
+                pair["agreement"] = agreement(
+                    pair["scpdac"]["outputs"], pair["atlasmap"]["outputs"]
+                )
+            runs.append(pair)
+            print(
+                f"  {mode} {n:,} ({repeat}/{repeats}): {json.dumps(pair['ratios'])} "
+                f"{json.dumps(pair.get('agreement'))}"
+            )
     return runs
 
 
@@ -380,7 +395,7 @@ def main(argv=None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     jobs = [("frozen", n) for n in plan["frozen"]] + [("surgery", n) for n in plan["surgery"]]
     model, scpdac_dir, queries, atlas_path = prepare(work, plan, jobs)
-    runs = run_pairs(jobs, queries, atlas_path, work, model, scpdac_dir, args.timeout)
+    runs = run_pairs(jobs, queries, atlas_path, work, model, scpdac_dir, args.timeout, args.repeats)
 
     import torch
 

@@ -28,13 +28,13 @@ def runs_table(summary: dict) -> str:
         for tool in TOOLS:
             r = run[tool]
             if "error" in r:
-                lines.append(f"| {run['mode']} | {run['cells']:,} | {tool} | {r['error'][:80]} |")
+                lines.append(f"| {run['mode']} | {_size(run)} | {tool} | {r['error'][:80]} |")
                 continue
             seconds = _fmt(r["seconds"])
             if tool == "atlasmap" and "map_query_seconds" in r:
                 seconds += f" ({_fmt(r['map_query_seconds'])} + {_fmt(r['calls_seconds'])})"
             lines.append(
-                f"| {run['mode']} | {run['cells']:,} | {tool} | {seconds} | "
+                f"| {run['mode']} | {_size(run)} | {tool} | {seconds} | "
                 f"{_fmt(r['cells_per_second'], 0)} | {_fmt(r['peak_above_baseline_mb'], 0)} | "
                 f"{_fmt(r['peak_rss_mb'], 0)} |"
             )
@@ -57,7 +57,7 @@ def ratios_table(summary: dict) -> str:
 
         latent = g.get("latent_max_abs_difference")
         lines.append(
-            f"| {run['mode']} | {run['cells']:,} | "
+            f"| {run['mode']} | {_size(run)} | "
             f"{_fmt(r.get('time_atlasmap_over_scpdac'), 2)} | "
             f"{_fmt(r.get('time_map_query_only_over_scpdac'), 2)} | "
             f"{_fmt(r.get('peak_above_baseline_atlasmap_over_scpdac'), 2)} | "
@@ -65,6 +65,51 @@ def ratios_table(summary: dict) -> str:
             f"{pct('label_agreement_where_atlasmap_calls')} | "
             f"{pct('atlasmap_unknown_fraction', 1)} | {pct('argmax_agreement_all_cells')} | "
             f"{'—' if latent is None else f'{latent:.1e}'} |"
+        )
+    return "\n".join(lines)
+
+
+def _size(run: dict) -> str:
+    """A run's size, and which of its size's pairs it is where there are several."""
+    return f"{run['cells']:,}" + (f" (#{run['repeat']})" if run.get("repeats", 1) > 1 else "")
+
+
+def spread_table(summary: dict) -> str:
+    """Per path and size run more than once: each ratio's median and range over the pairs
+    (each pair's two runs back to back, so a change in the machine's load reaches both);
+    empty where every size ran once."""
+    groups: dict = {}
+    for run in summary["runs"]:
+        if run.get("ratios"):
+            groups.setdefault((run["mode"], run["cells"]), []).append(run["ratios"])
+    if all(len(pairs) < 2 for pairs in groups.values()):
+        return ""
+    keys = (
+        ("time_atlasmap_over_scpdac", "time"),
+        ("time_map_query_only_over_scpdac", "time, map_query only"),
+        ("peak_above_baseline_atlasmap_over_scpdac", "peak above read"),
+    )
+    lines = [
+        "\n\n## Spread over the pairs of runs\n",
+        "Median (lowest–highest) of each ratio over the pairs of runs of one size, and "
+        "scpdac's cells per second over atlasmap's (the speed-up) at the median time ratio.\n",
+        "| path | cells | pairs | " + " | ".join(label for _, label in keys) + " | speed-up |",
+        "|---|---:|---:|" + "---:|" * (len(keys) + 1),
+    ]
+    for (mode, cells), pairs in groups.items():
+        if len(pairs) < 2:
+            continue
+        cols = []
+        for key, _ in keys:
+            values = np.array([p[key] for p in pairs if key in p])
+            cols.append(
+                f"{np.median(values):.3f} ({values.min():.3f}–{values.max():.3f})"
+                if values.size
+                else "—"
+            )
+        speedup = 1 / np.median([p["time_atlasmap_over_scpdac"] for p in pairs])
+        lines.append(
+            f"| {mode} | {cells:,} | {len(pairs)} | " + " | ".join(cols) + f" | {speedup:.1f}x |"
         )
     return "\n".join(lines)
 
@@ -85,6 +130,7 @@ def write_results(path: Path, summary: dict) -> None:
         surgery_epochs=SURGERY_EPOCHS,
         runs=runs_table(summary),
         ratios=ratios_table(summary),
+        spread=spread_table(summary),
         notes="".join(f"\n\n{note}" for note in summary.get("notes", [])),
     )
     path.parent.mkdir(parents=True, exist_ok=True)
