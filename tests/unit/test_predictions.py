@@ -760,3 +760,21 @@ def test_the_calibration_scores_each_fold_in_its_own_label_blind_latent():
     scaled = fit_call_model(latent, labels, batches, settings=settings, held_out=larger)
     assert scaled.novelty_cutoff == pytest.approx(honest.novelty_cutoff, rel=1e-6)
     np.testing.assert_allclose(scaled.distance_scale, honest.distance_scale, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_classifier_probabilities_follow_the_references_labels(dtype):
+    # The classifier names six labels; the reference holds three of them in another
+    # order and one it lacks: that one reads zero, each row sums to 1 over the rest.
+    from atlasmap.calls import _align_probabilities
+
+    probs = np.random.default_rng(0).random((500, 6)).astype(dtype)
+    aligned = _align_probabilities(probs, list("abcdef"), ["f", "x", "a", "c"])
+    kept = probs[:, [5, 0, 2]].astype(float)
+    expected = kept / kept.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(aligned[:, [0, 2, 3]], expected, rtol=1e-6)
+    assert (aligned[:, 1] == 0).all()
+    # All the reference's labels known: the classifier's dtype, reordered.
+    same = _align_probabilities(probs, list("abcdef"), list("fedcba"))
+    assert same.dtype == dtype
+    np.testing.assert_allclose(same, probs[:, ::-1] / probs.sum(axis=1, keepdims=True), rtol=1e-6)

