@@ -775,6 +775,10 @@ def test_classifier_probabilities_follow_the_references_labels(dtype):
     np.testing.assert_allclose(aligned[:, [0, 2, 3]], expected, rtol=1e-6)
     assert (aligned[:, 1] == 0).all()
     # All the reference's labels known: the classifier's dtype, reordered.
-    same = _align_probabilities(probs, list("abcdef"), list("fedcba"))
-    assert same.dtype == dtype
-    np.testing.assert_allclose(same, probs[:, ::-1] / probs.sum(axis=1, keepdims=True), rtol=1e-6)
+    reordered = _align_probabilities(probs, list("abcdef"), list("fedcba"))
+    assert reordered.dtype == dtype
+    total = probs.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(reordered, probs[:, ::-1] / total, rtol=1e-6)
+    np.testing.assert_allclose(
+        _align_probabilities(probs, list("abcdef"), list("abcdef")), probs / total, rtol=1e-6
+    )

@@ -669,7 +669,10 @@ def _align_probabilities(probs, prob_labels, names) -> np.ndarray | None:
         padded = np.zeros((probs.shape[0], probs.shape[1] + 1))
         padded[:, : probs.shape[1]] = probs
         probs, columns = padded, np.where(columns < 0, probs.shape[1], columns)
-    aligned = np.take(probs, columns, axis=1)  # a gather by column: 6x numpy's fancy index
+    if np.array_equal(columns, np.arange(probs.shape[1])):
+        aligned = probs  # the classifier's own labels, in its order
+    else:
+        aligned = np.take(probs, columns, axis=1)  # a gather by column: 6x a fancy index
     return aligned / np.maximum(aligned.sum(axis=1, keepdims=True), 1e-12)
 
 

@@ -159,6 +159,7 @@ def _predict(model, adata, batch_size) -> tuple[np.ndarray, pd.DataFrame]:
     dense = (
         np.zeros((batch_size, adata.n_vars), dtype=matrix.dtype) if sp.issparse(matrix) else None
     )
+    device = module.device  # a property that walks every parameter: read it once
     was_training = module.training
     module.eval()
     try:
@@ -171,9 +172,9 @@ def _predict(model, adata, batch_size) -> tuple[np.ndarray, pd.DataFrame]:
                     rows = rows.toarray(out=block)
                 else:
                     rows = np.asarray(rows)
-                x = torch.as_tensor(rows, dtype=torch.float32, device=module.device)
+                x = torch.as_tensor(rows, dtype=torch.float32, device=device)
                 batch = torch.as_tensor(
-                    batches[start : start + batch_size], dtype=torch.long, device=module.device
+                    batches[start : start + batch_size], dtype=torch.long, device=device
                 )
                 if module.log_variational:
                     x = torch.log1p(x)
